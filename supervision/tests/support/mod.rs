@@ -211,3 +211,21 @@ pub async fn wait_event(
         }
     }
 }
+
+/// Keeps the thousands of deliberate panics of a chaos run out of the output,
+/// while any other panic still prints as usual.
+pub fn quiet_deliberate_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let deliberate = info
+                .payload()
+                .downcast_ref::<String>()
+                .is_some_and(|m| m.ends_with("was told to panic"));
+            if !deliberate {
+                default(info);
+            }
+        }));
+    });
+}

@@ -1,0 +1,332 @@
+//! Classifiers from raw failures (I/O errors, HTTP statuses, JSON-RPC
+//! errors, process exits) to [`ToolOutcome`]s.
+//!
+//! Foreign systems describe failure in their own terms: error kinds, status
+//! numbers, free text on stderr. Matching that text is fragile, so it is
+//! done here and nowhere else: this module is the only place in hale where
+//! foreign text is inspected. Everything downstream (recovery policies, the
+//! audit trail, the model) sees only catalog codes, and every classification
+//! is taken from [`ErrorCode::class`], so changing how a code is treated
+//! never requires touching a classifier.
+
+use std::io;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+
+use crate::catalog::ErrorCode;
+use crate::outcome::{Hint, HintKind, ToolOutcome};
+
+/// How much foreign text (stderr, response bodies) an outcome keeps: enough
+/// for the model to read the error, not enough to flood its context.
+pub const MAX_EXCERPT_BYTES: usize = 2048;
+
+/// Classifies an I/O error by its [`io::ErrorKind`].
+///
+/// Unreachable addresses, hosts and networks map to `CONNECTION_REFUSED`
+/// rather than `SERVICE_UNAVAILABLE`: nothing answered, exactly as with a
+/// refused connection, and `SERVICE_UNAVAILABLE` is kept for a peer that
+/// answered and said it was busy. Kinds without a catalog counterpart are
+/// `INTERNAL`. The data carries the kind as `{"io_kind": "..."}`.
+pub fn from_io_error(err: &io::Error) -> ToolOutcome {
+    use io::ErrorKind as K;
+    let code = match err.kind() {
+        K::ConnectionRefused | K::AddrNotAvailable | K::HostUnreachable | K::NetworkUnreachable => {
+            ErrorCode::ConnectionRefused
+        }
+        K::TimedOut | K::WouldBlock => ErrorCode::Etimedout,
+        K::NotFound => ErrorCode::NotFound,
+        K::PermissionDenied => ErrorCode::PermissionDenied,
+        K::AlreadyExists => ErrorCode::AlreadyExists,
+        K::InvalidInput | K::InvalidData => ErrorCode::InvalidInput,
+        K::ConnectionReset
+        | K::ConnectionAborted
+        | K::BrokenPipe
+        | K::NotConnected
+        | K::UnexpectedEof => ErrorCode::TransportClosed,
+        K::Interrupted => ErrorCode::Interrupted,
+        K::FileTooLarge => ErrorCode::FileTooLarge,
+        _ => ErrorCode::Internal,
+    };
+    ToolOutcome::from_code(code, err.to_string())
+        .with_data(json!({ "io_kind": format!("{:?}", err.kind()) }))
+}
+
+/// Classifies an HTTP response status.
+///
+/// A 2xx status is a success with `Null` data (the caller attaches the
+/// parsed body). Failures carry `{"http_status": n}` as data and the start
+/// of the body (at most [`MAX_EXCERPT_BYTES`]) in the message.
+///
+/// | status | code |
+/// |---|---|
+/// | 429 | `RATE_LIMITED` |
+/// | 401 | `UNAUTHENTICATED` |
+/// | 403 | `PERMISSION_DENIED` |
+/// | 404, 410 | `NOT_FOUND` |
+/// | 408, 504 | `ETIMEDOUT` (status `timeout`) |
+/// | 409 | `ALREADY_EXISTS` |
+/// | 413 | `FILE_TOO_LARGE` |
+/// | other 4xx | `INVALID_INPUT` |
+/// | 503, other 5xx | `SERVICE_UNAVAILABLE` |
+/// | 1xx, 3xx, out of range | `INTERNAL` (a client that surfaces these was not set up to follow them) |
+///
+/// `retry_after` is the raw `Retry-After` header value; when it parses (see
+/// [`parse_retry_after`]) and the outcome is retryable, the outcome carries
+/// it in `retry_after` and in a `retry_after` hint.
+pub fn from_http_status(
+    status: u16,
+    retry_after: Option<&str>,
+    body_excerpt: &str,
+    now: SystemTime,
+) -> ToolOutcome {
+    if (200..300).contains(&status) {
+        return ToolOutcome::success(Value::Null);
+    }
+    let code = match status {
+        429 => ErrorCode::RateLimited,
+        401 => ErrorCode::Unauthenticated,
+        403 => ErrorCode::PermissionDenied,
+        404 | 410 => ErrorCode::NotFound,
+        408 | 504 => ErrorCode::Etimedout,
+        409 => ErrorCode::AlreadyExists,
+        413 => ErrorCode::FileTooLarge,
+        400..=499 => ErrorCode::InvalidInput,
+        500..=599 => ErrorCode::ServiceUnavailable,
+        _ => ErrorCode::Internal,
+    };
+    let body = head(body_excerpt.trim(), MAX_EXCERPT_BYTES);
+    let message = if body.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        format!("HTTP {status}: {body}")
+    };
+    let mut outcome =
+        ToolOutcome::from_code(code, message).with_data(json!({ "http_status": status }));
+    if outcome.retryable
+        && let Some(after) = retry_after.and_then(|value| parse_retry_after(value, now))
+    {
+        let hint = Hint::new(
+            HintKind::RetryAfter,
+            format!(
+                "the server asked to wait {} ms before retrying",
+                after.as_millis()
+            ),
+        );
+        outcome = outcome.with_retry_after(after).with_hint(hint);
+    }
+    outcome
+}
+
+/// Parses a `Retry-After` header value relative to `now`.
+///
+/// Accepts delta-seconds (`"120"`) and an HTTP-date in any of the three
+/// forms HTTP allows (IMF-fixdate, RFC 850, asctime). A date already in the
+/// past means "now" ([`Duration::ZERO`]); anything else (negative numbers,
+/// fractions, garbage) is `None`.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value.parse::<u64>().ok().map(Duration::from_secs);
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Classifies a JSON-RPC error object (as MCP servers send them).
+///
+/// | code | catalog code | why |
+/// |---|---|---|
+/// | -32700 parse error | `INTERNAL` | the peer could not parse what *we* sent: a bug on our side, not the agent's input |
+/// | -32600 invalid request | `INVALID_INPUT` | |
+/// | -32601 method not found | `NOT_FOUND` | |
+/// | -32602 invalid params | `INVALID_INPUT` | |
+/// | -32603 internal error | `INTERNAL` | |
+/// | -32001 (MCP SDK request timeout) | `ETIMEDOUT` | |
+/// | -32002 (MCP resource not found) | `NOT_FOUND` | |
+/// | -32042 (MCP URL elicitation required) | `POLICY_BLOCKED` | a human must visit a URL (sign-in, consent) before the call can go on; hale cannot do that itself, so the call is blocked and escalated |
+/// | other -32000..=-32099 | `SERVICE_UNAVAILABLE` | the implementation-defined server-error range; -32000 in particular is used for anything from "connection closed" to application errors, so it is treated as transient |
+/// | anything else | `INTERNAL` | application-defined codes carry no meaning hale can rely on |
+///
+/// The data carries `{"jsonrpc_code": n}`; the message is the peer's.
+pub fn from_jsonrpc_error(code: i64, message: &str) -> ToolOutcome {
+    let catalog_code = match code {
+        -32700 => ErrorCode::Internal,
+        -32600 => ErrorCode::InvalidInput,
+        -32601 => ErrorCode::NotFound,
+        -32602 => ErrorCode::InvalidInput,
+        -32603 => ErrorCode::Internal,
+        -32001 => ErrorCode::Etimedout,
+        -32002 => ErrorCode::NotFound,
+        -32042 => ErrorCode::PolicyBlocked,
+        -32099..=-32000 => ErrorCode::ServiceUnavailable,
+        _ => ErrorCode::Internal,
+    };
+    let message = if message.trim().is_empty() {
+        format!("JSON-RPC error {code}")
+    } else {
+        message.to_owned()
+    };
+    ToolOutcome::from_code(catalog_code, message).with_data(json!({ "jsonrpc_code": code }))
+}
+
+/// The stderr phrases recognised by [`from_process_exit`], in the order they
+/// are checked (lower-case; matching is case-insensitive).
+///
+/// Order matters because one line often contains several phrases. Specific
+/// phrases come before generic ones: "permission denied" must beat
+/// "not found" (`rm: cannot remove 'x': Permission denied` is not a missing
+/// file), a refused connection to a host that was "not found" is still a
+/// connection problem, and "not found" is the most generic phrase, so it is
+/// checked last.
+const STDERR_PHRASES: &[(&[&str], ErrorCode)] = &[
+    (
+        &["already exists", "alreadyexists"],
+        ErrorCode::AlreadyExists,
+    ),
+    (
+        &[
+            "permission denied",
+            "operation not permitted",
+            "forbidden",
+            "access denied",
+            "access is denied",
+        ],
+        ErrorCode::PermissionDenied,
+    ),
+    (
+        &[
+            "connection refused",
+            "was refused",
+            "unable to connect",
+            "could not connect",
+            "failed to connect",
+        ],
+        ErrorCode::ConnectionRefused,
+    ),
+    (&["timed out", "timeout"], ErrorCode::Etimedout),
+    (
+        &["no such file", "not found", "notfound"],
+        ErrorCode::NotFound,
+    ),
+];
+
+/// Classifies how a child process ended.
+///
+/// Checked in this order, first match wins:
+/// 1. exit code 0 (and no signal): success;
+/// 2. killed by a signal: `INTERRUPTED` (whatever stderr says, the process
+///    did not get to finish);
+/// 3. exit 127 (the shell's "command not found"): `NOT_FOUND` with a
+///    `missing_executable` hint;
+/// 4. exit 126 (the shell's "not executable"): `PERMISSION_DENIED`;
+/// 5. stderr phrases, case-insensitive, in this order: "already exists"
+///    → `ALREADY_EXISTS`; "permission denied", "operation not permitted",
+///    "forbidden", "access denied" → `PERMISSION_DENIED`; "connection
+///    refused", "was refused", "unable to connect", "could not connect",
+///    "failed to connect" → `CONNECTION_REFUSED`; "timed out", "timeout" →
+///    `ETIMEDOUT`; "no such file", "not found" → `NOT_FOUND`. Specific
+///    phrases come first, so "permission denied" beats "not found";
+/// 6. anything else: `INTERNAL`.
+///
+/// The data is always `{"exit_code": .., "signal": ..}`. The message is the
+/// end of stderr (at most [`MAX_EXCERPT_BYTES`], where error summaries
+/// usually are), or a description of the exit when stderr is empty.
+pub fn from_process_exit(exit_code: Option<i32>, signal: Option<i32>, stderr: &str) -> ToolOutcome {
+    let data = json!({ "exit_code": exit_code, "signal": signal });
+    if exit_code == Some(0) && signal.is_none() {
+        return ToolOutcome::success(data);
+    }
+    let stderr = stderr.trim();
+    let described = match (exit_code, signal) {
+        (_, Some(sig)) => format!("process killed by signal {sig}"),
+        (Some(code), None) => format!("process exited with code {code}"),
+        (None, None) => "process ended without an exit code or signal".to_owned(),
+    };
+    let message = if stderr.is_empty() {
+        described
+    } else {
+        tail(stderr, MAX_EXCERPT_BYTES).to_owned()
+    };
+
+    if signal.is_some() {
+        return ToolOutcome::from_code(ErrorCode::Interrupted, message).with_data(data);
+    }
+    match exit_code {
+        Some(127) => {
+            let hint = Hint::new(
+                HintKind::MissingExecutable,
+                "the command was not found; check that the program is installed and on PATH",
+            );
+            return ToolOutcome::from_code(ErrorCode::NotFound, message)
+                .with_hint(hint)
+                .with_data(data);
+        }
+        Some(126) => {
+            return ToolOutcome::from_code(ErrorCode::PermissionDenied, message).with_data(data);
+        }
+        _ => {}
+    }
+    let lowered = stderr.to_lowercase();
+    let code = STDERR_PHRASES
+        .iter()
+        .find(|(phrases, _)| phrases.iter().any(|p| lowered.contains(p)))
+        .map_or(ErrorCode::Internal, |(_, code)| code.clone());
+    ToolOutcome::from_code(code, message).with_data(data)
+}
+
+/// The first `max` bytes of `s`, cut back to a character boundary.
+fn head(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The last `max` bytes of `s`, moved forward to a character boundary.
+fn tail(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn excerpts_respect_char_boundaries() {
+        let s = "é".repeat(10); // 20 bytes
+        assert_eq!(head(&s, 5), "éé");
+        assert_eq!(tail(&s, 5), "éé");
+        assert_eq!(head("abc", 10), "abc");
+    }
+
+    #[test]
+    fn long_stderr_keeps_its_end() {
+        let stderr = format!("{}FINAL: already exists", "x".repeat(5000));
+        let outcome = from_process_exit(Some(1), None, &stderr);
+        assert!(outcome.message.len() <= MAX_EXCERPT_BYTES);
+        assert!(outcome.message.ends_with("FINAL: already exists"));
+        assert_eq!(outcome.code, Some(ErrorCode::AlreadyExists));
+    }
+
+    #[test]
+    fn long_body_keeps_its_start() {
+        let body = format!("START{}", "y".repeat(5000));
+        let outcome = from_http_status(400, None, &body, SystemTime::now());
+        assert!(outcome.message.starts_with("HTTP 400: START"));
+        assert!(outcome.message.len() <= MAX_EXCERPT_BYTES + "HTTP 400: ".len());
+    }
+}

@@ -1,0 +1,21 @@
+//! hale's shared vocabulary: typed tool outcomes, the error catalog, the
+//! classifiers that produce outcomes from raw failures, the audit-trail
+//! events, and the [`Tool`] trait.
+//!
+//! This crate exists so that the parts of hale that must agree on what a
+//! failure *is* (the tool layer that produces outcomes, the durable core
+//! that records events, the sessions that act on them) never have to depend
+//! on each other to agree. Each depends only on this crate; none of them
+//! owns the definitions. It deliberately holds no actors and no I/O.
+
+pub mod catalog;
+pub mod classify;
+pub mod event;
+mod open_enum;
+pub mod outcome;
+pub mod tool;
+
+pub use catalog::{Classification, ErrorCode};
+pub use event::{Event, EventKind, EventSink, Level, MemorySink, NullSink, UnknownLevel};
+pub use outcome::{Hint, HintKind, Severity, Status, ToolOutcome};
+pub use tool::{BoxFuture, RegistryError, Tool, ToolRegistry, ToolSpec};

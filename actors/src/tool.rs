@@ -1,0 +1,276 @@
+//! The [`Tool`] trait and the [`ToolRegistry`] that finds tools by name.
+//!
+//! A tool is anything an agent can call: a shell command, an HTTP API, an
+//! MCP server's tool. Recovery only works if every one of them reports
+//! failure the same way, so the trait has no error type at all: a call
+//! always yields a [`ToolOutcome`]. The registry enforces the same rule for
+//! the cases a tool cannot report itself: an unknown name becomes a
+//! `NOT_FOUND` outcome with suggestions, and a tool that panics becomes an
+//! `INTERNAL` outcome instead of taking its caller down.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::task::{Context, Poll};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::catalog::ErrorCode;
+use crate::outcome::{Hint, HintKind, ToolOutcome};
+
+/// A boxed, sendable future; the return type of [`Tool::call`], so the
+/// trait stays object-safe without an async-trait dependency.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a tool is, as shown to the model and to recovery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    /// Unique name: non-empty, only `A-Z a-z 0-9 _ -`.
+    pub name: String,
+    /// What the tool does, for the model.
+    pub description: String,
+    /// JSON Schema of the arguments object.
+    pub schema: Value,
+    /// Calling it twice with the same arguments has the same effect as
+    /// calling it once, so an interrupted call may be repeated.
+    #[serde(default)]
+    pub idempotent: bool,
+}
+
+impl ToolSpec {
+    /// A spec for a non-idempotent tool.
+    pub fn new(name: impl Into<String>, description: impl Into<String>, schema: Value) -> Self {
+        Self {
+            name: name.into(),
+            description: description.into(),
+            schema,
+            idempotent: false,
+        }
+    }
+
+    /// Declares whether the tool is idempotent.
+    pub fn with_idempotent(mut self, idempotent: bool) -> Self {
+        self.idempotent = idempotent;
+        self
+    }
+}
+
+/// Something an agent can call.
+///
+/// Contract: `call` never panics at its caller and never fails outside the
+/// outcome; every failure, including bad arguments, is a [`ToolOutcome`].
+/// (The registry still guards against panics, but a panic is a bug in the
+/// tool, reported as `INTERNAL`.)
+pub trait Tool: Send + Sync + 'static {
+    /// The tool's description.
+    fn spec(&self) -> &ToolSpec;
+
+    /// Runs the tool with a JSON arguments object.
+    fn call(&self, args: Value) -> BoxFuture<'_, ToolOutcome>;
+}
+
+/// Why a tool could not be registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// Another tool already has this name.
+    #[error("a tool named `{0}` is already registered")]
+    Duplicate(String),
+    /// The name is empty or contains characters outside `A-Z a-z 0-9 _ -`.
+    #[error("invalid tool name `{0}`: use only A-Z, a-z, 0-9, `_` and `-`, at least one character")]
+    InvalidName(String),
+}
+
+/// Tools by name, with calls that always yield an outcome.
+#[derive(Default)]
+pub struct ToolRegistry {
+    tools: RwLock<BTreeMap<String, Arc<dyn Tool>>>,
+}
+
+impl std::fmt::Debug for ToolRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolRegistry")
+            .field("tools", &self.names())
+            .finish()
+    }
+}
+
+impl ToolRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a tool under its spec's name.
+    pub fn register(&self, tool: Arc<dyn Tool>) -> Result<(), RegistryError> {
+        let name = tool.spec().name.clone();
+        if !is_valid_name(&name) {
+            return Err(RegistryError::InvalidName(name));
+        }
+        let mut tools = self.write();
+        if tools.contains_key(&name) {
+            return Err(RegistryError::Duplicate(name));
+        }
+        tools.insert(name, tool);
+        Ok(())
+    }
+
+    /// The tool with this name, if any.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Tool>> {
+        self.read().get(name).cloned()
+    }
+
+    /// Every registered name, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
+    }
+
+    /// Every registered spec, sorted by name.
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        self.read().values().map(|t| t.spec().clone()).collect()
+    }
+
+    /// How many tools are registered.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Whether no tool is registered.
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// Calls a tool by name.
+    ///
+    /// An unknown name yields `NOT_FOUND` with a `did_you_mean` hint listing
+    /// every registered name, closest (by edit distance) first. A panic in
+    /// the tool yields `INTERNAL`. An `INTERRUPTED` outcome is re-read with
+    /// the tool's idempotency (see [`ToolOutcome::for_idempotency`]).
+    pub async fn call(&self, name: &str, args: Value) -> ToolOutcome {
+        // Clone the Arc out so the lock is not held across the await.
+        let Some(tool) = self.get(name) else {
+            return self.unknown_tool(name);
+        };
+        let idempotent = tool.spec().idempotent;
+        let outcome = match catch_unwind(AssertUnwindSafe(|| tool.call(args))) {
+            Ok(future) => CatchUnwind(future).await,
+            Err(payload) => Err(payload),
+        };
+        match outcome {
+            Ok(outcome) => outcome.for_idempotency(idempotent),
+            Err(payload) => ToolOutcome::from_code(
+                ErrorCode::Internal,
+                format!("tool `{name}` panicked: {}", panic_message(&*payload)),
+            ),
+        }
+    }
+
+    fn unknown_tool(&self, name: &str) -> ToolOutcome {
+        let wanted = name.to_lowercase();
+        let mut names: Vec<(usize, String)> = self
+            .names()
+            .into_iter()
+            .map(|n| (levenshtein(&wanted, &n.to_lowercase()), n))
+            .collect();
+        names.sort();
+        let suggestions: Vec<String> = names.into_iter().map(|(_, n)| n).collect();
+        let mut outcome =
+            ToolOutcome::from_code(ErrorCode::NotFound, format!("no tool named `{name}`"));
+        if !suggestions.is_empty() {
+            outcome = outcome.with_hint(
+                Hint::new(HintKind::DidYouMean, "available tools, closest name first")
+                    .with_suggestions(suggestions),
+            );
+        }
+        outcome.with_data(json!({ "tool": name }))
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Arc<dyn Tool>>> {
+        // Inserts are single operations; a poisoned map is still consistent.
+        self.tools.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Arc<dyn Tool>>> {
+        self.tools.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Polls the inner future inside `catch_unwind`, so a panic surfaces as
+/// `Err(payload)` instead of unwinding through the caller.
+struct CatchUnwind<'a>(BoxFuture<'a, ToolOutcome>);
+
+impl Future for CatchUnwind<'_> {
+    type Output = Result<ToolOutcome, Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The boxed future is not touched again after a panic (the outer
+        // future completes with the error), so no broken state is observed.
+        let inner = &mut self.0;
+        match catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(outcome)) => Poll::Ready(Ok(outcome)),
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "non-string panic payload"
+    }
+}
+
+/// Edit distance between two strings, by characters. Only used to rank a
+/// handful of tool names, so the simple two-row version is enough.
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.chars().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = substitute.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn levenshtein_basics() {
+        assert_eq!(levenshtein("", ""), 0);
+        assert_eq!(levenshtein("abc", ""), 3);
+        assert_eq!(levenshtein("kitten", "sitting"), 3);
+        assert_eq!(levenshtein("weather", "wether"), 1);
+    }
+
+    #[test]
+    fn names_are_validated() {
+        assert!(is_valid_name("get_weather-2"));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name("get weather"));
+        assert!(!is_valid_name("a.b"));
+        assert!(!is_valid_name("é"));
+    }
+}
