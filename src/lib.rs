@@ -1,0 +1,11 @@
+//! hale: a self-healing runtime for AI agents.
+//!
+//! This crate is the product layer: the `hale` binary's commands and, as the
+//! runtime grows, its configuration, wiring of the root supervision tree and
+//! control plane. The supervision semantics live in `hale-supervision`, the
+//! domain vocabulary in `hale-actors`.
+
+pub mod tree_demo;
+
+pub use hale_actors as actors;
+pub use hale_supervision as supervision;
