@@ -13,6 +13,7 @@ pub mod classify;
 pub mod event;
 mod open_enum;
 pub mod outcome;
+pub mod recovery;
 pub mod tool;
 
 pub use catalog::{Classification, ErrorCode};

@@ -445,6 +445,7 @@ impl SupervisorState {
             }
             Err(error) => {
                 let error = error.to_string();
+                tracing::warn!(supervisor = %self.name, child = %id, %error, "child failed to start");
                 child.set_status(Status::Stopped);
                 self.stats.start_failures += 1;
                 self.emit(
@@ -490,6 +491,7 @@ impl SupervisorState {
             return;
         };
         let decision = decide(child.spec.restart, &reason);
+        tracing::debug!(supervisor = %self.name, child = %id, %reason, ?decision, "child exited");
         let ran_for = child.started_at.elapsed();
         child.last_exit = Some(reason.clone());
         self.stats.exits += 1;
@@ -675,6 +677,7 @@ impl SupervisorState {
             return;
         };
         child.set_status(Status::Parked);
+        tracing::warn!(supervisor = %self.name, child = %id, %reason, probe_after = ?park.probe_after, "child parked after exceeding its restart limit");
         let generation = child.generation;
         self.stats.parks += 1;
         self.emit(
@@ -712,6 +715,12 @@ impl SupervisorState {
     }
 
     async fn give_up(&mut self, myself: &ActorCell) {
+        tracing::warn!(
+            supervisor = %self.name,
+            max_restarts = self.intensity.max_restarts,
+            period = ?self.intensity.period,
+            "restart intensity exceeded; stopping children and exiting so the parent decides"
+        );
         self.emit(
             None,
             SupervisorEventKind::GaveUp {
