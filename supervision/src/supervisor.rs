@@ -163,11 +163,12 @@ impl Child {
     }
 
     /// The next backoff delay, if the child has a backoff; advances the attempt.
-    fn next_delay(&mut self) -> Option<(u32, Duration)> {
+    /// `unit` is the jitter draw in `0.0..1.0`.
+    fn next_delay(&mut self, unit: f64) -> Option<(u32, Duration)> {
         let backoff: Backoff = self.spec.backoff?;
         let attempt = self.backoff_attempt;
         self.backoff_attempt = self.backoff_attempt.saturating_add(1);
-        Some((attempt, backoff.delay(attempt, fastrand::f64())))
+        Some((attempt, backoff.delay(attempt, unit)))
     }
 
     fn info(&self, id: &ChildId) -> ChildInfo {
@@ -202,6 +203,9 @@ pub struct SupervisorState {
     next_seq: u64,
     stats: SupervisorStats,
     stopping: bool,
+    /// Jitter draws; owned by the supervisor rather than a thread-local so
+    /// each supervisor's sequence is its own.
+    rng: fastrand::Rng,
 }
 
 impl Actor for Supervisor {
@@ -234,6 +238,7 @@ impl Actor for Supervisor {
             next_seq: 0,
             stats: SupervisorStats::default(),
             stopping: false,
+            rng: fastrand::Rng::new(),
         };
         let myself = myself.get_cell();
         // OTP: children start in order inside init; if one fails, those
@@ -549,7 +554,7 @@ impl SupervisorState {
             return;
         }
         self.stats.restarts += 1;
-        let delay = child.next_delay();
+        let delay = child.next_delay(self.rng.f64());
         let seq = child.seq;
 
         let group: Vec<ChildId> = match self.strategy {
@@ -655,7 +660,7 @@ impl SupervisorState {
             self.give_up(myself).await;
             return;
         }
-        let delay = child.next_delay();
+        let delay = child.next_delay(self.rng.f64());
         let delay = match delay {
             Some((attempt, delay)) => {
                 self.emit(

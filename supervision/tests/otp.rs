@@ -290,8 +290,13 @@ async fn graceful_shutdown_kills_a_hung_child_after_its_timeout() {
     );
     let (sup, _) = SupervisorRef::start(spec).await.unwrap();
     let hung = current(&sup, "hung").await;
-    send(&hung, WorkerMsg::Hang);
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Once it has answered, its handler is stuck: a graceful stop cannot get in.
+    let actor: ractor::ActorRef<WorkerMsg> = hung.clone().into();
+    actor
+        .call(WorkerMsg::Hang, Some(WAIT))
+        .await
+        .unwrap()
+        .unwrap();
     let started = std::time::Instant::now();
     sup.terminate_child(&ChildId::from("hung")).await.unwrap();
     let took = started.elapsed();

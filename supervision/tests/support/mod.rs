@@ -64,8 +64,8 @@ pub enum WorkerMsg {
     Ping(RpcReplyPort<String>),
     Panic,
     Fail,
-    /// Never returns: the handler awaits forever (a hung child).
-    Hang,
+    /// Answers, then never returns: the handler awaits forever (a hung child).
+    Hang(RpcReplyPort<()>),
     Stop(Option<String>),
 }
 
@@ -124,7 +124,10 @@ impl Actor for Worker {
                 panic!("{} was told to panic", state.label);
             }
             WorkerMsg::Fail => return Err(format!("{} was told to fail", state.label).into()),
-            WorkerMsg::Hang => std::future::pending::<()>().await,
+            WorkerMsg::Hang(reply) => {
+                let _ = reply.send(());
+                std::future::pending::<()>().await
+            }
             WorkerMsg::Stop(reason) => myself.stop(reason),
         }
         Ok(())
