@@ -682,3 +682,126 @@ async fn events_report_start_exit_and_restart() {
         }
     );
 }
+
+/// Strategy x restart type: which siblings a middle child's exit takes down
+/// with it. Only an exit that the restart table restarts triggers the
+/// strategy; a transient child's normal exit and a temporary child's exit
+/// leave the siblings alone.
+#[tokio::test]
+async fn strategy_by_restart_type_matrix() {
+    for strategy in [
+        Strategy::OneForOne,
+        Strategy::OneForAll,
+        Strategy::RestForOne,
+    ] {
+        for restart in [Restart::Permanent, Restart::Transient, Restart::Temporary] {
+            for killed in [false, true] {
+                let case = format!(
+                    "{strategy:?}/{restart:?}/{}",
+                    if killed { "killed" } else { "normal" }
+                );
+                let shared = Shared::new();
+                let spec = SupervisorSpec::new("matrix")
+                    .strategy(strategy)
+                    .intensity(10, Duration::from_secs(5))
+                    .child(worker("a", &shared))
+                    .child(worker("b", &shared).restart(restart))
+                    .child(worker("c", &shared));
+                let (sup, _) = SupervisorRef::start(spec).await.unwrap();
+                let a = current(&sup, "a").await.get_id();
+                let b = current(&sup, "b").await;
+                let c = current(&sup, "c").await.get_id();
+                if killed {
+                    b.kill();
+                } else {
+                    send(&b, WorkerMsg::Stop(None));
+                }
+                let restarts = decide_expected(restart, killed);
+                if restarts {
+                    wait_restarts(&sup, 1).await;
+                } else {
+                    eventually(WAIT, || async {
+                        (sup.stats().await.ok()?.exits == 1).then_some(())
+                    })
+                    .await
+                    .unwrap_or_else(|| panic!("{case}: exit not seen"));
+                }
+                let infos = sup.which_children().await.unwrap();
+                let id_of = |name: &str| {
+                    infos
+                        .iter()
+                        .find(|i| i.id.as_str() == name)
+                        .and_then(|i| i.actor.as_ref().map(|cell| cell.get_id()))
+                };
+                let (a_new, c_new) = (id_of("a") != Some(a), id_of("c") != Some(c));
+                let expected = match (restarts, strategy) {
+                    (false, _) | (true, Strategy::OneForOne) => (false, false),
+                    (true, Strategy::OneForAll) => (true, true),
+                    (true, Strategy::RestForOne) => (false, true),
+                };
+                assert_eq!(
+                    (a_new, c_new),
+                    expected,
+                    "{case}: (a restarted, c restarted)"
+                );
+                match (restarts, restart) {
+                    (true, _) => assert!(
+                        id_of("b").is_some_and(|id| id != b.get_id()),
+                        "{case}: b not restarted"
+                    ),
+                    (false, Restart::Temporary) => {
+                        assert_eq!(infos.len(), 2, "{case}: temporary b kept")
+                    }
+                    (false, _) => assert_eq!(infos[1].state, ChildState::Stopped, "{case}"),
+                }
+                for info in &infos {
+                    if let Some(cell) = &info.actor {
+                        assert_eq!(
+                            ping(cell).await.as_deref(),
+                            Some(info.id.as_str()),
+                            "{case}"
+                        );
+                    }
+                }
+                sup.shutdown(WAIT).await.unwrap();
+            }
+        }
+    }
+}
+
+fn decide_expected(restart: Restart, killed: bool) -> bool {
+    match restart {
+        Restart::Permanent => true,
+        Restart::Transient => killed,
+        Restart::Temporary => false,
+    }
+}
+
+/// A temporary sibling caught in a group restart is shut down and forgotten,
+/// not restarted (OTP deletes temporary children it terminates).
+#[tokio::test]
+async fn group_restart_forgets_temporary_siblings() {
+    let shared = Shared::new();
+    let spec = SupervisorSpec::new("s")
+        .strategy(Strategy::OneForAll)
+        .intensity(10, Duration::from_secs(5))
+        .child(worker("a", &shared))
+        .child(worker("t", &shared).restart(Restart::Temporary))
+        .child(worker("c", &shared));
+    let (sup, _) = SupervisorRef::start(spec).await.unwrap();
+    shared.clear_journal();
+    current(&sup, "a").await.kill();
+    wait_restarts(&sup, 1).await;
+    let ids: Vec<_> = sup
+        .which_children()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(ids, vec![ChildId::from("a"), ChildId::from("c")]);
+    assert_eq!(
+        shared.journal(),
+        vec!["stop:c", "stop:t", "start:a", "start:c"]
+    );
+}
