@@ -42,6 +42,16 @@ async fn ids(sup: &SupervisorRef) -> Vec<ractor::ActorId> {
     out
 }
 
+/// The supervisor's child ids in start order.
+async fn child_ids(sup: &SupervisorRef) -> Vec<ChildId> {
+    sup.which_children()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect()
+}
+
 async fn wait_restarts(sup: &SupervisorRef, n: u64) {
     eventually(WAIT, || async {
         (sup.stats().await.ok()?.restarts >= n).then_some(())
@@ -545,14 +555,7 @@ async fn dynamic_children_start_terminate_restart_delete() {
     assert_eq!(sup.which_children().await.unwrap()[0].restarts, 2);
 
     sup.delete_child(&ChildId::from("a")).await.unwrap();
-    let left: Vec<_> = sup
-        .which_children()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|i| i.id)
-        .collect();
-    assert_eq!(left, vec![ChildId::from("b")]);
+    assert_eq!(child_ids(&sup).await, vec![ChildId::from("b")]);
     assert_eq!(a3.get_status(), ractor::ActorStatus::Stopped);
 
     let unknown = ChildId::from("nope");
@@ -792,14 +795,10 @@ async fn group_restart_forgets_temporary_siblings() {
     shared.clear_journal();
     current(&sup, "a").await.kill();
     wait_restarts(&sup, 1).await;
-    let ids: Vec<_> = sup
-        .which_children()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|i| i.id)
-        .collect();
-    assert_eq!(ids, vec![ChildId::from("a"), ChildId::from("c")]);
+    assert_eq!(
+        child_ids(&sup).await,
+        vec![ChildId::from("a"), ChildId::from("c")]
+    );
     assert_eq!(
         shared.journal(),
         vec!["stop:c", "stop:t", "start:a", "start:c"]
