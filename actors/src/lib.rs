@@ -8,6 +8,7 @@
 //! on each other to agree. Each depends only on this crate; none of them
 //! owns the definitions. It deliberately holds no actors and no I/O.
 
+pub mod builtin;
 pub mod catalog;
 pub mod classify;
 pub mod event;

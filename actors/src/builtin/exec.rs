@@ -1,0 +1,1 @@
+//! Placeholder for the `exec` module; filled in by its own change.

@@ -1,0 +1,1 @@
+//! Placeholder for the `files` module; filled in by its own change.

@@ -1,0 +1,1 @@
+//! Placeholder for the `search` module; filled in by its own change.

@@ -1,0 +1,1 @@
+//! Placeholder for the `web_fetch` module; filled in by its own change.

@@ -1,0 +1,1 @@
+//! Placeholder for the `workspace` module; filled in by its own change.
