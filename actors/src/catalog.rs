@@ -49,6 +49,9 @@ open_enum! {
         OutputTooLarge => "OUTPUT_TOO_LARGE",
         /// The operation was cut short (signal, cancellation, crash mid-call).
         Interrupted => "INTERRUPTED",
+        /// The tool ran and reported a failure of its own (an MCP result
+        /// with `isError: true`); its message says what went wrong.
+        ToolError => "TOOL_ERROR",
         /// A token, cost or time budget ran out.
         BudgetExhausted => "BUDGET_EXHAUSTED",
         /// A bug or an unexpected state inside the tool or hale itself.
@@ -108,7 +111,7 @@ impl ErrorCode {
             C::AlreadyExists => Classification::new(false, true, Warning),
             C::NotFound | C::InvalidInput | C::Ambiguous => Classification::new(false, true, Error),
             C::FileTooLarge | C::OutputTooLarge => Classification::new(false, true, Warning),
-            C::Interrupted => Classification::new(false, true, Error),
+            C::Interrupted | C::ToolError => Classification::new(false, true, Error),
             C::BudgetExhausted | C::Internal => Classification::new(false, false, Error),
             C::PolicyBlocked | C::PermissionDenied | C::Unauthenticated => {
                 Classification::new(false, false, Critical)

@@ -109,6 +109,16 @@ open_enum! {
         Retry => "retry",
         /// A failed call is being routed to a fallback.
         Fallback => "fallback",
+        /// A failed call was re-issued with adjusted parameters (a read
+        /// split into chunks).
+        Adjust => "adjust",
+        /// A call was refused before it was made (retry budget spent,
+        /// concurrency cap reached).
+        Shed => "shed",
+        /// A connection to a peer (an MCP server) was established.
+        Connected => "connected",
+        /// A connection to a peer failed or ended.
+        Disconnected => "disconnected",
         /// A circuit breaker changed state.
         Breaker => "breaker",
         /// A supervised child started.

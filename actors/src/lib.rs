@@ -11,13 +11,19 @@
 pub mod builtin;
 pub mod catalog;
 pub mod classify;
+pub mod dispatch;
 pub mod event;
+pub mod mcp;
 mod open_enum;
 pub mod outcome;
 pub mod recovery;
 pub mod tool;
+pub mod tool_actor;
 
 pub use catalog::{Classification, ErrorCode};
 pub use event::{Event, EventKind, EventSink, Level, MemorySink, NullSink, UnknownLevel};
 pub use outcome::{Hint, HintKind, Severity, Status, ToolOutcome};
-pub use tool::{BoxFuture, RegistryError, Tool, ToolRegistry, ToolSpec};
+pub use tool::{
+    BoxFuture, RegistryError, Tool, ToolRegistry, ToolSpec, call_guarded, closest_first,
+    unknown_tool,
+};

@@ -150,6 +150,10 @@ const OWN_FIELDS: [&str; 9] = [
     "retry_after_ms",
 ];
 
+/// The top-level field that marks an outcome hale made before delivering
+/// the call (see [`ToolOutcome::undelivered`]).
+const DELIVERED_FIELD: &str = "delivered";
+
 /// The classification of an outcome that carries no failure.
 const NO_FAILURE: Classification = Classification::new(false, false, Severity::Warning);
 
@@ -240,6 +244,22 @@ impl ToolOutcome {
             self.retryable = ErrorCode::Interrupted.class_for(idempotent).retryable;
         }
         self
+    }
+
+    /// Marks a failure that hale produced before the call left it (the
+    /// target was not running, a breaker or cap refused it), so recovery
+    /// knows nothing can have happened and re-issuing is safe even for a
+    /// non-idempotent tool. On the wire it is the top-level field
+    /// `"delivered": false`, which also tells a model the call never ran.
+    pub fn undelivered(mut self) -> Self {
+        self.extra
+            .insert(DELIVERED_FIELD.to_owned(), Value::Bool(false));
+        self
+    }
+
+    /// Whether [`undelivered`](Self::undelivered) marked this outcome.
+    pub fn is_undelivered(&self) -> bool {
+        self.extra.get(DELIVERED_FIELD) == Some(&Value::Bool(false))
     }
 
     /// The three recovery facts of this outcome.

@@ -39,6 +39,12 @@ pub struct ToolSpec {
     /// calling it once, so an interrupted call may be repeated.
     #[serde(default)]
     pub idempotent: bool,
+    /// What the tool talks to, for the recovery state shared by every
+    /// caller (circuit breaker, retry budget, concurrency cap): an MCP
+    /// server's name for its tools, or `None` when the tool is its own
+    /// endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 impl ToolSpec {
@@ -49,7 +55,28 @@ impl ToolSpec {
             description: description.into(),
             schema,
             idempotent: false,
+            endpoint: None,
         }
+    }
+
+    /// Names the endpoint the tool talks to (see [`ToolSpec::endpoint`]).
+    pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// The endpoint whose breaker, budget and cap this tool's calls share:
+    /// the declared one, or the tool's own name.
+    pub fn endpoint_name(&self) -> &str {
+        self.endpoint.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Whether the arguments schema declares a property `name`.
+    pub fn accepts(&self, name: &str) -> bool {
+        self.schema
+            .get("properties")
+            .and_then(|p| p.get(name))
+            .is_some()
     }
 
     /// Declares whether the tool is idempotent.
@@ -152,40 +179,9 @@ impl ToolRegistry {
     pub async fn call(&self, name: &str, args: Value) -> ToolOutcome {
         // Clone the Arc out so the lock is not held across the await.
         let Some(tool) = self.get(name) else {
-            return self.unknown_tool(name);
+            return unknown_tool(name, self.names());
         };
-        let idempotent = tool.spec().idempotent;
-        let outcome = match catch_unwind(AssertUnwindSafe(|| tool.call(args))) {
-            Ok(future) => CatchUnwind(future).await,
-            Err(payload) => Err(payload),
-        };
-        match outcome {
-            Ok(outcome) => outcome.for_idempotency(idempotent),
-            Err(payload) => ToolOutcome::from_code(
-                ErrorCode::Internal,
-                format!("tool `{name}` panicked: {}", panic_message(&*payload)),
-            ),
-        }
-    }
-
-    fn unknown_tool(&self, name: &str) -> ToolOutcome {
-        let wanted = name.to_lowercase();
-        let mut names: Vec<(usize, String)> = self
-            .names()
-            .into_iter()
-            .map(|n| (levenshtein(&wanted, &n.to_lowercase()), n))
-            .collect();
-        names.sort();
-        let suggestions: Vec<String> = names.into_iter().map(|(_, n)| n).collect();
-        let mut outcome =
-            ToolOutcome::from_code(ErrorCode::NotFound, format!("no tool named `{name}`"));
-        if !suggestions.is_empty() {
-            outcome = outcome.with_hint(
-                Hint::new(HintKind::DidYouMean, "available tools, closest name first")
-                    .with_suggestions(suggestions),
-            );
-        }
-        outcome.with_data(json!({ "tool": name }))
+        call_guarded(&*tool, args).await
     }
 
     fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Arc<dyn Tool>>> {
@@ -196,6 +192,67 @@ impl ToolRegistry {
     fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Arc<dyn Tool>>> {
         self.tools.write().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Calls `tool` so that a panic becomes an `INTERNAL` outcome instead of
+/// unwinding into the caller, and re-reads an `INTERRUPTED` outcome with
+/// the tool's idempotency (see [`ToolOutcome::for_idempotency`]).
+///
+/// Everything that runs a tool (the registry, the tool actors) goes
+/// through here, so the "a call always yields an outcome" rule holds even
+/// for a buggy tool.
+pub async fn call_guarded(tool: &dyn Tool, args: Value) -> ToolOutcome {
+    let idempotent = tool.spec().idempotent;
+    let outcome = match catch_unwind(AssertUnwindSafe(|| tool.call(args))) {
+        Ok(future) => CatchUnwind(future).await,
+        Err(payload) => Err(payload),
+    };
+    match outcome {
+        Ok(outcome) => outcome.for_idempotency(idempotent),
+        Err(payload) => ToolOutcome::from_code(
+            ErrorCode::Internal,
+            format!(
+                "tool `{}` panicked: {}",
+                tool.spec().name,
+                panic_message(&*payload)
+            ),
+        ),
+    }
+}
+
+/// The `NOT_FOUND` outcome for a call to `name` when only `known` exist:
+/// a `did_you_mean` hint lists every known name, closest (by edit
+/// distance, ignoring case) first, so a model that misspelt a tool can
+/// repair the call from the first suggestion.
+pub fn unknown_tool<I>(name: &str, known: I) -> ToolOutcome
+where
+    I: IntoIterator<Item = String>,
+{
+    let suggestions = closest_first(name, known);
+    let mut outcome =
+        ToolOutcome::from_code(ErrorCode::NotFound, format!("no tool named `{name}`"));
+    if !suggestions.is_empty() {
+        outcome = outcome.with_hint(
+            Hint::new(HintKind::DidYouMean, "available tools, closest name first")
+                .with_suggestions(suggestions),
+        );
+    }
+    outcome.with_data(json!({ "tool": name }))
+}
+
+/// `candidates` sorted by edit distance to `wanted` (ignoring case),
+/// closest first; ties keep alphabetical order.
+pub fn closest_first<I>(wanted: &str, candidates: I) -> Vec<String>
+where
+    I: IntoIterator<Item = String>,
+{
+    let wanted = wanted.to_lowercase();
+    let mut ranked: Vec<(usize, String)> = candidates
+        .into_iter()
+        .map(|n| (levenshtein(&wanted, &n.to_lowercase()), n))
+        .collect();
+    ranked.sort();
+    ranked.into_iter().map(|(_, n)| n).collect()
 }
 
 fn is_valid_name(name: &str) -> bool {

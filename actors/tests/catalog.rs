@@ -23,6 +23,7 @@ const TABLE: &[(&str, bool, bool, Severity, Status)] = &[
     ("FILE_TOO_LARGE", false, true, W, Status::Error),
     ("OUTPUT_TOO_LARGE", false, true, W, Status::Error),
     ("INTERRUPTED", false, true, E, Status::Error),
+    ("TOOL_ERROR", false, true, E, Status::Error),
     ("BUDGET_EXHAUSTED", false, false, E, Status::Error),
     ("INTERNAL", false, false, E, Status::Error),
     ("POLICY_BLOCKED", false, false, C, Status::Blocked),

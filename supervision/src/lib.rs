@@ -65,6 +65,7 @@
 //! - **Addressing.** A restarted child is a new actor with a new ref. Keep the
 //!   [`ChildId`] and resolve through [`SupervisorRef::resolve`].
 
+mod address;
 mod backoff;
 mod client;
 mod error;
@@ -74,6 +75,7 @@ mod reason;
 mod spec;
 mod supervisor;
 
+pub use address::Address;
 pub use backoff::{Backoff, BackoffError};
 pub use client::{DEFAULT_CALL_TIMEOUT, SupervisorRef};
 pub use error::SupervisorError;

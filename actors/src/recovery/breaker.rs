@@ -232,12 +232,41 @@ impl CircuitBreaker {
     }
 }
 
+/// Whether an outcome says the endpoint itself is unhealthy, and so counts
+/// towards opening its breaker.
+///
+/// Only failures of the endpoint count: it could not be reached, did not
+/// answer in time, closed the transport, said it is overloaded or broke
+/// internally. A failure that is the caller's own (bad arguments, a
+/// missing file, a permission refused, a policy block) proves the endpoint
+/// answered, so it counts as a success: a model that keeps sending bad
+/// arguments must not lock every other session out of a healthy server.
+pub fn counts_against_endpoint(outcome: &ToolOutcome) -> bool {
+    if outcome.status == crate::outcome::Status::Timeout {
+        return true;
+    }
+    matches!(
+        outcome.code,
+        Some(
+            ErrorCode::ConnectionRefused
+                | ErrorCode::Etimedout
+                | ErrorCode::ServiceUnavailable
+                | ErrorCode::RateLimited
+                | ErrorCode::McpServerUnreachable
+                | ErrorCode::TransportClosed
+                | ErrorCode::Interrupted
+                | ErrorCode::Internal
+        )
+    )
+}
+
 /// The outcome a caller returns instead of calling `endpoint` while its
 /// breaker refuses: `MCP_SERVER_UNREACHABLE`, retryable and recoverable,
 /// with `retry_after` set to `retry_in`.
 ///
-/// The call never left hale, so whoever acts on this outcome may treat it
-/// as [`Phase::BeforeEffect`](super::Phase::BeforeEffect).
+/// The call never left hale, so the outcome is marked
+/// [`undelivered`](ToolOutcome::undelivered) and recovery treats it as
+/// [`Phase::BeforeEffect`](super::Phase::BeforeEffect).
 pub fn rejected_outcome(endpoint: &str, retry_in: Duration) -> ToolOutcome {
     let millis = u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX);
     let mut outcome = ToolOutcome::from_code(
@@ -248,7 +277,8 @@ pub fn rejected_outcome(endpoint: &str, retry_in: Duration) -> ToolOutcome {
         ),
     )
     .with_retry_after(retry_in)
-    .with_data(json!({ "endpoint": endpoint, "breaker": "open" }));
+    .with_data(json!({ "endpoint": endpoint, "breaker": "open" }))
+    .undelivered();
     // Stated, not inherited from the catalog: whatever the catalog says
     // about unreachable servers in general, a refusal by our own breaker is
     // always worth retrying later and always routable around.

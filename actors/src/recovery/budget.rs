@@ -180,6 +180,24 @@ impl RetryBudget {
         })
     }
 
+    /// An empty budget with the same settings, for another endpoint.
+    pub fn fresh(&self) -> Self {
+        Self {
+            ttl: self.ttl,
+            min_per_sec: self.min_per_sec,
+            retry_ratio: self.retry_ratio,
+            deposit: self.deposit,
+            withdraw: self.withdraw,
+            reserve: self.reserve,
+            slot_nanos: self.slot_nanos,
+            window: Mutex::new(Window {
+                origin: None,
+                current: 0,
+                slots: [0; SLOTS],
+            }),
+        }
+    }
+
     /// The sliding window deposits and withdrawals count in.
     pub fn ttl(&self) -> Duration {
         self.ttl
@@ -285,6 +303,17 @@ impl ConcurrencyCap {
             .map(|_| Permit {
                 inner: Arc::clone(&self.inner),
             })
+    }
+
+    /// A cap with the same limit and its own count (a clone shares the
+    /// count), for another endpoint.
+    pub fn fresh(&self) -> Self {
+        Self {
+            inner: Arc::new(CapInner {
+                max: self.inner.max,
+                in_flight: AtomicUsize::new(0),
+            }),
+        }
     }
 
     /// Calls in flight now.

@@ -35,7 +35,8 @@ pub use attempts::{
     AtomicIterationBudget, AttemptBudget, AttemptRecord, IterationBudget, UnlimitedIterations,
 };
 pub use breaker::{
-    Admission, BreakerError, BreakerState, CircuitBreaker, Transition, rejected_outcome,
+    Admission, BreakerError, BreakerState, CircuitBreaker, Transition, counts_against_endpoint,
+    rejected_outcome,
 };
 pub use budget::{BudgetError, ConcurrencyCap, Permit, RetryBudget};
 pub use chunking::{ChunkError, ChunkPolicy, should_chunk};

@@ -40,11 +40,14 @@ pub enum Phase {
 ///
 /// Only `CONNECTION_REFUSED` and `RATE_LIMITED` prove that nothing ran: the
 /// peer refused before accepting the request. Everything else, including
-/// timeouts, `TRANSPORT_CLOSED` and `INTERRUPTED`, may have started. The
-/// caller knows more in some cases (an `MCP_SERVER_UNREACHABLE` produced by
-/// hale's own open breaker, or by a server that is not ready yet, never
-/// reached the server) and then passes [`Phase::BeforeEffect`] itself.
+/// timeouts, `TRANSPORT_CLOSED` and `INTERRUPTED`, may have started, unless
+/// hale marked the outcome [`undelivered`](ToolOutcome::undelivered): an
+/// `MCP_SERVER_UNREACHABLE` from hale's own open breaker, or from a server
+/// that was not running, never reached the server.
 pub fn classify_phase(outcome: &ToolOutcome) -> Phase {
+    if outcome.is_undelivered() {
+        return Phase::BeforeEffect;
+    }
     match outcome.code {
         Some(ErrorCode::ConnectionRefused | ErrorCode::RateLimited) => Phase::BeforeEffect,
         _ => Phase::MayHaveStarted,

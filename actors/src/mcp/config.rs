@@ -1,0 +1,205 @@
+//! What an operator says about one MCP server, validated before anything
+//! is spawned.
+//!
+//! A typo in a server's config should fail at load with the field named,
+//! not surface an hour later as a crash loop of a command that never
+//! existed; so every config is checked by [`McpServerConfig::validate`]
+//! when the MCP layer is built.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How hale reaches the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum McpTransport {
+    /// A child process speaking MCP on stdin/stdout, spawned as the leader
+    /// of its own process group so that the whole group (wrappers such as
+    /// `npx` and the real server behind them) is killed together.
+    Stdio {
+        /// The program.
+        command: PathBuf,
+        /// Its arguments.
+        args: Vec<String>,
+        /// Extra environment variables.
+        env: BTreeMap<String, String>,
+        /// Working directory; hale's own when `None`.
+        cwd: Option<PathBuf>,
+    },
+    /// A streamable HTTP endpoint, such as `http://127.0.0.1:8080/mcp`.
+    Http {
+        /// The endpoint URL.
+        url: String,
+    },
+}
+
+/// One MCP server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpServerConfig {
+    /// Unique name: `A-Z a-z 0-9 -`, no `__` (the separator in tool names
+    /// such as `weather__forecast`).
+    pub name: String,
+    /// How to reach it.
+    pub transport: McpTransport,
+    /// The longest a `tools/call` may take, unless `tool_timeouts` says
+    /// otherwise for that tool.
+    pub request_timeout: Duration,
+    /// Per-tool overrides of `request_timeout`.
+    pub tool_timeouts: BTreeMap<String, Duration>,
+    /// The longest the spawn, handshake and tool listing may take together.
+    pub connect_timeout: Duration,
+    /// Per-tool idempotency, overriding the server's own annotations
+    /// (`idempotentHint`, `readOnlyHint`).
+    pub idempotent: BTreeMap<String, bool>,
+    /// Servers to route a call to, in order, when this one cannot serve it.
+    pub fallbacks: Vec<String>,
+    /// Restart backoff: the first delay.
+    pub restart_min: Duration,
+    /// Restart backoff: the longest delay.
+    pub restart_max: Duration,
+    /// Restarts within `park_window` after which the server is parked
+    /// (left down, probed every `probe_after`) instead of restarted.
+    pub park_after: u32,
+    /// The window `park_after` counts in.
+    pub park_window: Duration,
+    /// How long a parked server waits before a probe restart.
+    pub probe_after: Duration,
+    /// Starts disabled (calls fail fast until enabled).
+    pub disabled: bool,
+}
+
+impl McpServerConfig {
+    /// A server with hale's defaults: 30 s per call, 20 s to connect,
+    /// restarts backing off from 100 ms to 5 s, parked after 10 restarts in
+    /// a minute and probed every 5 s.
+    pub fn new(name: impl Into<String>, transport: McpTransport) -> Self {
+        Self {
+            name: name.into(),
+            transport,
+            request_timeout: Duration::from_secs(30),
+            tool_timeouts: BTreeMap::new(),
+            connect_timeout: Duration::from_secs(20),
+            idempotent: BTreeMap::new(),
+            fallbacks: Vec::new(),
+            restart_min: Duration::from_millis(100),
+            restart_max: Duration::from_secs(5),
+            park_after: 10,
+            park_window: Duration::from_secs(60),
+            probe_after: Duration::from_secs(5),
+            disabled: false,
+        }
+    }
+
+    /// A stdio server running `command` with `args`.
+    pub fn stdio<I, S>(name: impl Into<String>, command: impl Into<PathBuf>, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::new(
+            name,
+            McpTransport::Stdio {
+                command: command.into(),
+                args: args.into_iter().map(Into::into).collect(),
+                env: BTreeMap::new(),
+                cwd: None,
+            },
+        )
+    }
+
+    /// A streamable HTTP server at `url`.
+    pub fn http(name: impl Into<String>, url: impl Into<String>) -> Self {
+        Self::new(name, McpTransport::Http { url: url.into() })
+    }
+
+    /// The call timeout for `tool`.
+    pub fn timeout_for(&self, tool: &str) -> Duration {
+        self.tool_timeouts
+            .get(tool)
+            .copied()
+            .unwrap_or(self.request_timeout)
+    }
+
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`McpConfigError`] naming the server and the field.
+    pub fn validate(&self) -> Result<(), McpConfigError> {
+        let err = |field: &'static str, problem: String| McpConfigError {
+            server: self.name.clone(),
+            field,
+            problem,
+        };
+        let valid_name = !self.name.is_empty()
+            && !self.name.contains("__")
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid_name {
+            return Err(err(
+                "name",
+                "use A-Z, a-z, 0-9, `-` and `_`, at least one character, and no `__`".into(),
+            ));
+        }
+        match &self.transport {
+            McpTransport::Stdio { command, .. } if command.as_os_str().is_empty() => {
+                return Err(err("command", "must not be empty".into()));
+            }
+            McpTransport::Http { url }
+                if !(url.starts_with("http://") || url.starts_with("https://")) =>
+            {
+                return Err(err(
+                    "url",
+                    format!("`{url}` is not an http:// or https:// URL"),
+                ));
+            }
+            _ => {}
+        }
+        for (field, value) in [
+            ("request_timeout", self.request_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("restart_min", self.restart_min),
+            ("park_window", self.park_window),
+            ("probe_after", self.probe_after),
+        ] {
+            if value.is_zero() {
+                return Err(err(field, "must be greater than zero".into()));
+            }
+        }
+        if let Some((tool, _)) = self.tool_timeouts.iter().find(|(_, t)| t.is_zero()) {
+            return Err(err(
+                "tool_timeouts",
+                format!("the timeout of `{tool}` must be greater than zero"),
+            ));
+        }
+        if self.restart_max < self.restart_min {
+            return Err(err(
+                "restart_max",
+                "must be at least restart_min".to_owned(),
+            ));
+        }
+        if self.park_after == 0 {
+            return Err(err("park_after", "must be at least 1".into()));
+        }
+        if self.fallbacks.iter().any(|f| f == &self.name) {
+            return Err(err(
+                "fallbacks",
+                "a server cannot be its own fallback".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A config field that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("MCP server `{server}`: {field}: {problem}")]
+pub struct McpConfigError {
+    /// The server's name as configured.
+    pub server: String,
+    /// The field at fault.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
