@@ -1,1 +1,661 @@
-//! Placeholder for the `exec` module; filled in by its own change.
+//! The `exec` tool: runs a shell command in the workspace, bounded in time
+//! and output.
+//!
+//! A shell command is the most powerful and the most dangerous thing an
+//! agent can do, and also the easiest to get stuck on: a command that never
+//! ends, one that prints gigabytes, one that forks a server into the
+//! background and keeps the pipes open. This module exists so that every
+//! one of those ends in a classified outcome instead of a hung agent. The
+//! command runs as the leader of its own process group, so a timeout (or a
+//! caller that gives up on the call) kills everything it started, not just
+//! the shell; each output stream is read concurrently and kept up to a cap
+//! while the rest is drained, so the child never blocks on a full pipe; and
+//! block rules stop known-dangerous commands before they start.
+
+use std::future::Future;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use grep_regex::RegexMatcher;
+use grep_searcher::{SearcherBuilder, sinks};
+use process_wrap::tokio::{ChildWrapper, CommandWrap, KillOnDrop, ProcessGroup};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::catalog::ErrorCode;
+use crate::classify;
+use crate::outcome::{HintKind, ToolOutcome};
+use crate::tool::{BoxFuture, Tool, ToolSpec};
+
+/// The timeout of a call that does not ask for one.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest timeout a call may ask for; longer requests are clamped.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(600);
+/// How much of each output stream (stdout, stderr) a call keeps.
+pub const DEFAULT_OUTPUT_CAP_BYTES: usize = 64 * 1024;
+
+/// How long the output pipes may stay open after the shell has exited. A
+/// command that left a background process holding them (`server &`) would
+/// otherwise keep the call open until its timeout.
+const EXIT_GRACE: Duration = Duration::from_millis(200);
+/// How long to keep reading after the group was killed: the pipes close as
+/// soon as the last writer dies, unless a process escaped the group.
+const DRAIN_AFTER_KILL: Duration = Duration::from_millis(500);
+/// How long to wait for a killed shell to be reaped.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read buffer size per stream.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A command pattern that `exec` refuses to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRule {
+    /// A regular expression (Rust `regex` syntax) searched for anywhere in
+    /// the command text; anchor it (`^`) to match only a prefix.
+    pub pattern: String,
+    /// Why such commands are refused; shown to the agent.
+    pub reason: String,
+}
+
+impl BlockRule {
+    /// A rule from a pattern and the reason shown when it matches.
+    pub fn new(pattern: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            pattern: pattern.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// How an [`Exec`] tool runs commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecConfig {
+    /// The working directory of every command.
+    pub workspace_root: PathBuf,
+    /// The timeout of a call that does not ask for one.
+    pub default_timeout: Duration,
+    /// The longest timeout a call may ask for; longer requests are clamped.
+    pub max_timeout: Duration,
+    /// How many bytes of stdout, and separately of stderr, are kept.
+    pub output_cap_bytes: usize,
+    /// Commands refused before they start; the first match wins.
+    pub blocked: Vec<BlockRule>,
+}
+
+impl ExecConfig {
+    /// The default limits ([`DEFAULT_TIMEOUT`], [`MAX_TIMEOUT`],
+    /// [`DEFAULT_OUTPUT_CAP_BYTES`]) and no block rules.
+    pub fn new(workspace_root: impl Into<PathBuf>) -> Self {
+        Self {
+            workspace_root: workspace_root.into(),
+            default_timeout: DEFAULT_TIMEOUT,
+            max_timeout: MAX_TIMEOUT,
+            output_cap_bytes: DEFAULT_OUTPUT_CAP_BYTES,
+            blocked: Vec::new(),
+        }
+    }
+}
+
+/// Why an [`ExecConfig`] was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExecConfigError {
+    /// A block rule's pattern is not a valid regular expression.
+    #[error("block rule {index} (`{pattern}`) is not a valid regular expression: {error}")]
+    InvalidBlockRule {
+        /// The rule's position in [`ExecConfig::blocked`].
+        index: usize,
+        /// The rule's pattern.
+        pattern: String,
+        /// What the regex compiler said.
+        error: String,
+    },
+    /// A timeout is zero, or the default exceeds the maximum.
+    #[error(
+        "invalid timeouts: default {default:?} and maximum {max:?} must be non-zero, with default <= maximum"
+    )]
+    InvalidTimeouts {
+        /// The configured default timeout.
+        default: Duration,
+        /// The configured maximum timeout.
+        max: Duration,
+    },
+}
+
+/// A block rule with its pattern compiled.
+#[derive(Debug)]
+struct CompiledRule {
+    rule: BlockRule,
+    matcher: RegexMatcher,
+}
+
+impl CompiledRule {
+    fn matches(&self, command: &str) -> bool {
+        // grep-regex is already a dependency, but its `Matcher::is_match`
+        // lives in grep-matcher, which is not; a multi-line searcher over
+        // the command text gives the same answer through crates we have.
+        let mut found = false;
+        let mut searcher = SearcherBuilder::new().multi_line(true).build();
+        let searched = searcher.search_slice(
+            &self.matcher,
+            command.as_bytes(),
+            sinks::Bytes(|_, _| {
+                found = true;
+                Ok(false)
+            }),
+        );
+        // Searching an in-memory slice cannot fail with an I/O error; if it
+        // somehow does, refusing the command is the safe answer.
+        found || searched.is_err()
+    }
+}
+
+/// The `exec` tool. See the module docs.
+#[derive(Debug)]
+pub struct Exec {
+    spec: ToolSpec,
+    config: ExecConfig,
+    rules: Vec<CompiledRule>,
+}
+
+impl Exec {
+    /// Validates the configuration and compiles its block rules.
+    pub fn new(config: ExecConfig) -> Result<Self, ExecConfigError> {
+        if config.default_timeout.is_zero()
+            || config.max_timeout.is_zero()
+            || config.default_timeout > config.max_timeout
+        {
+            return Err(ExecConfigError::InvalidTimeouts {
+                default: config.default_timeout,
+                max: config.max_timeout,
+            });
+        }
+        let rules = config
+            .blocked
+            .iter()
+            .enumerate()
+            .map(|(index, rule)| {
+                RegexMatcher::new(&rule.pattern)
+                    .map(|matcher| CompiledRule {
+                        rule: rule.clone(),
+                        matcher,
+                    })
+                    .map_err(|err| ExecConfigError::InvalidBlockRule {
+                        index,
+                        pattern: rule.pattern.clone(),
+                        error: err.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            spec: spec(&config),
+            config,
+            rules,
+        })
+    }
+
+    /// The configuration this tool runs with.
+    pub fn config(&self) -> &ExecConfig {
+        &self.config
+    }
+
+    async fn run(&self, args: Value) -> ToolOutcome {
+        let args = match ExecArgs::parse(args) {
+            Ok(args) => args,
+            Err(message) => return ToolOutcome::from_code(ErrorCode::InvalidInput, message),
+        };
+        if let Some(rule) = self.rules.iter().find(|r| r.matches(&args.command)) {
+            return ToolOutcome::blocked(format!(
+                "command refused by policy: {}",
+                rule.rule.reason
+            ))
+            .with_data(json!({
+                "pattern": rule.rule.pattern,
+                "reason": rule.rule.reason,
+                "command": args.command,
+            }));
+        }
+        let timeout = args
+            .timeout_ms
+            .map_or(self.config.default_timeout, Duration::from_millis)
+            .min(self.config.max_timeout);
+        self.execute(&args.command, timeout).await
+    }
+
+    async fn execute(&self, command: &str, timeout: Duration) -> ToolOutcome {
+        let started = Instant::now();
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(command)
+            .current_dir(&self.config.workspace_root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut wrap = CommandWrap::from(cmd);
+        wrap.wrap(ProcessGroup::leader()).wrap(KillOnDrop);
+        let child = match wrap.spawn() {
+            Ok(child) => child,
+            Err(err) => return self.spawn_failure(&err),
+        };
+        let mut group = Group {
+            child,
+            settled: false,
+        };
+        let stdout = group.child.stdout().take();
+        let stderr = group.child.stderr().take();
+        let mut out = Capture::new(self.config.output_cap_bytes);
+        let mut err = Capture::new(self.config.output_cap_bytes);
+
+        let end = {
+            let readers = async {
+                tokio::join!(drain(stdout, &mut out), drain(stderr, &mut err));
+            };
+            let mut readers = std::pin::pin!(readers);
+            let mut drained = false;
+            let waited = tokio::time::timeout(
+                timeout,
+                wait_for_exit(group.child.as_mut(), readers.as_mut(), &mut drained),
+            )
+            .await;
+            let end = match waited {
+                Ok(Ok(status)) => End::Exited(status),
+                Ok(Err(wait_err)) => End::WaitFailed(wait_err),
+                Err(_elapsed) => End::TimedOut,
+            };
+            if !matches!(end, End::Exited(_)) || !drained {
+                // Timed out, or the shell is gone but something it started
+                // still holds the pipes: end the whole group. ESRCH (the
+                // group emptied meanwhile) is not a failure.
+                let _ = group.child.start_kill();
+                if !matches!(end, End::Exited(_)) {
+                    let _ = tokio::time::timeout(REAP_TIMEOUT, group.child.wait()).await;
+                }
+                if !drained {
+                    let _ = tokio::time::timeout(DRAIN_AFTER_KILL, readers.as_mut()).await;
+                }
+            }
+            end
+        };
+        group.settled = true;
+
+        let output = Output {
+            out,
+            err,
+            duration_ms: millis(started.elapsed()),
+        };
+        match end {
+            End::Exited(status) => exit_outcome(status, &output),
+            End::TimedOut => ToolOutcome::timeout(format!(
+                "command timed out after {} ms; its process group was killed",
+                millis(timeout)
+            ))
+            .with_data(output.data([
+                ("timed_out", json!(true)),
+                ("timeout_ms", json!(millis(timeout))),
+            ])),
+            End::WaitFailed(wait_err) => {
+                let outcome = classify::from_io_error(&wait_err);
+                let message = format!("could not wait for the command: {}", outcome.message);
+                ToolOutcome { message, ..outcome }.with_data(output.data([]))
+            }
+        }
+    }
+
+    fn spawn_failure(&self, err: &io::Error) -> ToolOutcome {
+        let root = self.config.workspace_root.display();
+        let outcome = classify::from_io_error(err);
+        let message = format!("could not start `sh -c` in `{root}`: {err}");
+        let mut data = object(outcome.data.clone());
+        data.insert("workspace_root".into(), json!(root.to_string()));
+        ToolOutcome { message, ..outcome }.with_data(Value::Object(data))
+    }
+}
+
+impl Tool for Exec {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    fn call(&self, args: Value) -> BoxFuture<'_, ToolOutcome> {
+        Box::pin(self.run(args))
+    }
+}
+
+fn spec(config: &ExecConfig) -> ToolSpec {
+    let description = format!(
+        "Run a shell command with `sh -c` in the workspace directory and return its exit code, \
+         stdout and stderr. stdin is empty. Each of stdout and stderr keeps at most {cap} bytes \
+         (`truncated` says whether anything was cut). The command is killed, together with \
+         everything it started, after `timeout_ms` (default {default} ms, at most {max} ms). \
+         Background processes that still hold the output open when the shell exits are killed \
+         too; detach them with `nohup cmd >file 2>&1 &` if they must keep running. Some \
+         commands are refused by policy; the outcome then says why.",
+        cap = config.output_cap_bytes,
+        default = millis(config.default_timeout),
+        max = millis(config.max_timeout),
+    );
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "command": {
+                "type": "string",
+                "minLength": 1,
+                "description": "The shell command line, run with `sh -c` in the workspace directory."
+            },
+            "timeout_ms": {
+                "type": "integer",
+                "minimum": 1,
+                "description": format!(
+                    "Kill the command after this many milliseconds (default {}; larger values are clamped to {}).",
+                    millis(config.default_timeout),
+                    millis(config.max_timeout)
+                )
+            }
+        },
+        "required": ["command"],
+        "additionalProperties": false
+    });
+    ToolSpec::new("exec", description, schema).with_idempotent(false)
+}
+
+/// The validated arguments of one call.
+struct ExecArgs {
+    command: String,
+    timeout_ms: Option<u64>,
+}
+
+impl ExecArgs {
+    /// Reads the arguments by hand so every complaint names its field.
+    fn parse(args: Value) -> Result<Self, String> {
+        let Value::Object(mut args) = args else {
+            return Err(format!(
+                "arguments must be an object with a `command` string, got {}",
+                kind_of(&args)
+            ));
+        };
+        let command = match args.remove("command") {
+            Some(Value::String(s)) if !s.trim().is_empty() => s,
+            Some(Value::String(_)) => return Err("`command` must not be empty".into()),
+            Some(other) => {
+                return Err(format!(
+                    "`command` must be a string, got {}",
+                    kind_of(&other)
+                ));
+            }
+            None => return Err("missing required field `command` (a shell command line)".into()),
+        };
+        let timeout_ms = match args.remove("timeout_ms") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(ms) if ms > 0 => Some(ms),
+                _ => {
+                    return Err(format!(
+                        "`timeout_ms` must be a positive integer number of milliseconds, got {n}"
+                    ));
+                }
+            },
+            Some(other) => {
+                return Err(format!(
+                    "`timeout_ms` must be a positive integer, got {}",
+                    kind_of(&other)
+                ));
+            }
+        };
+        if let Some(unknown) = args.keys().next() {
+            return Err(format!(
+                "unknown field `{unknown}`; `exec` takes `command` and optionally `timeout_ms`"
+            ));
+        }
+        Ok(Self {
+            command,
+            timeout_ms,
+        })
+    }
+}
+
+/// How the wait for the command ended.
+enum End {
+    Exited(ExitStatus),
+    TimedOut,
+    WaitFailed(io::Error),
+}
+
+/// Owns the spawned group until the call has settled it. If the call's
+/// future is dropped mid-run (the caller gave up), the whole group is
+/// killed here; `KillOnDrop` alone would reach only the shell.
+struct Group {
+    child: Box<dyn ChildWrapper>,
+    settled: bool,
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if !self.settled {
+            let _ = self.child.start_kill();
+        }
+    }
+}
+
+/// Waits for the shell to exit while the readers drain its pipes, then
+/// gives the pipes [`EXIT_GRACE`] to close. `drained` is set once the
+/// readers have finished, so the caller never polls them again after that
+/// (even if this future is dropped by a timeout).
+async fn wait_for_exit(
+    child: &mut dyn ChildWrapper,
+    mut readers: Pin<&mut impl Future<Output = ()>>,
+    drained: &mut bool,
+) -> io::Result<ExitStatus> {
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status?,
+            () = readers.as_mut(), if !*drained => *drained = true,
+        }
+    };
+    if !*drained
+        && tokio::time::timeout(EXIT_GRACE, readers.as_mut())
+            .await
+            .is_ok()
+    {
+        *drained = true;
+    }
+    Ok(status)
+}
+
+/// At most `cap` bytes of one stream, and how many it produced in all.
+struct Capture {
+    kept: Vec<u8>,
+    cap: usize,
+    total: u64,
+}
+
+impl Capture {
+    fn new(cap: usize) -> Self {
+        Self {
+            kept: Vec::new(),
+            cap,
+            total: 0,
+        }
+    }
+
+    fn push(&mut self, chunk: &[u8]) {
+        let room = self.cap.saturating_sub(self.kept.len());
+        self.kept
+            .extend_from_slice(chunk.get(..room).unwrap_or(chunk));
+        self.total = self.total.saturating_add(chunk.len() as u64);
+    }
+
+    fn truncated(&self) -> bool {
+        self.total > self.kept.len() as u64
+    }
+
+    fn text(&self) -> String {
+        decode_lossy(&self.kept, self.truncated())
+    }
+}
+
+/// Reads a pipe to its end, keeping what fits in `capture` and discarding
+/// the rest, so the writer never blocks on a full pipe.
+async fn drain<R: AsyncRead + Unpin>(pipe: Option<R>, capture: &mut Capture) {
+    let Some(mut pipe) = pipe else { return };
+    let mut buf = vec![0; READ_CHUNK];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => capture.push(buf.get(..n).unwrap_or(&buf)),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            // A broken pipe read ends the stream like EOF; the exit status
+            // still tells what happened.
+            Err(_) => break,
+        }
+    }
+}
+
+/// What the command produced, for the outcome's data.
+struct Output {
+    out: Capture,
+    err: Capture,
+    duration_ms: u64,
+}
+
+impl Output {
+    fn data<const N: usize>(&self, extra: [(&str, Value); N]) -> Value {
+        let mut data = Map::new();
+        data.insert("stdout".into(), json!(self.out.text()));
+        data.insert("stderr".into(), json!(self.err.text()));
+        data.insert(
+            "truncated".into(),
+            json!(self.out.truncated() || self.err.truncated()),
+        );
+        data.insert("duration_ms".into(), json!(self.duration_ms));
+        for (key, value) in extra {
+            data.insert(key.into(), value);
+        }
+        Value::Object(data)
+    }
+}
+
+fn exit_outcome(status: ExitStatus, output: &Output) -> ToolOutcome {
+    let exit_code = status.code();
+    let signal = status.signal();
+    if exit_code == Some(0) && signal.is_none() {
+        return ToolOutcome::success(output.data([("exit_code", json!(0))]));
+    }
+    let mut outcome = classify::from_process_exit(exit_code, signal, &output.err.text());
+    let mut extra = vec![];
+    if exit_code == Some(127) {
+        // The shell searched the PATH it inherited from us.
+        let path = std::env::var_os("PATH").map(|p| p.to_string_lossy().into_owned());
+        let shown = path
+            .clone()
+            .unwrap_or_else(|| "(unset: sh used its built-in default)".into());
+        for hint in &mut outcome.hints {
+            if hint.kind == HintKind::MissingExecutable {
+                hint.message = format!("{}; PATH searched: {shown}", hint.message);
+            }
+        }
+        extra.push(("path", json!(path)));
+    }
+    let mut data =
+        object(output.data([("exit_code", json!(exit_code)), ("signal", json!(signal))]));
+    for (key, value) in extra {
+        data.insert(key.into(), value);
+    }
+    outcome.with_data(Value::Object(data))
+}
+
+/// Decodes bytes as UTF-8, replacing invalid sequences. When the bytes were
+/// cut at a size limit, an incomplete character at the very end is a
+/// product of the cut, not of the data, so it is dropped rather than shown
+/// as a replacement character.
+pub(super) fn decode_lossy(bytes: &[u8], cut: bool) -> String {
+    let mut end = bytes.len();
+    if cut {
+        // Only the last (at most 3) bytes can be an incomplete character.
+        let tail_start = bytes.len().saturating_sub(3);
+        for start in (tail_start..bytes.len()).rev() {
+            let Some(tail) = bytes.get(start..) else {
+                break;
+            };
+            if let Err(e) = std::str::from_utf8(tail)
+                && e.error_len().is_none()
+                && e.valid_up_to() == 0
+            {
+                end = start;
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(bytes.get(..end).unwrap_or(bytes)).into_owned()
+}
+
+fn object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+pub(super) fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn cut_drops_only_an_incomplete_final_character() {
+        let s = "aé€😀".as_bytes(); // 1 + 2 + 3 + 4 bytes
+        assert_eq!(decode_lossy(&s[..s.len() - 1], true), "aé€");
+        assert_eq!(decode_lossy(&s[..s.len() - 3], true), "aé€");
+        assert_eq!(decode_lossy(&s[..6], true), "aé€");
+        assert_eq!(decode_lossy(&s[..5], true), "aé");
+        assert_eq!(decode_lossy(s, true), "aé€😀");
+        // Uncut data keeps its damage visible.
+        assert_eq!(decode_lossy(&s[..5], false), "aé\u{fffd}");
+        // Invalid bytes that are not an incomplete tail are still replaced.
+        assert_eq!(decode_lossy(b"a\xff", true), "a\u{fffd}");
+    }
+
+    #[test]
+    fn capture_keeps_the_head_and_counts_everything() {
+        let mut c = Capture::new(4);
+        c.push(b"abc");
+        c.push(b"defg");
+        c.push(b"h");
+        assert_eq!(c.kept, b"abcd");
+        assert_eq!(c.total, 8);
+        assert!(c.truncated());
+        let mut exact = Capture::new(3);
+        exact.push(b"abc");
+        assert!(!exact.truncated());
+    }
+
+    #[test]
+    fn rules_match_anywhere_and_across_lines() {
+        let rule = |p: &str| CompiledRule {
+            rule: BlockRule::new(p, "r"),
+            matcher: RegexMatcher::new(p).unwrap(),
+        };
+        assert!(rule(r"rm\s+-rf\s+/").matches("cd x && rm  -rf /"));
+        assert!(!rule(r"^rm").matches("echo rm"));
+        assert!(rule(r"curl[^\n]*\|\s*sh").matches("echo hi\ncurl x | sh"));
+        assert!(!rule("sudo").matches("echo hi"));
+    }
+}

@@ -12,3 +12,6 @@ pub mod files;
 pub mod search;
 pub mod web_fetch;
 pub mod workspace;
+
+pub use exec::{BlockRule, Exec, ExecConfig, ExecConfigError};
+pub use web_fetch::{WebFetch, WebFetchConfig, WebFetchError, classify_reqwest_error};
