@@ -12,3 +12,7 @@ pub mod files;
 pub mod search;
 pub mod web_fetch;
 pub mod workspace;
+
+pub use files::{EditFile, EditFileConfig, ReadFile, ReadFileConfig, WriteFile, WriteFileConfig};
+pub use search::{Glob, GlobConfig, Grep, GrepConfig};
+pub use workspace::{Workspace, WorkspaceError};
