@@ -291,9 +291,10 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
     }
 }
 
-/// Edit distance between two strings, by characters. Only used to rank a
-/// handful of tool names, so the simple two-row version is enough.
-fn levenshtein(a: &str, b: &str) -> usize {
+/// Edit distance between two strings, by characters. It ranks tool names
+/// here and workspace paths in the file tools' `did_you_mean` hints; both
+/// compare short strings, so the simple two-row version is enough.
+pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     let mut cur = vec![0; b.len() + 1];

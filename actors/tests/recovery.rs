@@ -276,11 +276,19 @@ fn open_breaker_outcome_leads_to_fallback_once_attempts_are_spent() {
         Next::Retry { delay: retry_in }
     );
     assert_eq!(retry_in, secs(30) - ms(998));
-    // Judged by the code alone, the refusal might have started something;
-    // only the caller's knowledge makes it safe for a non-idempotent tool.
+    // The refusal carries its own proof that nothing ran (`delivered:
+    // false`), so even a non-idempotent call may go to the fallback...
+    assert!(outcome.is_undelivered());
     call.phase = classify_phase(&outcome);
     call.attempts = 3;
-    assert_eq!(next_step(&outcome, &call, &policy, 0.0), Next::GiveUp);
+    assert_eq!(call.phase, Phase::BeforeEffect);
+    assert_eq!(next_step(&outcome, &call, &policy, 0.0), Next::Fallback);
+    // ...while the same code without that proof might have started
+    // something, and a non-idempotent call is then handed back.
+    let mut unproven = outcome.clone();
+    unproven.extra.clear();
+    call.phase = classify_phase(&unproven);
+    assert_eq!(next_step(&unproven, &call, &policy, 0.0), Next::GiveUp);
 }
 
 #[test]

@@ -15,3 +15,6 @@ pub mod workspace;
 
 pub use exec::{BlockRule, Exec, ExecConfig, ExecConfigError};
 pub use web_fetch::{WebFetch, WebFetchConfig, WebFetchError, classify_reqwest_error};
+pub use files::{EditFile, EditFileConfig, ReadFile, ReadFileConfig, WriteFile, WriteFileConfig};
+pub use search::{Glob, GlobConfig, Grep, GrepConfig};
+pub use workspace::{Workspace, WorkspaceError};
