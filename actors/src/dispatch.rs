@@ -175,6 +175,12 @@ impl EndpointHealth {
         self.lock_breaker().state()
     }
 
+    /// Opens the breaker now for a full cool-down (see
+    /// [`CircuitBreaker::trip`]); calls fail fast or go to a fallback.
+    pub fn force_open(&self) {
+        self.lock_breaker().trip(now().into_std());
+    }
+
     /// Retries the shared budget would grant now.
     pub fn retries_available(&self) -> u64 {
         self.budget.remaining(now().into_std())

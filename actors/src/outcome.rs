@@ -262,6 +262,24 @@ impl ToolOutcome {
         self.extra.get(DELIVERED_FIELD) == Some(&Value::Bool(false))
     }
 
+    /// Marks a failure that happened after the call's effect started (a
+    /// command that ran and then exited non-zero), whatever its code
+    /// suggests: `CONNECTION_REFUSED` in a `curl` command's stderr says
+    /// the *command's* peer refused, not that the command never ran. On
+    /// the wire it is `"delivered": true`; recovery then never re-issues
+    /// a non-idempotent call, and the failure does not count against the
+    /// endpoint's breaker (the tool itself worked).
+    pub fn delivered(mut self) -> Self {
+        self.extra
+            .insert(DELIVERED_FIELD.to_owned(), Value::Bool(true));
+        self
+    }
+
+    /// Whether [`delivered`](Self::delivered) marked this outcome.
+    pub fn is_delivered(&self) -> bool {
+        self.extra.get(DELIVERED_FIELD) == Some(&Value::Bool(true))
+    }
+
     /// The three recovery facts of this outcome.
     pub fn classification(&self) -> Classification {
         Classification::new(self.retryable, self.recoverable, self.severity)

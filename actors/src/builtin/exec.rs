@@ -286,7 +286,9 @@ impl Exec {
             err,
             duration_ms: millis(started.elapsed()),
         };
-        match end {
+        // The command ran: whatever its failure says (a `curl` that was
+        // refused), its effects may have happened.
+        let outcome = match end {
             End::Exited(status) => exit_outcome(status, &output),
             End::TimedOut => ToolOutcome::timeout(format!(
                 "command timed out after {} ms; its process group was killed",
@@ -301,6 +303,11 @@ impl Exec {
                 let message = format!("could not wait for the command: {}", outcome.message);
                 ToolOutcome { message, ..outcome }.with_data(output.data([]))
             }
+        };
+        if outcome.is_failure() {
+            outcome.delivered()
+        } else {
+            outcome
         }
     }
 

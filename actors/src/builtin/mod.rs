@@ -14,7 +14,7 @@ pub mod web_fetch;
 pub mod workspace;
 
 pub use exec::{BlockRule, Exec, ExecConfig, ExecConfigError};
-pub use web_fetch::{WebFetch, WebFetchConfig, WebFetchError, classify_reqwest_error};
 pub use files::{EditFile, EditFileConfig, ReadFile, ReadFileConfig, WriteFile, WriteFileConfig};
 pub use search::{Glob, GlobConfig, Grep, GrepConfig};
+pub use web_fetch::{WebFetch, WebFetchConfig, WebFetchError, classify_reqwest_error};
 pub use workspace::{Workspace, WorkspaceError};

@@ -214,6 +214,13 @@ impl CircuitBreaker {
         }
     }
 
+    /// Opens the breaker now, whatever its state, for a full cool-down: an
+    /// operator taking an endpoint out of rotation, or a caller that knows
+    /// it is down (its process is gone) before enough calls have failed.
+    pub fn trip(&mut self, now: Instant) -> Option<Transition> {
+        self.go(Inner::Open { since: now })
+    }
+
     /// The time left of a cool-down that started at `since`, or `None` once
     /// it is over.
     fn wait_from(&self, since: Instant, now: Instant) -> Option<Duration> {
@@ -242,6 +249,11 @@ impl CircuitBreaker {
 /// answered, so it counts as a success: a model that keeps sending bad
 /// arguments must not lock every other session out of a healthy server.
 pub fn counts_against_endpoint(outcome: &ToolOutcome) -> bool {
+    if outcome.is_delivered() {
+        // The tool ran and its own work failed (a command's exit code):
+        // the endpoint did its job.
+        return false;
+    }
     if outcome.status == crate::outcome::Status::Timeout {
         return true;
     }

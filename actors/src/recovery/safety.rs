@@ -43,10 +43,15 @@ pub enum Phase {
 /// timeouts, `TRANSPORT_CLOSED` and `INTERRUPTED`, may have started, unless
 /// hale marked the outcome [`undelivered`](ToolOutcome::undelivered): an
 /// `MCP_SERVER_UNREACHABLE` from hale's own open breaker, or from a server
-/// that was not running, never reached the server.
+/// that was not running, never reached the server. An outcome marked
+/// [`delivered`](ToolOutcome::delivered) may have started whatever its
+/// code says.
 pub fn classify_phase(outcome: &ToolOutcome) -> Phase {
     if outcome.is_undelivered() {
         return Phase::BeforeEffect;
+    }
+    if outcome.is_delivered() {
+        return Phase::MayHaveStarted;
     }
     match outcome.code {
         Some(ErrorCode::ConnectionRefused | ErrorCode::RateLimited) => Phase::BeforeEffect,

@@ -1,0 +1,527 @@
+//! The dispatcher carrying the recovery policy out against real tools and
+//! real loopback peers: Retry-After honoured, non-idempotent effects never
+//! repeated, retry storms bounded by the shared budget, oversized reads
+//! chunked, fallbacks taken.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router as HttpRouter;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use hale_actors::builtin::{
+    Exec, ExecConfig, ReadFile, ReadFileConfig, WebFetch, WebFetchConfig, Workspace,
+};
+use hale_actors::dispatch::{
+    CallContext, DispatchConfig, Dispatcher, Endpoints, RegistryRouter, Router,
+};
+use hale_actors::recovery::{FallbackChain, RetryConfig};
+use hale_actors::{
+    BoxFuture, ErrorCode, EventKind, MemorySink, Tool, ToolOutcome, ToolRegistry, ToolSpec,
+};
+use serde_json::{Value, json};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Serves `app` on a free loopback port; returns the base URL.
+async fn serve(app: HttpRouter) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+fn dispatcher(
+    tools: Vec<Arc<dyn Tool>>,
+    config: DispatchConfig,
+    fallbacks: Vec<FallbackChain>,
+) -> (Dispatcher, Arc<MemorySink>) {
+    let registry = Arc::new(ToolRegistry::new());
+    for tool in tools {
+        registry.register(tool).unwrap();
+    }
+    let mut router = RegistryRouter::new(registry);
+    for chain in fallbacks {
+        router = router.with_fallback(chain);
+    }
+    let sink = Arc::new(MemorySink::new());
+    let routers: Vec<Arc<dyn Router>> = vec![Arc::new(router)];
+    let dispatcher = Dispatcher::new(
+        routers,
+        Arc::new(Endpoints::new(config).unwrap()),
+        sink.clone(),
+    );
+    (dispatcher, sink)
+}
+
+fn kinds(sink: &MemorySink, kind: EventKind) -> usize {
+    sink.events().iter().filter(|e| e.kind == kind).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_fetch_waits_out_retry_after_then_succeeds() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let url = serve(HttpRouter::new().route(
+        "/",
+        get(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    let mut headers = HeaderMap::new();
+                    headers.insert("retry-after", "1".parse().unwrap());
+                    (StatusCode::TOO_MANY_REQUESTS, headers, "slow down")
+                } else {
+                    (StatusCode::OK, HeaderMap::new(), "hello")
+                }
+            }
+        }),
+    ))
+    .await;
+    let fetch: Arc<dyn Tool> = Arc::new(WebFetch::new(WebFetchConfig::default()).unwrap());
+    let config = DispatchConfig {
+        retry: RetryConfig {
+            // The computed backoff would be 10 ms: only Retry-After explains
+            // a wait of a second.
+            base: ms(10),
+            ..RetryConfig::default()
+        },
+        ..DispatchConfig::default()
+    };
+    let (dispatcher, sink) = dispatcher(vec![fetch], config, vec![]);
+
+    let started = Instant::now();
+    let outcome = dispatcher
+        .call("web_fetch", json!({ "url": url }), &CallContext::default())
+        .await;
+    let took = started.elapsed();
+
+    assert!(outcome.is_success(), "{outcome:?}");
+    assert_eq!(outcome.data["body"], "hello");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    // Retry-After: 1 s, stretched by at most the 20 % jitter, plus the
+    // time the two requests take.
+    assert!(
+        took >= ms(1000),
+        "retried after {took:?}, before Retry-After"
+    );
+    assert!(took < ms(2500), "retried after {took:?}");
+    let retries: Vec<_> = sink
+        .events()
+        .into_iter()
+        .filter(|e| e.kind == EventKind::Retry)
+        .collect();
+    assert_eq!(retries.len(), 1, "{retries:?}");
+    let delay = retries[0].data["delay_ms"].as_u64().unwrap();
+    assert!((1000..=1200).contains(&delay), "delay {delay} ms");
+    assert_eq!(retries[0].data["after"], "RATE_LIMITED");
+    println!(
+        "429 + Retry-After: 1 -> retried once after {delay} ms, success in {} ms",
+        took.as_millis()
+    );
+}
+
+fn exec_in(dir: &std::path::Path) -> Arc<dyn Tool> {
+    Arc::new(Exec::new(ExecConfig::new(dir)).unwrap())
+}
+
+fn runs(dir: &std::path::Path) -> usize {
+    std::fs::read_to_string(dir.join("runs"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_that_failed_after_starting_runs_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DispatchConfig {
+        retry: RetryConfig {
+            base: ms(5),
+            ..RetryConfig::default()
+        },
+        ..DispatchConfig::default()
+    };
+    let (dispatcher, sink) = dispatcher(vec![exec_in(dir.path())], config, vec![]);
+    let ctx = CallContext::default();
+
+    // A command whose stderr says "connection refused": the catalog calls
+    // that retryable, and before-effect for a direct peer; but the command
+    // ran and wrote its side effect.
+    let refused = dispatcher
+        .call(
+            "exec",
+            json!({ "command": "echo run >> runs; echo 'curl: (7) Failed to connect: Connection refused' >&2; exit 7" }),
+            &ctx,
+        )
+        .await;
+    assert_eq!(
+        refused.code,
+        Some(ErrorCode::ConnectionRefused),
+        "{refused:?}"
+    );
+    assert!(refused.retryable, "the caller may still decide to retry");
+    assert_eq!(runs(dir.path()), 1, "a started exec was re-run");
+
+    // Killed by its timeout after starting.
+    let timed_out = dispatcher
+        .call(
+            "exec",
+            json!({ "command": "echo run >> runs; sleep 5", "timeout_ms": 300 }),
+            &ctx,
+        )
+        .await;
+    assert!(timed_out.is_timeout(), "{timed_out:?}");
+    assert_eq!(runs(dir.path()), 2, "a timed-out exec was re-run");
+
+    // A plain non-zero exit.
+    let failed = dispatcher
+        .call(
+            "exec",
+            json!({ "command": "echo run >> runs; exit 1" }),
+            &ctx,
+        )
+        .await;
+    assert!(failed.is_failure());
+    assert_eq!(runs(dir.path()), 3);
+    assert_eq!(kinds(&sink, EventKind::Retry), 0);
+
+    // None of the command failures counted against the exec endpoint.
+    let health = dispatcher.endpoints().find("exec").unwrap();
+    assert_eq!(
+        hale_actors::dispatch::state_name(health.breaker_state()),
+        "closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_refused_by_an_open_breaker_is_retried_and_runs_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DispatchConfig {
+        breaker_cool_down: ms(300),
+        retry: RetryConfig {
+            base: ms(5),
+            ..RetryConfig::default()
+        },
+        ..DispatchConfig::default()
+    };
+    let (dispatcher, sink) = dispatcher(vec![exec_in(dir.path())], config, vec![]);
+    dispatcher.endpoints().get("exec").force_open();
+
+    let started = Instant::now();
+    let outcome = dispatcher
+        .call(
+            "exec",
+            json!({ "command": "echo run >> runs" }),
+            &CallContext::default(),
+        )
+        .await;
+    assert!(outcome.is_success(), "{outcome:?}");
+    assert_eq!(runs(dir.path()), 1);
+    assert_eq!(kinds(&sink, EventKind::Retry), 1);
+    // It waited for the breaker's cool-down, not the 5 ms backoff.
+    assert!(started.elapsed() >= ms(250), "{:?}", started.elapsed());
+    let history = outcome.extra["attempts"].as_array().unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0]["code"], "MCP_SERVER_UNREACHABLE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_callers_sends_no_more_retries_than_the_budget() {
+    const CALLERS: usize = 200;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let url = serve(HttpRouter::new().route(
+        "/",
+        get(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { (StatusCode::SERVICE_UNAVAILABLE, "down") }
+        }),
+    ))
+    .await;
+    let fetch: Arc<dyn Tool> = Arc::new(WebFetch::new(WebFetchConfig::default()).unwrap());
+    let (ttl, floor, ratio) = (Duration::from_secs(30), 1u32, 0.1);
+    let config = DispatchConfig {
+        retry: RetryConfig {
+            max_attempts: 4,
+            base: ms(5),
+            max_delay: ms(20),
+            ..RetryConfig::default()
+        },
+        attempts_per_call: 4,
+        // The breaker would also protect the endpoint; keep it out of the
+        // way so the budget alone is measured.
+        breaker_failures: 1_000_000,
+        budget_ttl: ttl,
+        budget_min_per_sec: floor,
+        budget_retry_ratio: ratio,
+        max_in_flight: CALLERS,
+        ..DispatchConfig::default()
+    };
+    let (dispatcher, sink) = dispatcher(vec![fetch], config, vec![]);
+    let dispatcher = Arc::new(dispatcher);
+
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..CALLERS {
+        let dispatcher = dispatcher.clone();
+        let url = url.clone();
+        calls.spawn(async move {
+            dispatcher
+                .call("web_fetch", json!({ "url": url }), &CallContext::default())
+                .await
+        });
+    }
+    let mut spent = 0;
+    while let Some(outcome) = calls.join_next().await {
+        let outcome = outcome.unwrap();
+        assert_eq!(outcome.code, Some(ErrorCode::ServiceUnavailable));
+        assert!(outcome.retryable, "a shed retry is still retryable");
+        if outcome.extra.get("retry_budget") == Some(&json!("spent")) {
+            spent += 1;
+        }
+    }
+    let sent = hits.load(Ordering::SeqCst);
+    let retries_sent = sent - CALLERS;
+    // The floor over the window, plus the ratio of the original calls.
+    let allowance = (f64::from(floor) * ttl.as_secs_f64() + ratio * CALLERS as f64).ceil() as usize;
+    let unbudgeted = CALLERS * 3;
+    println!(
+        "storm: {CALLERS} callers, {sent} requests at the server ({retries_sent} retries; \
+         allowance {allowance}; without a budget {unbudgeted}); {spent} calls handed back \
+         with the budget spent"
+    );
+    assert!(sent >= CALLERS, "every original call reaches the server");
+    assert!(
+        retries_sent <= allowance,
+        "{retries_sent} retries sent, budget allows {allowance}"
+    );
+    assert!(
+        spent >= CALLERS - allowance,
+        "{spent} calls saw the budget spent"
+    );
+    assert!(kinds(&sink, EventKind::Shed) >= CALLERS - allowance);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_file_is_read_completely_in_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    // Multi-byte characters, so chunk edges fall inside characters.
+    let text: String = (0..6000)
+        .map(|i| ['a', 'é', '€', '𝄞', '\n'][i % 5])
+        .collect();
+    std::fs::write(dir.path().join("big.txt"), &text).unwrap();
+    let workspace = Workspace::new(dir.path()).unwrap();
+    let read: Arc<dyn Tool> =
+        Arc::new(ReadFile::new(workspace, ReadFileConfig { max_bytes: 4096 }));
+    let config = DispatchConfig {
+        chunk_bytes: 1000,
+        chunk_max_total_bytes: 1 << 20,
+        ..DispatchConfig::default()
+    };
+    let (dispatcher, sink) = dispatcher(vec![read.clone()], config, vec![]);
+
+    // Directly, the tool refuses.
+    let direct = read.call(json!({ "path": "big.txt" })).await;
+    assert_eq!(direct.code, Some(ErrorCode::FileTooLarge));
+
+    let outcome = dispatcher
+        .call(
+            "read_file",
+            json!({ "path": "big.txt" }),
+            &CallContext::default(),
+        )
+        .await;
+    assert!(outcome.is_success(), "{outcome:?}");
+    assert_eq!(outcome.data["content"].as_str().unwrap(), text);
+    assert_eq!(outcome.data["total_bytes"], text.len());
+    let chunks = outcome.data["chunks"].as_u64().unwrap();
+    assert!(
+        chunks >= (text.len() as u64).div_ceil(1000),
+        "{chunks} chunks"
+    );
+    assert_eq!(kinds(&sink, EventKind::Adjust), 1);
+
+    // Past the chunked-read limit the result is partial, not a failure.
+    let config = DispatchConfig {
+        chunk_bytes: 1000,
+        chunk_max_total_bytes: 5000,
+        ..DispatchConfig::default()
+    };
+    let (limited, _) = dispatcher_for(read, config);
+    let partial = limited
+        .call(
+            "read_file",
+            json!({ "path": "big.txt" }),
+            &CallContext::default(),
+        )
+        .await;
+    assert_eq!(partial.status, hale_actors::Status::Partial, "{partial:?}");
+    let got = partial.data["content"].as_str().unwrap();
+    assert!(text.starts_with(got) && got.len() >= 4997, "{}", got.len());
+}
+
+fn dispatcher_for(tool: Arc<dyn Tool>, config: DispatchConfig) -> (Dispatcher, Arc<MemorySink>) {
+    dispatcher(vec![tool], config, vec![])
+}
+
+/// A tool that fails every call with `code`, counting calls.
+struct Failing {
+    spec: ToolSpec,
+    code: ErrorCode,
+    calls: AtomicUsize,
+}
+
+impl Failing {
+    fn new(name: &str, code: ErrorCode, idempotent: bool) -> Arc<Self> {
+        Arc::new(Self {
+            spec: ToolSpec::new(name, "fails", json!({ "type": "object" }))
+                .with_idempotent(idempotent),
+            code,
+            calls: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl Tool for Failing {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+    fn call(&self, _args: Value) -> BoxFuture<'_, ToolOutcome> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let outcome = ToolOutcome::from_code(self.code.clone(), "nope");
+        Box::pin(async move { outcome })
+    }
+}
+
+/// A tool that succeeds, counting calls.
+struct Working {
+    spec: ToolSpec,
+    calls: AtomicUsize,
+}
+
+impl Tool for Working {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+    fn call(&self, args: Value) -> BoxFuture<'_, ToolOutcome> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move { ToolOutcome::success(args) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn breaker_opens_and_the_fallback_serves_within_the_same_call() {
+    let primary = Failing::new("primary", ErrorCode::TransportClosed, true);
+    let backup = Arc::new(Working {
+        spec: ToolSpec::new("backup", "works", json!({ "type": "object" })).with_idempotent(true),
+        calls: AtomicUsize::new(0),
+    });
+    let config = DispatchConfig {
+        breaker_failures: 2,
+        breaker_cool_down: Duration::from_secs(5),
+        retry: RetryConfig {
+            max_attempts: 2,
+            base: ms(10),
+            ..RetryConfig::default()
+        },
+        ..DispatchConfig::default()
+    };
+    let (dispatcher, sink) = dispatcher(
+        vec![primary.clone(), backup.clone()],
+        config,
+        vec![FallbackChain::new(["primary", "backup"]).unwrap()],
+    );
+    let ctx = CallContext::default();
+
+    // First call: two failures on the primary (the retry included) open
+    // its breaker, and the same call is served by the backup.
+    let first = dispatcher.call("primary", json!({ "n": 1 }), &ctx).await;
+    assert!(first.is_success(), "{first:?}");
+    assert_eq!(first.data["n"], 1);
+    assert_eq!(primary.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(kinds(&sink, EventKind::Breaker), 1);
+
+    // While it is open, calls go straight to the backup without touching
+    // the primary.
+    let second = dispatcher.call("primary", json!({ "n": 2 }), &ctx).await;
+    assert!(second.is_success());
+    assert_eq!(primary.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(backup.calls.load(Ordering::SeqCst), 2);
+
+    // After the cool-down one probe goes to the primary; it fails again,
+    // so the breaker re-opens and the backup serves.
+    tokio::time::advance(Duration::from_secs(6)).await;
+    let third = dispatcher.call("primary", json!({ "n": 3 }), &ctx).await;
+    assert!(third.is_success());
+    assert_eq!(primary.calls.load(Ordering::SeqCst), 3);
+    let transitions: Vec<String> = sink
+        .events()
+        .iter()
+        .filter(|e| e.kind == EventKind::Breaker)
+        .map(|e| format!("{}->{}", e.data["from"], e.data["to"]).replace('"', ""))
+        .collect();
+    assert_eq!(
+        transitions,
+        ["closed->open", "open->half_open", "half_open->open"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_are_bounded_per_call_with_the_history_returned() {
+    let flaky = Failing::new("flaky", ErrorCode::ServiceUnavailable, true);
+    let config = DispatchConfig {
+        attempts_per_call: 3,
+        retry: RetryConfig {
+            max_attempts: 10,
+            base: ms(10),
+            ..RetryConfig::default()
+        },
+        ..DispatchConfig::default()
+    };
+    let (dispatcher, _) = dispatcher(vec![flaky.clone()], config, vec![]);
+    let outcome = dispatcher
+        .call("flaky", json!({}), &CallContext::default())
+        .await;
+    assert_eq!(
+        outcome.code,
+        Some(ErrorCode::BudgetExhausted),
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.data["attempts"].as_array().unwrap().len(), 3);
+    assert_eq!(flaky.calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn unknown_tool_names_come_back_with_the_closest_first() {
+    let (dispatcher, _) = dispatcher(
+        vec![Failing::new("read_file", ErrorCode::Internal, true)],
+        DispatchConfig::default(),
+        vec![],
+    );
+    let outcome = dispatcher
+        .call("raed_file", json!({}), &CallContext::default())
+        .await;
+    assert_eq!(outcome.code, Some(ErrorCode::NotFound));
+    assert_eq!(outcome.hints[0].suggestions[0], "read_file");
+}
+
+#[test]
+fn invalid_dispatch_settings_are_refused_with_the_field() {
+    let err = Endpoints::new(DispatchConfig {
+        attempts_per_call: 0,
+        ..DispatchConfig::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("attempts_per_call"), "{err}");
+    let err = Endpoints::new(DispatchConfig {
+        chunk_bytes: 0,
+        ..DispatchConfig::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().starts_with("chunk"), "{err}");
+}
