@@ -1,0 +1,209 @@
+//! The MCP actors against `hale fault-mcp`: every way a server can fail
+//! becomes a classified outcome, and the server (or its replacement) keeps
+//! serving.
+
+use std::time::{Duration, Instant};
+
+use hale::actors::dispatch::DispatchConfig;
+use hale::actors::recovery::RetryConfig;
+use hale::actors::{ErrorCode, Status};
+use serde_json::json;
+
+use crate::harness::Harness;
+use crate::support::fault_server;
+
+/// Recovery off: these tests look at what one attempt reports.
+fn single_attempt() -> DispatchConfig {
+    DispatchConfig {
+        retry: RetryConfig {
+            max_attempts: 1,
+            ..RetryConfig::default()
+        },
+        ..DispatchConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hang_times_out_and_the_server_stays_usable() {
+    let mut config = fault_server("f", &[]);
+    config.tool_timeouts.insert("hang".into(), Duration::from_millis(500));
+    let h = Harness::start(vec![config], single_attempt()).await;
+    h.ready("f").await;
+    let pid = h.pid("f");
+
+    let started = Instant::now();
+    let hung = h.call("f__hang", json!({})).await;
+    let took = started.elapsed();
+    assert_eq!(hung.status, Status::Timeout, "{hung:?}");
+    assert!(hung.retryable);
+    assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(3), "{took:?}");
+
+    let echo = h.call("f__echo", json!({ "text": "still here" })).await;
+    assert!(echo.is_success(), "{echo:?}");
+    assert_eq!(echo.data["text"], "still here");
+    assert_eq!(h.pid("f"), pid, "a timeout must not cost a restart");
+    assert_eq!(h.shutdown().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn is_error_and_json_rpc_errors_are_classified() {
+    let h = Harness::start(vec![fault_server("f", &[])], single_attempt()).await;
+    h.ready("f").await;
+
+    let failed = h.call("f__fail", json!({ "message": "quota exceeded" })).await;
+    assert_eq!(failed.code, Some(ErrorCode::ToolError), "{failed:?}");
+    assert!(failed.message.contains("quota exceeded"));
+    assert!(failed.recoverable && !failed.retryable);
+
+    let invalid = h
+        .call("f__rpc_error", json!({ "code": -32602, "message": "bad params" }))
+        .await;
+    assert_eq!(invalid.code, Some(ErrorCode::InvalidInput), "{invalid:?}");
+    assert_eq!(invalid.data["jsonrpc_code"], -32602);
+
+    let internal = h.call("f__rpc_error", json!({})).await;
+    assert_eq!(internal.code, Some(ErrorCode::Internal), "{internal:?}");
+
+    let busy = h
+        .call("f__rpc_error", json!({ "code": -32000, "message": "busy" }))
+        .await;
+    assert_eq!(busy.code, Some(ErrorCode::ServiceUnavailable), "{busy:?}");
+    assert!(busy.retryable);
+    assert_eq!(h.shutdown().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_stdout_is_survived() {
+    let mut config = fault_server("f", &[]);
+    config.tool_timeouts.insert("garbage".into(), Duration::from_millis(800));
+    let h = Harness::start(vec![config], single_attempt()).await;
+    h.ready("f").await;
+
+    let started = Instant::now();
+    let garbage = h.call("f__garbage", json!({})).await;
+    // Whatever the client makes of the garbage line, the call ends in a
+    // classified failure within its timeout (plus the time a restart takes
+    // to be noticed), never a hang or a panic.
+    assert!(garbage.is_failure(), "{garbage:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    println!(
+        "garbage on stdout -> {:?} {:?} in {} ms",
+        garbage.status,
+        garbage.code,
+        started.elapsed().as_millis()
+    );
+
+    // The server (or its replacement) serves the next call.
+    h.ready("f").await;
+    let echo = h.call("f__echo", json!({ "text": "after garbage" })).await;
+    assert!(echo.is_success(), "{echo:?}");
+    assert_eq!(h.shutdown().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_on_the_nth_call_is_classified_and_the_server_restarted() {
+    let h = Harness::start(
+        vec![fault_server("f", &["--crash-on", "3"])],
+        single_attempt(),
+    )
+    .await;
+    h.ready("f").await;
+    let first_pid = h.pid("f");
+    for n in 1..=2 {
+        let echo = h.call("f__echo", json!({ "text": format!("call {n}") })).await;
+        assert!(echo.is_success(), "call {n}: {echo:?}");
+    }
+    let started = Instant::now();
+    let crashed = h.call("f__echo", json!({ "text": "call 3" })).await;
+    assert_eq!(crashed.code, Some(ErrorCode::TransportClosed), "{crashed:?}");
+    assert!(crashed.retryable && crashed.recoverable);
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+
+    // The supervisor restarted it: a new process answers.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = h.servers.status("f").unwrap();
+        if status.connects >= 2 && status.pid != Some(first_pid) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not restarted: {status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.remember("f");
+    let echo = h.call("f__echo", json!({ "text": "call 4" })).await;
+    assert!(echo.is_success(), "{echo:?}");
+    let reports = h.servers.list(h.dispatcher.endpoints()).await;
+    assert_eq!(reports[0].restarts, 1, "{reports:?}");
+    assert_eq!(h.shutdown().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_first_n_then_recovery_retries_an_idempotent_tool() {
+    let dispatch = DispatchConfig {
+        retry: RetryConfig {
+            max_attempts: 4,
+            base: Duration::from_millis(10),
+            ..RetryConfig::default()
+        },
+        ..DispatchConfig::default()
+    };
+    let h = Harness::start(
+        vec![fault_server("f", &["--fail-first", "2", "--fail-mode", "rpc_error"])],
+        dispatch,
+    )
+    .await;
+    h.ready("f").await;
+    // rpc_error's default is -32603 (INTERNAL, not retryable): handed back.
+    let first = h.call("f__echo", json!({ "text": "x" })).await;
+    assert_eq!(first.code, Some(ErrorCode::Internal), "{first:?}");
+    let second = h.call("f__echo", json!({ "text": "x" })).await;
+    assert_eq!(second.code, Some(ErrorCode::Internal), "{second:?}");
+    let third = h.call("f__echo", json!({ "text": "x" })).await;
+    assert!(third.is_success(), "{third:?}");
+    assert_eq!(h.shutdown().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manage_lists_disables_enables_and_restarts() {
+    let h = Harness::start(vec![fault_server("f", &[])], single_attempt()).await;
+    h.ready("f").await;
+    let reports = h.servers.list(h.dispatcher.endpoints()).await;
+    assert_eq!(reports.len(), 1);
+    let r = &reports[0];
+    assert_eq!((r.name.as_str(), r.state, r.breaker), ("f", "ready", "closed"));
+    assert!(r.tools.contains(&"echo".to_owned()), "{r:?}");
+    let pid = r.pid.unwrap();
+
+    h.servers.disable("f").await.unwrap();
+    let started = Instant::now();
+    let refused = h.call("f__echo", json!({ "text": "x" })).await;
+    assert!(started.elapsed() < Duration::from_millis(500), "disabled calls must fail fast");
+    assert_eq!(refused.code, Some(ErrorCode::McpServerUnreachable), "{refused:?}");
+    assert!(refused.message.contains("disabled"), "{refused:?}");
+    assert!(!refused.retryable && refused.recoverable);
+    assert_eq!(refused.data["disabled"], true);
+    assert_eq!(h.servers.list(h.dispatcher.endpoints()).await[0].state, "disabled");
+    // Its process is gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while crate::support::alive(pid) {
+        assert!(Instant::now() < deadline, "disabled server {pid} still running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    h.servers.enable("f").await.unwrap();
+    h.ready("f").await;
+    assert!(h.call("f__echo", json!({ "text": "x" })).await.is_success());
+
+    let before = h.pid("f");
+    h.servers.restart("f").await.unwrap();
+    h.ready("f").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while h.servers.status("f").unwrap().pid == Some(before) {
+        assert!(Instant::now() < deadline, "restart kept the old process");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.ready("f").await;
+    assert!(h.call("f__echo", json!({ "text": "x" })).await.is_success());
+    assert!(h.servers.disable("nope").await.is_err());
+    assert_eq!(h.shutdown().await, 0);
+}
