@@ -5,6 +5,7 @@
 //! control plane. The supervision semantics live in `hale-supervision`, the
 //! domain vocabulary in `hale-actors`.
 
+pub mod fault_mcp;
 pub mod tree_demo;
 
 pub use hale_actors as actors;

@@ -1,5 +1,7 @@
 //! The `hale` command line.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -30,6 +32,47 @@ enum Command {
         #[arg(long)]
         verbose: bool,
     },
+    /// Serve a fault-injecting MCP server (for hale's tests and demos).
+    #[command(hide = true)]
+    FaultMcp {
+        /// Serve streamable HTTP at /mcp on this address instead of stdio
+        /// (prints `listening on http://<addr>/mcp` once bound).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<SocketAddr>,
+        /// The first N tools/call requests behave as --fail-mode.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        fail_first: u64,
+        /// ok|fail|rpc_error|crash|hang|garbage|sleep:<ms>
+        #[arg(long, value_name = "MODE", default_value = "fail")]
+        fail_mode: hale::fault_mcp::Behaviour,
+        /// The N-th tools/call request crashes the process.
+        #[arg(long, value_name = "N")]
+        crash_on: Option<u64>,
+        /// Append `<tool name>` to this file for every tools/call, before acting.
+        #[arg(long, value_name = "PATH")]
+        calls_file: Option<PathBuf>,
+        /// serverInfo.name.
+        #[arg(long, default_value = "fault-mcp")]
+        name: String,
+        /// Sleep this long before serving.
+        #[arg(long, value_name = "MS", default_value_t = 0)]
+        startup_delay_ms: u64,
+        /// Exit (code 0) this long after start.
+        #[arg(long, value_name = "MS")]
+        exit_after_ms: Option<u64>,
+    },
+}
+
+/// Logs go to stderr: in stdio mode stdout carries the protocol only.
+/// `RUST_LOG` overrides the default filter.
+fn log_to_stderr() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("hale=info,rmcp=error"));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(filter)
+        .try_init();
 }
 
 fn main() -> ExitCode {
@@ -59,6 +102,34 @@ fn main() -> ExitCode {
                     verbose,
                 })
                 .await
+            }
+            Command::FaultMcp {
+                http,
+                fail_first,
+                fail_mode,
+                crash_on,
+                calls_file,
+                name,
+                startup_delay_ms,
+                exit_after_ms,
+            } => {
+                log_to_stderr();
+                let listen = match http {
+                    Some(addr) => hale::fault_mcp::Listen::Http(addr),
+                    None => hale::fault_mcp::Listen::Stdio,
+                };
+                hale::fault_mcp::run(hale::fault_mcp::FaultMcpOptions {
+                    listen,
+                    name,
+                    fail_first,
+                    fail_mode,
+                    crash_on,
+                    calls_file,
+                    startup_delay: Duration::from_millis(startup_delay_ms),
+                    exit_after: exit_after_ms.map(Duration::from_millis),
+                })
+                .await
+                .map_err(anyhow::Error::from)
             }
         }
     });
