@@ -34,7 +34,11 @@ async fn breaker_sends_calls_to_the_backup_and_the_probe_restores_the_primary() 
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
 
-    let mut primary = quick(McpServerConfig::stdio("primary", &script, Vec::<String>::new()));
+    let mut primary = quick(McpServerConfig::stdio(
+        "primary",
+        &script,
+        Vec::<String>::new(),
+    ));
     primary.fallbacks = vec!["backup".into()];
     let b_calls_arg = b_calls.display().to_string();
     let backup = fault_server("backup", &["--calls-file", &b_calls_arg]);
@@ -91,7 +95,11 @@ async fn breaker_sends_calls_to_the_backup_and_the_probe_restores_the_primary() 
     let before = calls_in(&a_calls);
     let fourth = h.call("primary__echo", json!({ "text": "4" })).await;
     assert_eq!(fourth.status, Status::Success, "{fourth:?}");
-    assert_eq!(calls_in(&a_calls), before + 1, "the probe went to the primary");
+    assert_eq!(
+        calls_in(&a_calls),
+        before + 1,
+        "the probe went to the primary"
+    );
     let reports = h.servers.list(h.dispatcher.endpoints()).await;
     let report = reports.iter().find(|r| r.name == "primary").unwrap();
     assert_eq!(report.breaker, "closed", "{report:?}");
@@ -102,8 +110,14 @@ async fn breaker_sends_calls_to_the_backup_and_the_probe_restores_the_primary() 
         .filter(|e| e.kind == EventKind::Breaker && e.source == "primary")
         .map(|e| format!("{}->{}", e.data["from"], e.data["to"]).replace('"', ""))
         .collect();
-    assert_eq!(transitions.first().map(String::as_str), Some("closed->open"));
-    assert_eq!(transitions.last().map(String::as_str), Some("half_open->closed"));
+    assert_eq!(
+        transitions.first().map(String::as_str),
+        Some("closed->open")
+    );
+    assert_eq!(
+        transitions.last().map(String::as_str),
+        Some("half_open->closed")
+    );
     h.remember("primary");
     assert_eq!(h.shutdown().await, 0);
 }

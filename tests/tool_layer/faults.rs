@@ -26,7 +26,9 @@ fn single_attempt() -> DispatchConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hang_times_out_and_the_server_stays_usable() {
     let mut config = fault_server("f", &[]);
-    config.tool_timeouts.insert("hang".into(), Duration::from_millis(500));
+    config
+        .tool_timeouts
+        .insert("hang".into(), Duration::from_millis(500));
     let h = Harness::start(vec![config], single_attempt()).await;
     h.ready("f").await;
     let pid = h.pid("f");
@@ -36,7 +38,10 @@ async fn hang_times_out_and_the_server_stays_usable() {
     let took = started.elapsed();
     assert_eq!(hung.status, Status::Timeout, "{hung:?}");
     assert!(hung.retryable);
-    assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
 
     let echo = h.call("f__echo", json!({ "text": "still here" })).await;
     assert!(echo.is_success(), "{echo:?}");
@@ -50,13 +55,18 @@ async fn is_error_and_json_rpc_errors_are_classified() {
     let h = Harness::start(vec![fault_server("f", &[])], single_attempt()).await;
     h.ready("f").await;
 
-    let failed = h.call("f__fail", json!({ "message": "quota exceeded" })).await;
+    let failed = h
+        .call("f__fail", json!({ "message": "quota exceeded" }))
+        .await;
     assert_eq!(failed.code, Some(ErrorCode::ToolError), "{failed:?}");
     assert!(failed.message.contains("quota exceeded"));
     assert!(failed.recoverable && !failed.retryable);
 
     let invalid = h
-        .call("f__rpc_error", json!({ "code": -32602, "message": "bad params" }))
+        .call(
+            "f__rpc_error",
+            json!({ "code": -32602, "message": "bad params" }),
+        )
         .await;
     assert_eq!(invalid.code, Some(ErrorCode::InvalidInput), "{invalid:?}");
     assert_eq!(invalid.data["jsonrpc_code"], -32602);
@@ -75,7 +85,9 @@ async fn is_error_and_json_rpc_errors_are_classified() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_stdout_is_survived() {
     let mut config = fault_server("f", &[]);
-    config.tool_timeouts.insert("garbage".into(), Duration::from_millis(800));
+    config
+        .tool_timeouts
+        .insert("garbage".into(), Duration::from_millis(800));
     let h = Harness::start(vec![config], single_attempt()).await;
     h.ready("f").await;
 
@@ -85,7 +97,11 @@ async fn garbage_on_stdout_is_survived() {
     // classified failure within its timeout (plus the time a restart takes
     // to be noticed), never a hang or a panic.
     assert!(garbage.is_failure(), "{garbage:?}");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     println!(
         "garbage on stdout -> {:?} {:?} in {} ms",
         garbage.status,
@@ -110,14 +126,24 @@ async fn crash_on_the_nth_call_is_classified_and_the_server_restarted() {
     h.ready("f").await;
     let first_pid = h.pid("f");
     for n in 1..=2 {
-        let echo = h.call("f__echo", json!({ "text": format!("call {n}") })).await;
+        let echo = h
+            .call("f__echo", json!({ "text": format!("call {n}") }))
+            .await;
         assert!(echo.is_success(), "call {n}: {echo:?}");
     }
     let started = Instant::now();
     let crashed = h.call("f__echo", json!({ "text": "call 3" })).await;
-    assert_eq!(crashed.code, Some(ErrorCode::TransportClosed), "{crashed:?}");
+    assert_eq!(
+        crashed.code,
+        Some(ErrorCode::TransportClosed),
+        "{crashed:?}"
+    );
     assert!(crashed.retryable && crashed.recoverable);
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 
     // The supervisor restarted it: a new process answers.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -148,7 +174,10 @@ async fn fail_first_n_then_recovery_retries_an_idempotent_tool() {
         ..DispatchConfig::default()
     };
     let h = Harness::start(
-        vec![fault_server("f", &["--fail-first", "2", "--fail-mode", "rpc_error"])],
+        vec![fault_server(
+            "f",
+            &["--fail-first", "2", "--fail-mode", "rpc_error"],
+        )],
         dispatch,
     )
     .await;
@@ -170,23 +199,39 @@ async fn manage_lists_disables_enables_and_restarts() {
     let reports = h.servers.list(h.dispatcher.endpoints()).await;
     assert_eq!(reports.len(), 1);
     let r = &reports[0];
-    assert_eq!((r.name.as_str(), r.state, r.breaker), ("f", "ready", "closed"));
+    assert_eq!(
+        (r.name.as_str(), r.state, r.breaker),
+        ("f", "ready", "closed")
+    );
     assert!(r.tools.contains(&"echo".to_owned()), "{r:?}");
     let pid = r.pid.unwrap();
 
     h.servers.disable("f").await.unwrap();
     let started = Instant::now();
     let refused = h.call("f__echo", json!({ "text": "x" })).await;
-    assert!(started.elapsed() < Duration::from_millis(500), "disabled calls must fail fast");
-    assert_eq!(refused.code, Some(ErrorCode::McpServerUnreachable), "{refused:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "disabled calls must fail fast"
+    );
+    assert_eq!(
+        refused.code,
+        Some(ErrorCode::McpServerUnreachable),
+        "{refused:?}"
+    );
     assert!(refused.message.contains("disabled"), "{refused:?}");
     assert!(!refused.retryable && refused.recoverable);
     assert_eq!(refused.data["disabled"], true);
-    assert_eq!(h.servers.list(h.dispatcher.endpoints()).await[0].state, "disabled");
+    assert_eq!(
+        h.servers.list(h.dispatcher.endpoints()).await[0].state,
+        "disabled"
+    );
     // Its process is gone.
     let deadline = Instant::now() + Duration::from_secs(5);
     while crate::support::alive(pid) {
-        assert!(Instant::now() < deadline, "disabled server {pid} still running");
+        assert!(
+            Instant::now() < deadline,
+            "disabled server {pid} still running"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 

@@ -25,7 +25,12 @@ fn no_retries() -> DispatchConfig {
 }
 
 /// Kills the server's group while idle; returns (detected, recovered).
-async fn kill_idle_and_recover(h: &Harness, server: &str, tool: &str, args: serde_json::Value) -> (Duration, Duration) {
+async fn kill_idle_and_recover(
+    h: &Harness,
+    server: &str,
+    tool: &str,
+    args: serde_json::Value,
+) -> (Duration, Duration) {
     let pid = h.pid(server);
     let connects = h.servers.status(server).unwrap().connects;
     let killed = Instant::now();
@@ -35,7 +40,10 @@ async fn kill_idle_and_recover(h: &Harness, server: &str, tool: &str, args: serd
     while h.servers.status(server).unwrap().state == McpState::Ready
         && h.servers.status(server).unwrap().connects == connects
     {
-        assert!(Instant::now() < deadline, "the kill of {pid} went unnoticed");
+        assert!(
+            Instant::now() < deadline,
+            "the kill of {pid} went unnoticed"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let detected = killed.elapsed();
@@ -50,7 +58,11 @@ async fn kill_idle_and_recover(h: &Harness, server: &str, tool: &str, args: serd
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     let status = h.servers.status(server).unwrap();
-    assert_ne!(status.pid, Some(pid), "the same process answered after kill -9");
+    assert_ne!(
+        status.pid,
+        Some(pid),
+        "the same process answered after kill -9"
+    );
     assert!(!alive(pid), "{pid} survived kill -9");
     h.remember(server);
     (detected, recovered)
@@ -67,7 +79,10 @@ async fn killed_while_idle_is_restarted_and_serves_again() {
         detected.as_millis(),
         recovered.as_millis()
     );
-    assert_eq!(h.servers.list(h.dispatcher.endpoints()).await[0].restarts, 1);
+    assert_eq!(
+        h.servers.list(h.dispatcher.endpoints()).await[0].restarts,
+        1
+    );
     assert_eq!(h.shutdown().await, 0);
 }
 
@@ -99,7 +114,9 @@ async fn server_everything_killed_while_idle_is_restarted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_during_a_call_ends_the_call_classified() {
     let mut config = fault_server("f", &[]);
-    config.tool_timeouts.insert("sleep".into(), Duration::from_secs(5));
+    config
+        .tool_timeouts
+        .insert("sleep".into(), Duration::from_secs(5));
     let h = Harness::start(vec![config], no_retries()).await;
     h.ready("f").await;
     let pid = h.pid("f");
@@ -125,12 +142,19 @@ async fn killed_during_a_call_ends_the_call_classified() {
     };
     let ((outcome, _started), killed) = tokio::join!(call, killer);
     let ended = killed.elapsed();
-    assert_eq!(outcome.code, Some(ErrorCode::TransportClosed), "{outcome:?}");
+    assert_eq!(
+        outcome.code,
+        Some(ErrorCode::TransportClosed),
+        "{outcome:?}"
+    );
     assert_eq!(outcome.status, Status::Error);
     // `sleep` is annotated read-only, so recovery could retry it; the
     // outcome itself says so.
     assert!(outcome.retryable && outcome.recoverable);
-    assert!(ended < Duration::from_secs(2), "the in-flight call took {ended:?} after the kill");
+    assert!(
+        ended < Duration::from_secs(2),
+        "the in-flight call took {ended:?} after the kill"
+    );
 
     let recovered_from = Instant::now();
     h.ready("f").await;

@@ -4,9 +4,9 @@
 //! the tests themselves. One binary, so the crate graph links once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod fallback;
 mod faults;
 mod harness;
 mod kill;
-mod fallback;
 mod real;
 mod support;

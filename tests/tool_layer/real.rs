@@ -26,7 +26,10 @@ async fn server_everything_lists_and_calls_through_the_actors() {
     )
     .await;
     h.ready("everything").await;
-    println!("server-everything ready in {} ms", started.elapsed().as_millis());
+    println!(
+        "server-everything ready in {} ms",
+        started.elapsed().as_millis()
+    );
 
     let status = h.servers.status("everything").unwrap();
     let tools: Vec<&str> = status.tools.iter().map(|t| t.name.as_str()).collect();
@@ -49,9 +52,7 @@ async fn server_everything_lists_and_calls_through_the_actors() {
 
     // Bad arguments: the TypeScript server answers isError with an
     // embedded -32602, which is the caller's fault, not the server's.
-    let bad = h
-        .call("everything__get-sum", json!({ "a": "two" }))
-        .await;
+    let bad = h.call("everything__get-sum", json!({ "a": "two" })).await;
     assert_eq!(bad.code, Some(ErrorCode::InvalidInput), "{bad:?}");
 
     // A misspelt tool comes back with the server's closest names.
@@ -68,11 +69,7 @@ async fn server_filesystem_reads_a_file_through_the_actors() {
     let root = dir.path().canonicalize().unwrap();
     std::fs::write(root.join("notes.txt"), "remember the milk\n").unwrap();
     let h = Harness::start(
-        vec![node(
-            "fs",
-            &real.filesystem(),
-            &[root.to_str().unwrap()],
-        )],
+        vec![node("fs", &real.filesystem(), &[root.to_str().unwrap()])],
         DispatchConfig::default(),
     )
     .await;
@@ -87,7 +84,12 @@ async fn server_filesystem_reads_a_file_through_the_actors() {
         )
         .await;
     assert!(read.is_success(), "{read:?}");
-    assert!(read.data["text"].as_str().unwrap().contains("remember the milk"));
+    assert!(
+        read.data["text"]
+            .as_str()
+            .unwrap()
+            .contains("remember the milk")
+    );
     // Outside its allowed directory the server refuses; hale reports the
     // refusal as the server's error, not as a server failure.
     let outside = h
@@ -96,7 +98,11 @@ async fn server_filesystem_reads_a_file_through_the_actors() {
     assert!(outside.is_failure(), "{outside:?}");
     assert!(!outside.retryable, "{outside:?}");
     // The read-only tools are idempotent by the server's annotations.
-    let listed = status.tools.iter().find(|t| t.name == "read_text_file").unwrap();
+    let listed = status
+        .tools
+        .iter()
+        .find(|t| t.name == "read_text_file")
+        .unwrap();
     assert!(listed.idempotent(), "{listed:?}");
     assert_eq!(h.shutdown().await, 0);
 }
@@ -115,7 +121,10 @@ async fn mcp_server_time_from_pypi_answers() {
         .call("time__get_current_time", json!({ "timezone": "UTC" }))
         .await;
     assert!(now.is_success(), "{now:?}");
-    assert!(now.data["text"].as_str().unwrap().contains("UTC"), "{now:?}");
+    assert!(
+        now.data["text"].as_str().unwrap().contains("UTC"),
+        "{now:?}"
+    );
     // The Python SDK reports an unknown tool as a JSON-RPC error; hale
     // answers it before asking, with the server's own tool names.
     let typo = h
@@ -141,8 +150,14 @@ async fn server_everything_over_streamable_http() {
         .unwrap();
     // Wait for the port to open.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(Instant::now() < deadline, "server-everything HTTP did not open {port}");
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "server-everything HTTP did not open {port}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let config = quick(McpServerConfig::new(

@@ -117,11 +117,14 @@ fn install() -> Result<RealServers, String> {
         npm: dir.join("npm"),
         venv: dir.join("venv"),
     };
-    let wanted = format!("{}\n{}\n", NPM_PACKAGES.join("\n"), PYPI_PACKAGES.join("\n"));
+    let wanted = format!(
+        "{}\n{}\n",
+        NPM_PACKAGES.join("\n"),
+        PYPI_PACKAGES.join("\n")
+    );
     let marker = dir.join("installed.txt");
-    let present = servers.everything().exists()
-        && servers.filesystem().exists()
-        && servers.time().exists();
+    let present =
+        servers.everything().exists() && servers.filesystem().exists() && servers.time().exists();
     if present && std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
         return Ok(servers);
     }
