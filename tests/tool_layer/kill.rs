@@ -157,6 +157,13 @@ async fn killed_during_a_call_ends_the_call_classified() {
     );
 
     let recovered_from = Instant::now();
+    // Wait for the replacement, not just any "ready": the old incarnation
+    // may not have processed its dead transport yet.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while h.servers.status("f").unwrap().connects < 2 {
+        assert!(Instant::now() < deadline, "never restarted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     h.ready("f").await;
     let echo = h.call("f__echo", json!({ "text": "again" })).await;
     assert!(echo.is_success(), "{echo:?}");
