@@ -21,6 +21,8 @@
 //! - Waiting between retries is a `tokio::time::sleep` in the caller's own
 //!   future; the dispatcher is not an actor and blocks nobody's mailbox.
 
+mod watchdog;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -288,6 +290,7 @@ impl std::fmt::Debug for CallContext {
 /// Carries the recovery policy out for every tool call. Cheap to share
 /// behind an `Arc`; every method takes `&self`.
 pub struct Dispatcher {
+    watchdog: Arc<watchdog::Watchdog>,
     routers: Vec<Arc<dyn Router>>,
     endpoints: Arc<Endpoints>,
     sink: Arc<dyn EventSink>,
@@ -319,6 +322,7 @@ impl Dispatcher {
         sink: Arc<dyn EventSink>,
     ) -> Self {
         Self {
+            watchdog: watchdog::Watchdog::new(endpoints.settings.attempt_timeout),
             routers,
             endpoints,
             sink,
@@ -504,35 +508,44 @@ impl Dispatcher {
             // `RetryBudget`.
             health.budget.deposit(now().into_std());
         }
-        let name = target.tool.spec().name.clone();
-        self.emit(
-            Event::new(
-                Level::Debug,
-                &target.endpoint,
-                EventKind::ToolAttempt,
-                format!("calling `{name}`"),
-            )
-            .with_data(json!({ "tool": name })),
-            ctx,
-        );
+        let name = &target.tool.spec().name;
+        if self.sink.enabled(Level::Debug) {
+            self.emit(
+                Event::new(
+                    Level::Debug,
+                    &target.endpoint,
+                    EventKind::ToolAttempt,
+                    format!("calling `{name}`"),
+                )
+                .with_data(json!({ "tool": name })),
+                ctx,
+            );
+        }
+        let started = Instant::now();
         let timeout = self.settings().attempt_timeout;
-        let outcome = match tokio::time::timeout(timeout, call_guarded(&*target.tool, args)).await {
-            Ok(outcome) => outcome,
-            Err(_) => ToolOutcome::timeout(format!(
-                "`{name}` did not finish within {} ms",
+        let (watch, overdue) = self.watchdog.watch(started + timeout);
+        let overdue = async {
+            if overdue.await.is_err() {
+                // The watchdog went away without firing: no deadline.
+                std::future::pending::<()>().await;
+            }
+        };
+        let outcome = tokio::select! {
+            biased;
+            outcome = call_guarded(&*target.tool, args) => outcome,
+            () = overdue => ToolOutcome::timeout(format!(
+                "`{name}` did not finish within {} ms; the attempt was abandoned",
                 timeout.as_millis()
             )),
         };
+        drop(watch);
         drop(permit);
         let transition = if counts_against_endpoint(&outcome) {
             health.lock_breaker().on_failure(now().into_std())
         } else {
             health.lock_breaker().on_success(now().into_std())
         };
-        self.emit(
-            Event::from_outcome(&target.endpoint, EventKind::ToolOutcome, &outcome),
-            ctx,
-        );
+        self.emit_outcome(target, &outcome, started.elapsed(), ctx);
         self.emit_transition(&target.endpoint, transition, ctx);
         Attempted {
             outcome,
@@ -667,6 +680,51 @@ impl Dispatcher {
                     ),
                 )
                 .with_data(json!({ "from": state_name(t.from), "to": state_name(t.to) })),
+                ctx,
+            );
+        }
+    }
+
+    /// The outcome of one attempt. A failure is recorded whole (it is what
+    /// the audit trail is for); a success only by its shape, because its
+    /// payload (a file's content, a page) is the caller's business and
+    /// would make every call pay for a copy.
+    fn emit_outcome(
+        &self,
+        target: &Target,
+        outcome: &ToolOutcome,
+        took: Duration,
+        ctx: &CallContext,
+    ) {
+        let name = &target.tool.spec().name;
+        let took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        if outcome.is_failure() {
+            let mut event = Event::from_outcome(&target.endpoint, EventKind::ToolOutcome, outcome);
+            if let Some(map) = event.data.as_object_mut() {
+                map.insert("tool".to_owned(), json!(name));
+                map.insert("duration_ms".to_owned(), json!(took_ms));
+            }
+            self.emit(event, ctx);
+            return;
+        }
+        let level = if outcome.is_success() {
+            Level::Info
+        } else {
+            Level::Warning
+        };
+        if self.sink.enabled(level) {
+            self.emit(
+                Event::new(
+                    level,
+                    &target.endpoint,
+                    EventKind::ToolOutcome,
+                    format!("`{name}` answered in {took_ms} ms"),
+                )
+                .with_data(json!({
+                    "tool": name,
+                    "status": if outcome.is_success() { "success" } else { "partial" },
+                    "duration_ms": took_ms,
+                })),
                 ctx,
             );
         }

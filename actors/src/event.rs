@@ -250,6 +250,14 @@ impl Event {
 pub trait EventSink: Send + Sync {
     /// Records one event.
     fn emit(&self, event: Event);
+
+    /// Whether events of `level` are recorded at all. Hot paths (every
+    /// tool call emits) ask first and skip building events the sink would
+    /// drop. Records everything unless overridden.
+    fn enabled(&self, level: Level) -> bool {
+        let _ = level;
+        true
+    }
 }
 
 /// A sink that discards everything, for when no audit trail is wanted.
@@ -258,6 +266,10 @@ pub struct NullSink;
 
 impl EventSink for NullSink {
     fn emit(&self, _event: Event) {}
+
+    fn enabled(&self, _level: Level) -> bool {
+        false
+    }
 }
 
 /// A sink that keeps every event in memory, for tests and short-lived

@@ -525,3 +525,38 @@ fn invalid_dispatch_settings_are_refused_with_the_field() {
     .unwrap_err();
     assert!(err.to_string().starts_with("chunk"), "{err}");
 }
+
+/// A tool that never answers.
+struct Hanging {
+    spec: ToolSpec,
+}
+
+impl Tool for Hanging {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+    fn call(&self, _args: Value) -> BoxFuture<'_, ToolOutcome> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_without_its_own_timeout_is_cut_off_by_the_backstop() {
+    let hang: Arc<dyn Tool> = Arc::new(Hanging {
+        spec: ToolSpec::new("hang", "never answers", json!({ "type": "object" })),
+    });
+    let config = DispatchConfig {
+        attempt_timeout: ms(300),
+        ..DispatchConfig::default()
+    };
+    let (dispatcher, _) = dispatcher(vec![hang], config, vec![]);
+    let started = Instant::now();
+    let outcome = dispatcher
+        .call("hang", json!({}), &CallContext::default())
+        .await;
+    let took = started.elapsed();
+    assert!(outcome.is_timeout(), "{outcome:?}");
+    // The deadline, plus at most one watchdog tick (10 ms for 300 ms) and
+    // scheduling slack.
+    assert!(took >= ms(300) && took < ms(1000), "{took:?}");
+}
