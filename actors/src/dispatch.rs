@@ -475,7 +475,10 @@ impl Dispatcher {
         first_on_target: bool,
         ctx: &CallContext,
     ) -> Attempted {
-        let (admission, transition) = health.lock_breaker().allow(now().into_std());
+        // One reading of the clock before and one after the call serve
+        // every decision of the attempt.
+        let started = now();
+        let (admission, transition) = health.lock_breaker().allow(started.into_std());
         self.emit_transition(&target.endpoint, transition, ctx);
         if let Admission::Rejected { retry_in } = admission {
             return Attempted {
@@ -506,7 +509,7 @@ impl Dispatcher {
         if first_on_target {
             // One deposit per original call, never for a retry: see
             // `RetryBudget`.
-            health.budget.deposit(now().into_std());
+            health.budget.deposit(started.into_std());
         }
         let name = &target.tool.spec().name;
         if self.sink.enabled(Level::Debug) {
@@ -521,7 +524,6 @@ impl Dispatcher {
                 ctx,
             );
         }
-        let started = Instant::now();
         let timeout = self.settings().attempt_timeout;
         let (watch, overdue) = self.watchdog.watch(started + timeout);
         let overdue = async {
@@ -540,12 +542,13 @@ impl Dispatcher {
         };
         drop(watch);
         drop(permit);
+        let ended = now();
         let transition = if counts_against_endpoint(&outcome) {
-            health.lock_breaker().on_failure(now().into_std())
+            health.lock_breaker().on_failure(ended.into_std())
         } else {
-            health.lock_breaker().on_success(now().into_std())
+            health.lock_breaker().on_success(ended.into_std())
         };
-        self.emit_outcome(target, &outcome, started.elapsed(), ctx);
+        self.emit_outcome(target, &outcome, ended - started, ctx);
         self.emit_transition(&target.endpoint, transition, ctx);
         Attempted {
             outcome,

@@ -249,8 +249,8 @@ impl McpServers {
     }
 
     fn tool_for(&self, shared: &Arc<ServerShared>, tool: &str, like: Option<&str>) -> McpTool {
-        let status = shared.status();
-        let remote = status.tools.iter().find(|t| t.name == tool);
+        let remote = shared.remote_tool(tool);
+        let remote = remote.as_ref();
         // A fallback server may not have listed its tools yet; then the
         // primary's description stands in for it.
         let idempotent = shared

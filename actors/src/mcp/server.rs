@@ -145,6 +145,11 @@ impl ServerShared {
         self.lock().clone()
     }
 
+    /// One listed tool, without copying the whole list.
+    pub(crate) fn remote_tool(&self, name: &str) -> Option<RemoteTool> {
+        self.lock().tools.iter().find(|t| t.name == name).cloned()
+    }
+
     pub(crate) fn is_enabled(&self) -> bool {
         self.enabled.load(Ordering::Acquire)
     }
