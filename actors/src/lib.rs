@@ -17,6 +17,7 @@ pub mod mcp;
 mod open_enum;
 pub mod outcome;
 pub mod recovery;
+pub mod supervision_events;
 pub mod tool;
 pub mod tool_actor;
 

@@ -15,6 +15,7 @@
 //! while a restart is in progress.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hale_supervision::{Address, ChildSpec};
@@ -30,6 +31,33 @@ use crate::tool::{BoxFuture, Tool, ToolSpec, call_guarded};
 /// answered `SERVICE_UNAVAILABLE` (undelivered, so recovery may retry).
 pub const DEFAULT_READY_WAIT: Duration = Duration::from_secs(5);
 
+/// Whether an actor has taken a message out of its mailbox.
+///
+/// A killed actor drops its queued messages unread, and its caller then
+/// sees the same closed reply port as for a call that died half-way. The
+/// difference decides whether re-sending is safe, so the caller hands a
+/// flag along with the message and the actor raises it when it starts the
+/// work: down means the message never left the mailbox.
+#[derive(Debug, Clone, Default)]
+pub struct Taken(Arc<AtomicBool>);
+
+impl Taken {
+    /// A flag that is down.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Raised by the actor when it starts on the message.
+    pub fn mark(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether the actor started on the message.
+    pub fn is_taken(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// The tool actor's messages.
 #[derive(Debug)]
 pub enum ToolMsg {
@@ -37,6 +65,8 @@ pub enum ToolMsg {
     Call {
         /// The JSON arguments object.
         args: Value,
+        /// Raised when the actor starts the call.
+        taken: Taken,
         /// Where the outcome goes.
         reply: RpcReplyPort<ToolOutcome>,
     },
@@ -86,7 +116,8 @@ impl Actor for ToolActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            ToolMsg::Call { args, reply } => {
+            ToolMsg::Call { args, taken, reply } => {
+                taken.mark();
                 // Reap finished calls so the set does not grow with history.
                 while state.calls.try_join_next().is_some() {}
                 let tool = Arc::clone(&state.tool);
@@ -134,35 +165,39 @@ impl ToolHandle {
     async fn forward(&self, args: Value) -> ToolOutcome {
         let name = &self.spec.name;
         let mut actor = self.address.live(self.ready_wait).await;
-        // One more try when the first actor died before taking the message:
-        // nothing ran, so sending it to the replacement is safe.
-        for _ in 0..2 {
+        // A message the actor never took (it died first, dropping its
+        // mailbox) ran nothing, so it is sent again to the replacement; a
+        // few times at most, since each try waits for a new incarnation.
+        for _ in 0..3 {
             let Some(current) = actor.take() else {
                 return not_running(name, self.ready_wait);
             };
             let (tx, rx) = tokio::sync::oneshot::channel();
+            let taken = Taken::new();
             let message = ToolMsg::Call {
                 args: args.clone(),
+                taken: taken.clone(),
                 reply: tx.into(),
             };
-            if current.send_message(message).is_err() {
-                actor = self
-                    .address
-                    .live_other_than(&current, self.ready_wait)
-                    .await;
-                continue;
+            if current.send_message(message).is_ok()
+                && let Ok(outcome) = rx.await
+            {
+                return outcome;
             }
-            return match rx.await {
-                Ok(outcome) => outcome,
+            if taken.is_taken() {
                 // The actor took the call and died before answering: the
-                // tool may have run, so this is not "undelivered".
-                Err(_) => ToolOutcome::from_code(
+                // tool may have run.
+                return ToolOutcome::from_code(
                     ErrorCode::Interrupted,
                     format!("the `{name}` tool actor stopped while the call was running"),
                 )
                 .for_idempotency(self.spec.idempotent)
-                .with_data(json!({ "tool": name })),
-            };
+                .with_data(json!({ "tool": name }));
+            }
+            actor = self
+                .address
+                .live_other_than(&current, self.ready_wait)
+                .await;
         }
         not_running(name, self.ready_wait)
     }

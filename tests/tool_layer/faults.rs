@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use hale::actors::dispatch::DispatchConfig;
 use hale::actors::recovery::RetryConfig;
-use hale::actors::{ErrorCode, Status};
+use hale::actors::{ErrorCode, EventKind, Status};
 use serde_json::json;
 
 use crate::harness::Harness;
@@ -160,6 +160,20 @@ async fn crash_on_the_nth_call_is_classified_and_the_server_restarted() {
     assert!(echo.is_success(), "{echo:?}");
     let reports = h.servers.list(h.dispatcher.endpoints()).await;
     assert_eq!(reports[0].restarts, 1, "{reports:?}");
+    // The crash and the restart are in the audit stream.
+    let events = h.sink.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == EventKind::ChildExited && e.source == "hale/mcp/f"),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == EventKind::ChildRestarted && e.source == "hale/mcp/f")
+    );
+    assert!(events.iter().any(|e| e.kind == EventKind::Disconnected));
     assert_eq!(h.shutdown().await, 0);
 }
 
@@ -250,5 +264,59 @@ async fn manage_lists_disables_enables_and_restarts() {
     h.ready("f").await;
     assert!(h.call("f__echo", json!({ "text": "x" })).await.is_success());
     assert!(h.servers.disable("nope").await.is_err());
+    assert_eq!(h.shutdown().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manage_mcp_tool_answers_as_an_agent_would_call_it() {
+    use hale::actors::Tool;
+    use hale::actors::mcp::ManageMcp;
+
+    let h = Harness::start(
+        vec![fault_server("weather", &[]), fault_server("search", &[])],
+        single_attempt(),
+    )
+    .await;
+    h.ready("weather").await;
+    h.ready("search").await;
+    let tool = ManageMcp::new(h.servers.clone(), h.dispatcher.endpoints().clone());
+
+    let list = tool.call(json!({ "action": "list" })).await;
+    assert!(list.is_success(), "{list:?}");
+    let names: Vec<&str> = list.data["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["search", "weather"]);
+    assert_eq!(list.data["servers"][1]["state"], "ready");
+    assert_eq!(list.data["servers"][1]["breaker"], "closed");
+
+    let disabled = tool
+        .call(json!({ "action": "disable", "server": "weather" }))
+        .await;
+    assert!(disabled.is_success(), "{disabled:?}");
+    assert_eq!(disabled.data["state"], "disabled");
+
+    let typo = tool
+        .call(json!({ "action": "enable", "server": "wether" }))
+        .await;
+    assert_eq!(typo.code, Some(ErrorCode::NotFound));
+    assert_eq!(typo.hints[0].suggestions[0], "weather");
+
+    let missing = tool.call(json!({ "action": "restart" })).await;
+    assert_eq!(missing.code, Some(ErrorCode::InvalidInput));
+
+    let enabled = tool
+        .call(json!({ "action": "enable", "server": "weather" }))
+        .await;
+    assert!(enabled.is_success(), "{enabled:?}");
+    h.ready("weather").await;
+    assert!(
+        h.call("weather__echo", json!({ "text": "x" }))
+            .await
+            .is_success()
+    );
     assert_eq!(h.shutdown().await, 0);
 }

@@ -18,3 +18,108 @@ pub use files::{EditFile, EditFileConfig, ReadFile, ReadFileConfig, WriteFile, W
 pub use search::{Glob, GlobConfig, Grep, GrepConfig};
 pub use web_fetch::{WebFetch, WebFetchConfig, WebFetchError, classify_reqwest_error};
 pub use workspace::{Workspace, WorkspaceError};
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hale_supervision::{Strategy, SupervisorSpec};
+
+use crate::event::EventSink;
+use crate::tool::Tool;
+use crate::tool_actor::{ToolHandle, tool_child};
+
+/// Settings of every built-in tool.
+#[derive(Debug, Clone)]
+pub struct BuiltinConfig {
+    /// The directory every file tool and `exec` is confined to.
+    pub workspace_root: PathBuf,
+    /// `read_file`.
+    pub read_file: ReadFileConfig,
+    /// `write_file`.
+    pub write_file: WriteFileConfig,
+    /// `edit_file`.
+    pub edit_file: EditFileConfig,
+    /// `glob`.
+    pub glob: GlobConfig,
+    /// `grep`.
+    pub grep: GrepConfig,
+    /// `exec` (its `workspace_root` is replaced by the one above).
+    pub exec: ExecConfig,
+    /// `web_fetch`.
+    pub web_fetch: WebFetchConfig,
+}
+
+impl BuiltinConfig {
+    /// Every tool with its defaults, confined to `workspace_root`.
+    pub fn new(workspace_root: impl Into<PathBuf>) -> Self {
+        let workspace_root = workspace_root.into();
+        Self {
+            exec: ExecConfig::new(workspace_root.clone()),
+            workspace_root,
+            read_file: ReadFileConfig::default(),
+            write_file: WriteFileConfig::default(),
+            edit_file: EditFileConfig::default(),
+            glob: GlobConfig::default(),
+            grep: GrepConfig::default(),
+            web_fetch: WebFetchConfig::default(),
+        }
+    }
+}
+
+/// Why the built-in tools could not be built; each names the tool.
+#[derive(Debug, thiserror::Error)]
+pub enum BuiltinError {
+    /// The workspace root is unusable.
+    #[error("workspace: {0}")]
+    Workspace(#[from] WorkspaceError),
+    /// `exec`'s settings are invalid.
+    #[error("exec: {0}")]
+    Exec(#[from] ExecConfigError),
+    /// `web_fetch`'s settings are invalid.
+    #[error("web_fetch: {0}")]
+    WebFetch(#[from] WebFetchError),
+}
+
+/// The seven built-in tools, built and validated.
+///
+/// # Errors
+/// [`BuiltinError`] naming the tool whose settings are invalid.
+pub fn builtin_tools(config: &BuiltinConfig) -> Result<Vec<Arc<dyn Tool>>, BuiltinError> {
+    let workspace = Workspace::new(&config.workspace_root)?;
+    let mut exec = config.exec.clone();
+    exec.workspace_root = workspace.root().to_path_buf();
+    Ok(vec![
+        Arc::new(Exec::new(exec)?),
+        Arc::new(ReadFile::new(workspace.clone(), config.read_file)),
+        Arc::new(WriteFile::new(workspace.clone(), config.write_file)),
+        Arc::new(EditFile::new(workspace.clone(), config.edit_file)),
+        Arc::new(Glob::new(workspace.clone(), config.glob)),
+        Arc::new(Grep::new(workspace, config.grep)),
+        Arc::new(WebFetch::new(config.web_fetch.clone())?),
+    ])
+}
+
+/// The `tools` subtree: one_for_one, one permanent actor per tool, and
+/// the handles to register (they reach whichever incarnation is current).
+/// Every supervisor event goes to `sink`.
+pub fn tools_supervisor(
+    name: &str,
+    tools: Vec<Arc<dyn Tool>>,
+    sink: Arc<dyn EventSink>,
+) -> (SupervisorSpec, Vec<ToolHandle>) {
+    let mut spec = SupervisorSpec::new(name)
+        .strategy(Strategy::OneForOne)
+        // Tool actors hold no state worth protecting from a crash loop;
+        // a tool that keeps dying is a bug the audit trail shows.
+        .intensity(100, Duration::from_secs(10))
+        .observer(crate::supervision_events::observer(sink));
+    let mut handles = Vec::with_capacity(tools.len());
+    for tool in tools {
+        let id = tool.spec().name.clone();
+        let (child, handle) = tool_child(&id, tool);
+        spec = spec.child(child);
+        handles.push(handle);
+    }
+    (spec, handles)
+}

@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod manage;
 pub mod server;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,7 @@ use serde_json::{Value, json};
 
 pub use config::{McpConfigError, McpServerConfig, McpTransport};
 pub use convert::RemoteTool;
+pub use manage::ManageMcp;
 pub use server::{McpMsg, McpServerActor, McpState, PROTOCOL_VERSION, ServerStatus};
 
 use crate::catalog::ErrorCode;
@@ -41,6 +43,7 @@ use crate::dispatch::{Endpoints, Router, Target, state_name};
 use crate::event::EventSink;
 use crate::outcome::ToolOutcome;
 use crate::tool::{BoxFuture, Tool, ToolSpec};
+use crate::tool_actor::Taken;
 use server::ServerShared;
 
 /// The separator between server and tool in the names hale gives MCP
@@ -106,6 +109,7 @@ pub struct McpServerReport {
 /// Every configured MCP server.
 pub struct McpServers {
     servers: BTreeMap<String, Arc<ServerShared>>,
+    sink: Arc<dyn EventSink>,
     supervisor: RwLock<Option<SupervisorRef>>,
     ready_wait: Duration,
 }
@@ -149,20 +153,23 @@ impl McpServers {
         }
         Ok(Arc::new(Self {
             servers,
+            sink,
             supervisor: RwLock::new(None),
             ready_wait: DEFAULT_READY_WAIT,
         }))
     }
 
     /// The supervisor spec: one_for_one, one child per enabled server,
-    /// each restarted with its backoff and parked when it keeps failing.
+    /// each restarted with its backoff and parked when it keeps failing;
+    /// every supervisor event goes to the event sink.
     /// The supervisor's own intensity is generous, because a crash-looping
     /// server is parked by its own limit long before it could take its
     /// siblings down.
     pub fn supervisor_spec(&self, name: &str) -> SupervisorSpec {
         let mut spec = SupervisorSpec::new(name)
             .strategy(Strategy::OneForOne)
-            .intensity(1000, Duration::from_secs(60));
+            .intensity(1000, Duration::from_secs(60))
+            .observer(crate::supervision_events::observer(Arc::clone(&self.sink)));
         for shared in self.servers.values() {
             if shared.is_enabled() {
                 spec = spec.child(child_spec(shared));
@@ -449,7 +456,9 @@ impl McpTool {
         };
         let timeout = shared.config.timeout_for(&self.remote);
         let mut actor = shared.address.live(self.ready_wait).await;
-        for _ in 0..2 {
+        // A call the actor never took from its mailbox (it died first)
+        // reached nothing and is sent again to the replacement.
+        for _ in 0..3 {
             let Some(current) = actor.take() else {
                 let why = match shared.status().last_error {
                     Some(e) => format!("not running (last error: {e})"),
@@ -458,10 +467,13 @@ impl McpTool {
                 return server::unreachable(shared, &why);
             };
             let (tx, rx) = tokio::sync::oneshot::channel();
+            let (taken, sent) = (Taken::new(), Taken::new());
             let message = McpMsg::Call {
                 tool: self.remote.clone(),
                 args: args.clone(),
                 timeout,
+                taken: taken.clone(),
+                sent: sent.clone(),
                 reply: tx.into(),
             };
             if current.send_message(message).is_err() {
@@ -476,6 +488,17 @@ impl McpTool {
             let limit = timeout + shared.config.connect_timeout;
             return match tokio::time::timeout(limit, rx).await {
                 Ok(Ok(outcome)) => outcome,
+                Ok(Err(_)) if !taken.is_taken() => {
+                    actor = shared
+                        .address
+                        .live_other_than(&current, self.ready_wait)
+                        .await;
+                    continue;
+                }
+                Ok(Err(_)) if !sent.is_taken() => server::unreachable(
+                    shared,
+                    "it went down while connecting, before the call was sent",
+                ),
                 Ok(Err(_)) => ToolOutcome::from_code(
                     ErrorCode::TransportClosed,
                     format!(

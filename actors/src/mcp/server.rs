@@ -38,6 +38,7 @@ use crate::mcp::config::{McpServerConfig, McpTransport};
 use crate::mcp::convert::{self, RemoteTool};
 use crate::outcome::{Hint, HintKind, ToolOutcome};
 use crate::tool::closest_first;
+use crate::tool_actor::Taken;
 
 /// The protocol version hale asks for. rmcp's default is newer than many
 /// deployed servers accept; 2025-06-18 is the newest the TypeScript and
@@ -195,6 +196,10 @@ pub enum McpMsg {
         args: Option<JsonObject>,
         /// How long the server may take once the request is sent.
         timeout: Duration,
+        /// Raised when the actor takes the call from its mailbox.
+        taken: Taken,
+        /// Raised when the request is handed to the server.
+        sent: Taken,
         /// Where the outcome goes.
         reply: RpcReplyPort<ToolOutcome>,
     },
@@ -235,6 +240,7 @@ struct PendingCall {
     tool: String,
     args: Option<JsonObject>,
     timeout: Duration,
+    sent: Taken,
     reply: RpcReplyPort<ToolOutcome>,
 }
 
@@ -308,12 +314,16 @@ impl Actor for McpServerActor {
                 tool,
                 args,
                 timeout,
+                taken,
+                sent,
                 reply,
             } => {
+                taken.mark();
                 let call = PendingCall {
                     tool,
                     args,
                     timeout,
+                    sent,
                     reply,
                 };
                 match &mut state.phase {
@@ -443,6 +453,7 @@ fn start_call(
         return;
     }
     let peer = peer.clone();
+    call.sent.mark();
     tasks.spawn(async move {
         let mut params = CallToolRequestParams::new(call.tool.clone());
         if let Some(args) = call.args {
