@@ -196,78 +196,88 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.min(sorted.len()) - 1]
 }
 
+/// The rotated-block run, with the caller where `from` says: on the
+/// `block_on` thread (outside the runtime's workers), or in a task on a
+/// worker, where hale's sessions (actors) make their calls.
+async fn rotated_blocks(from: &str) {
+    let setup = Setup::start().await;
+    let ctx = CallContext::default();
+    for _ in 0..2000 {
+        setup.direct().await;
+        setup.actor().await;
+        setup.dispatched(&ctx).await;
+        setup.policy_only(&ctx).await;
+        setup.raw_ractor().await;
+    }
+    let (mut d, mut a, mut p, mut o, mut r) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let blocks = std::env::var("HALE_BENCH_BLOCKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    for _ in 0..blocks {
+        for _ in 0..200 {
+            d.push(setup.direct().await);
+        }
+        for _ in 0..200 {
+            a.push(setup.actor().await);
+        }
+        for _ in 0..200 {
+            p.push(setup.dispatched(&ctx).await);
+        }
+        for _ in 0..200 {
+            o.push(setup.policy_only(&ctx).await);
+        }
+        for _ in 0..200 {
+            r.push(setup.raw_ractor().await);
+        }
+    }
+    for v in [&mut d, &mut a, &mut p, &mut o, &mut r] {
+        v.sort();
+    }
+    let us = |x: Duration| x.as_secs_f64() * 1e6;
+    println!(
+        "\ndirect interleaved run, caller {from}: {} calls each (blocks of 200, rotating)",
+        d.len()
+    );
+    for (name, v) in [
+        ("direct", &d),
+        ("tool_actor", &a),
+        ("dispatcher_and_actor", &p),
+        ("dispatcher_only", &o),
+        ("raw_ractor_call", &r),
+    ] {
+        println!(
+            "echo_{name}_us_p50: {:.2} us  p99: {:.2} us",
+            us(percentile(v, 50.0)),
+            us(percentile(v, 99.0))
+        );
+    }
+    println!(
+        "overhead_p50_us (dispatcher+actor - direct): {:.2} us",
+        us(percentile(&p, 50.0)) - us(percentile(&d, 50.0))
+    );
+    println!(
+        "overhead_p50_us (actor - direct): {:.2} us",
+        us(percentile(&a, 50.0)) - us(percentile(&d, 50.0))
+    );
+    println!(
+        "ratio_p50 dispatcher+actor / raw ractor call: {:.2}",
+        us(percentile(&p, 50.0)) / us(percentile(&r, 50.0))
+    );
+    println!(
+        "overhead_p50_us (policy alone: dispatcher over the plain function - direct): {:.2} us",
+        us(percentile(&o, 50.0)) - us(percentile(&d, 50.0))
+    );
+}
+
 fn direct_percentiles() {
     let rt = runtime();
+    rt.block_on(rotated_blocks("on the block_on thread"));
     rt.block_on(async {
-        let setup = Setup::start().await;
-        let ctx = CallContext::default();
-        for _ in 0..2000 {
-            setup.direct().await;
-            setup.actor().await;
-            setup.dispatched(&ctx).await;
-            setup.policy_only(&ctx).await;
-            setup.raw_ractor().await;
-        }
-        let (mut d, mut a, mut p, mut o, mut r) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let blocks = std::env::var("HALE_BENCH_BLOCKS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(50);
-        for _ in 0..blocks {
-            for _ in 0..200 {
-                d.push(setup.direct().await);
-            }
-            for _ in 0..200 {
-                a.push(setup.actor().await);
-            }
-            for _ in 0..200 {
-                p.push(setup.dispatched(&ctx).await);
-            }
-            for _ in 0..200 {
-                o.push(setup.policy_only(&ctx).await);
-            }
-            for _ in 0..200 {
-                r.push(setup.raw_ractor().await);
-            }
-        }
-        for v in [&mut d, &mut a, &mut p, &mut o, &mut r] {
-            v.sort();
-        }
-        let us = |x: Duration| x.as_secs_f64() * 1e6;
-        println!(
-            "\ndirect interleaved run: {} calls each (blocks of 200, rotating)",
-            d.len()
-        );
-        for (name, v) in [
-            ("direct", &d),
-            ("tool_actor", &a),
-            ("dispatcher_and_actor", &p),
-            ("dispatcher_only", &o),
-            ("raw_ractor_call", &r),
-        ] {
-            println!(
-                "echo_{name}_us_p50: {:.2} us  p99: {:.2} us",
-                us(percentile(v, 50.0)),
-                us(percentile(v, 99.0))
-            );
-        }
-        println!(
-            "overhead_p50_us (dispatcher+actor - direct): {:.2} us",
-            us(percentile(&p, 50.0)) - us(percentile(&d, 50.0))
-        );
-        println!(
-            "overhead_p50_us (actor - direct): {:.2} us",
-            us(percentile(&a, 50.0)) - us(percentile(&d, 50.0))
-        );
-        println!(
-            "ratio_p50 dispatcher+actor / raw ractor call: {:.2}",
-            us(percentile(&p, 50.0)) / us(percentile(&r, 50.0))
-        );
-        println!(
-            "overhead_p50_us (policy alone: dispatcher over the plain function - direct): {:.2} us",
-            us(percentile(&o, 50.0)) - us(percentile(&d, 50.0))
-        );
+        tokio::spawn(rotated_blocks("in a task on a runtime worker"))
+            .await
+            .unwrap();
     });
 }
 
