@@ -135,6 +135,10 @@ impl Actor for ToolActor {
 
 /// A [`Tool`] that forwards calls to the current incarnation of a tool
 /// actor.
+///
+/// It sets no deadline of its own: the tool's own timeouts (every
+/// built-in tool that touches a process or the network has one) and the
+/// dispatcher's per-attempt deadline bound a call.
 #[derive(Clone)]
 pub struct ToolHandle {
     spec: ToolSpec,
