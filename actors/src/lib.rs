@@ -12,6 +12,7 @@ pub mod builtin;
 pub mod catalog;
 pub mod classify;
 pub mod dispatch;
+pub mod escalation;
 pub mod event;
 pub mod mcp;
 mod open_enum;

@@ -1,0 +1,688 @@
+//! The escalation actor and its handle.
+//!
+//! The actor keeps every approval in memory and in the store. Nothing is
+//! acknowledged before the store has it: an opened approval is inserted in
+//! memory only once saved, a resolution is announced (to the resolver, the
+//! waiters and the subscribers) only once saved. Store writes run as tasks
+//! and report back as messages, so the mailbox keeps moving while the disk
+//! works; deadlines are `send_after` timers re-armed from the store after
+//! every (re)start.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use hale_supervision::{Address, ChildSpec};
+use jiff::Timestamp;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::escalation::{
+    Answer, Approval, ApprovalRequest, ApprovalStore, ApprovalStoreError, EscalationError,
+    Resolution, ResolveEffect, decide_resolution, timeout_resolution, validate_request,
+};
+use crate::event::{Event, EventKind, EventSink, Level};
+use crate::tool_actor::Taken;
+
+/// How long a handle waits for a restarting escalation actor.
+const READY_WAIT: Duration = Duration::from_secs(5);
+/// How soon a deadline whose timeout could not be stored is tried again.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// What subscribers (the control plane) are told.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApprovalNotice {
+    /// A new approval is waiting for a human.
+    Opened(Approval),
+    /// An approval was decided (by a human or its deadline).
+    Resolved(Approval),
+}
+
+type Reply<T> = RpcReplyPort<Result<T, EscalationError>>;
+
+/// The escalation actor's messages.
+pub enum EscalationMsg {
+    /// Open an approval; answered once it is stored.
+    Open {
+        /// What to ask.
+        request: Box<ApprovalRequest>,
+        /// Raised when the actor takes the message.
+        taken: Taken,
+        /// The stored approval.
+        reply: Reply<Approval>,
+    },
+    /// Resolve an approval; answered once the resolution is stored.
+    Resolve {
+        /// The approval.
+        id: String,
+        /// The answer.
+        answer: Answer,
+        /// Who answers.
+        by: String,
+        /// The resolution.
+        reply: Reply<Resolution>,
+    },
+    /// Answered when the approval is resolved (at once if it is).
+    Wait {
+        /// The approval.
+        id: String,
+        /// Its resolution.
+        reply: Reply<Resolution>,
+    },
+    /// One approval.
+    Get {
+        /// The approval.
+        id: String,
+        /// It, or `UnknownApproval`.
+        reply: Reply<Approval>,
+    },
+    /// Every approval (or only the open ones), oldest first.
+    List {
+        /// Only the open ones.
+        open_only: bool,
+        /// The list.
+        reply: RpcReplyPort<Vec<Approval>>,
+    },
+    /// The store's contents at start (internal).
+    Loaded(Result<Vec<Approval>, ApprovalStoreError>),
+    /// A save finished (internal).
+    Saved {
+        /// What was saved.
+        approval: Box<Approval>,
+        /// How it went.
+        result: Result<(), ApprovalStoreError>,
+    },
+    /// An approval's deadline may have passed (internal).
+    Deadline {
+        /// The approval.
+        id: String,
+    },
+}
+
+impl std::fmt::Debug for EscalationMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            EscalationMsg::Open { .. } => "Open",
+            EscalationMsg::Resolve { .. } => "Resolve",
+            EscalationMsg::Wait { .. } => "Wait",
+            EscalationMsg::Get { .. } => "Get",
+            EscalationMsg::List { .. } => "List",
+            EscalationMsg::Loaded(_) => "Loaded",
+            EscalationMsg::Saved { .. } => "Saved",
+            EscalationMsg::Deadline { .. } => "Deadline",
+        };
+        f.write_str(name)
+    }
+}
+
+/// Shared by every incarnation and every handle.
+pub struct EscalationArgs {
+    /// Where approvals are kept.
+    pub store: Arc<dyn ApprovalStore>,
+    /// Where the actor publishes itself.
+    pub address: Address<EscalationMsg>,
+    /// The audit trail.
+    pub sink: Arc<dyn EventSink>,
+    /// Subscribers to opened and resolved approvals.
+    pub subscribers: Arc<Mutex<Vec<mpsc::UnboundedSender<ApprovalNotice>>>>,
+}
+
+impl Clone for EscalationArgs {
+    fn clone(&self) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            address: self.address.clone(),
+            sink: Arc::clone(&self.sink),
+            subscribers: Arc::clone(&self.subscribers),
+        }
+    }
+}
+
+/// What a pending save will answer when it lands.
+enum OnSaved {
+    Opened(Reply<Approval>),
+    Resolved(Vec<Reply<Resolution>>),
+    TimedOut,
+}
+
+/// The running actor's state.
+pub struct EscalationState {
+    args: EscalationArgs,
+    /// `None` until the store has been read; messages wait in `early`.
+    approvals: Option<BTreeMap<String, Approval>>,
+    early: Vec<EscalationMsg>,
+    waiters: HashMap<String, Vec<Reply<Resolution>>>,
+    /// Saves in flight, by approval id, with whom to answer.
+    saving: HashMap<String, OnSaved>,
+    tasks: JoinSet<()>,
+}
+
+/// The actor behaviour.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EscalationActor;
+
+impl Actor for EscalationActor {
+    type Msg = EscalationMsg;
+    type State = EscalationState;
+    type Arguments = EscalationArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        args.address.publish(myself.clone());
+        let mut tasks = JoinSet::new();
+        let store = Arc::clone(&args.store);
+        tasks.spawn(async move {
+            let loaded = store.load_all().await;
+            let _ = myself.send_message(EscalationMsg::Loaded(loaded));
+        });
+        Ok(EscalationState {
+            args,
+            approvals: None,
+            early: Vec::new(),
+            waiters: HashMap::new(),
+            saving: HashMap::new(),
+            tasks,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        while state.tasks.try_join_next().is_some() {}
+        match message {
+            EscalationMsg::Loaded(Ok(all)) => {
+                let now = Timestamp::now();
+                let mut approvals = BTreeMap::new();
+                for approval in all {
+                    if approval.is_open() {
+                        arm_deadline(&myself, &approval, now);
+                    }
+                    approvals.insert(approval.id.clone(), approval);
+                }
+                state.approvals = Some(approvals);
+                for early in std::mem::take(&mut state.early) {
+                    handle_loaded(&myself, early, state);
+                }
+                Ok(())
+            }
+            // Without its approvals the actor cannot answer truthfully:
+            // fail, and let the supervisor try again.
+            EscalationMsg::Loaded(Err(error)) => {
+                Err(format!("cannot load approvals: {error}").into())
+            }
+            message if state.approvals.is_none() => {
+                state.early.push(message);
+                Ok(())
+            }
+            message => {
+                handle_loaded(&myself, message, state);
+                Ok(())
+            }
+        }
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.args.address.withdraw(&myself);
+        Ok(())
+    }
+}
+
+fn arm_deadline(myself: &ActorRef<EscalationMsg>, approval: &Approval, now: Timestamp) {
+    let left = approval
+        .deadline
+        .duration_since(now)
+        .unsigned_abs()
+        .min(Duration::from_secs(365 * 24 * 3600));
+    let left = if approval.deadline <= now {
+        Duration::ZERO
+    } else {
+        left
+    };
+    let id = approval.id.clone();
+    myself.send_after(left, move || EscalationMsg::Deadline { id });
+}
+
+fn handle_loaded(
+    myself: &ActorRef<EscalationMsg>,
+    message: EscalationMsg,
+    state: &mut EscalationState,
+) {
+    let Some(approvals) = state.approvals.as_mut() else {
+        return;
+    };
+    match message {
+        EscalationMsg::Open {
+            request,
+            taken,
+            reply,
+        } => {
+            taken.mark();
+            if let Err(error) = validate_request(&request) {
+                let _ = reply.send(Err(error));
+                return;
+            }
+            let now = Timestamp::now();
+            let timeout = jiff::SignedDuration::try_from(request.timeout)
+                .unwrap_or(jiff::SignedDuration::MAX);
+            let deadline = now.checked_add(timeout).unwrap_or(Timestamp::MAX);
+            let approval = Approval {
+                id: new_id(now),
+                request: *request,
+                opened_at: now,
+                deadline,
+                resolution: None,
+            };
+            state
+                .saving
+                .insert(approval.id.clone(), OnSaved::Opened(reply));
+            save(myself, state, approval);
+        }
+        EscalationMsg::Resolve {
+            id,
+            answer,
+            by,
+            reply,
+        } => {
+            let Some(approval) = approvals.get(&id) else {
+                let _ = reply.send(Err(EscalationError::UnknownApproval(id)));
+                return;
+            };
+            match decide_resolution(approval, &answer, &by, Timestamp::now()) {
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+                Ok(ResolveEffect::Unchanged(resolution)) => match state.saving.get_mut(&id) {
+                    // Not durable yet: answer when it is.
+                    Some(OnSaved::Resolved(replies)) => replies.push(reply),
+                    _ => {
+                        let _ = reply.send(Ok(resolution));
+                    }
+                },
+                Ok(ResolveEffect::Apply(resolution)) => {
+                    let mut resolved = approval.clone();
+                    resolved.resolution = Some(resolution);
+                    // The in-memory copy changes now, so a racing answer
+                    // is judged against it; the announcement waits for
+                    // the store.
+                    approvals.insert(id.clone(), resolved.clone());
+                    state.saving.insert(id, OnSaved::Resolved(vec![reply]));
+                    save(myself, state, resolved);
+                }
+            }
+        }
+        EscalationMsg::Wait { id, reply } => match approvals.get(&id) {
+            None => {
+                let _ = reply.send(Err(EscalationError::UnknownApproval(id)));
+            }
+            Some(approval) => match (&approval.resolution, state.saving.contains_key(&id)) {
+                (Some(resolution), false) => {
+                    let _ = reply.send(Ok(resolution.clone()));
+                }
+                _ => state.waiters.entry(id).or_default().push(reply),
+            },
+        },
+        EscalationMsg::Get { id, reply } => {
+            let _ = reply.send(
+                approvals
+                    .get(&id)
+                    .cloned()
+                    .ok_or(EscalationError::UnknownApproval(id)),
+            );
+        }
+        EscalationMsg::List { open_only, reply } => {
+            let mut list: Vec<Approval> = approvals
+                .values()
+                .filter(|a| !open_only || a.is_open())
+                .cloned()
+                .collect();
+            list.sort_by_key(|a| a.opened_at);
+            let _ = reply.send(list);
+        }
+        EscalationMsg::Deadline { id } => {
+            let Some(approval) = approvals.get(&id) else {
+                return;
+            };
+            if !approval.is_open() || state.saving.contains_key(&id) {
+                return;
+            }
+            let now = Timestamp::now();
+            if approval.deadline > now {
+                arm_deadline(myself, approval, now);
+                return;
+            }
+            let mut resolved = approval.clone();
+            resolved.resolution = Some(timeout_resolution(approval, now));
+            approvals.insert(id.clone(), resolved.clone());
+            state.saving.insert(id, OnSaved::TimedOut);
+            save(myself, state, resolved);
+        }
+        EscalationMsg::Saved { approval, result } => saved(myself, state, *approval, result),
+        EscalationMsg::Loaded(_) => {}
+    }
+}
+
+fn save(myself: &ActorRef<EscalationMsg>, state: &mut EscalationState, approval: Approval) {
+    let store = Arc::clone(&state.args.store);
+    let myself = myself.clone();
+    state.tasks.spawn(async move {
+        let result = store.save(approval.clone()).await;
+        let _ = myself.send_message(EscalationMsg::Saved {
+            approval: Box::new(approval),
+            result,
+        });
+    });
+}
+
+fn saved(
+    myself: &ActorRef<EscalationMsg>,
+    state: &mut EscalationState,
+    approval: Approval,
+    result: Result<(), ApprovalStoreError>,
+) {
+    let Some(on_saved) = state.saving.remove(&approval.id) else {
+        return;
+    };
+    let Some(approvals) = state.approvals.as_mut() else {
+        return;
+    };
+    match (on_saved, result) {
+        (OnSaved::Opened(reply), Ok(())) => {
+            approvals.insert(approval.id.clone(), approval.clone());
+            arm_deadline(myself, &approval, Timestamp::now());
+            emit(&state.args, &approval, EventKind::EscalationOpened);
+            notify(&state.args, ApprovalNotice::Opened(approval.clone()));
+            let _ = reply.send(Ok(approval));
+        }
+        (OnSaved::Opened(reply), Err(error)) => {
+            let _ = reply.send(Err(EscalationError::Store(error.0)));
+        }
+        (on_saved, Ok(())) => {
+            let Some(resolution) = approval.resolution.clone() else {
+                return;
+            };
+            emit(&state.args, &approval, EventKind::EscalationResolved);
+            notify(&state.args, ApprovalNotice::Resolved(approval.clone()));
+            if let OnSaved::Resolved(replies) = on_saved {
+                for reply in replies {
+                    let _ = reply.send(Ok(resolution.clone()));
+                }
+            }
+            for waiter in state.waiters.remove(&approval.id).unwrap_or_default() {
+                let _ = waiter.send(Ok(resolution.clone()));
+            }
+        }
+        (on_saved, Err(error)) => {
+            // Not durable: undo, so the approval stays open and nobody acts
+            // on an answer a crash could lose.
+            let mut reopened = approval.clone();
+            reopened.resolution = None;
+            approvals.insert(approval.id.clone(), reopened.clone());
+            match on_saved {
+                OnSaved::Resolved(replies) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(EscalationError::Store(error.0.clone())));
+                    }
+                }
+                OnSaved::TimedOut => {
+                    let id = approval.id.clone();
+                    myself.send_after(STORE_RETRY, move || EscalationMsg::Deadline { id });
+                }
+                OnSaved::Opened(_) => {}
+            }
+        }
+    }
+}
+
+fn emit(args: &EscalationArgs, approval: &Approval, kind: EventKind) {
+    let (level, message) = match &approval.resolution {
+        None => (
+            Level::Warning,
+            format!(
+                "approval `{}` opened: {}",
+                approval.id, approval.request.title
+            ),
+        ),
+        Some(r) => (
+            Level::Info,
+            format!(
+                "approval `{}` resolved by {}: {}",
+                approval.id,
+                r.by,
+                r.option.as_deref().unwrap_or("instructions")
+            ),
+        ),
+    };
+    let mut event = Event::new(level, "hale/escalation", kind, message).with_data(json!({
+        "approval": approval.id,
+        "title": approval.request.title,
+        "resolution": approval.resolution,
+    }));
+    if let Some(session) = &approval.request.requester {
+        event = event.with_session(session.clone());
+    }
+    args.sink.emit(event);
+}
+
+fn notify(args: &EscalationArgs, notice: ApprovalNotice) {
+    let mut subscribers = args
+        .subscribers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    subscribers.retain(|s| s.send(notice.clone()).is_ok());
+}
+
+fn new_id(now: Timestamp) -> String {
+    format!(
+        "apr-{}-{:06x}",
+        now.as_millisecond(),
+        fastrand::u32(..0x0100_0000)
+    )
+}
+
+/// The handle requesters, operators and tools use. Cheap to clone; holds
+/// no actor ref, so it survives the actor's restarts.
+#[derive(Clone)]
+pub struct Escalation {
+    args: EscalationArgs,
+}
+
+impl std::fmt::Debug for Escalation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Escalation").finish_non_exhaustive()
+    }
+}
+
+/// The supervised child running the escalation actor, and its handle.
+pub fn escalation_child(
+    store: Arc<dyn ApprovalStore>,
+    sink: Arc<dyn EventSink>,
+) -> (ChildSpec, Escalation) {
+    let args = EscalationArgs {
+        store,
+        address: Address::new(),
+        sink,
+        subscribers: Arc::new(Mutex::new(Vec::new())),
+    };
+    let for_child = args.clone();
+    let spec = ChildSpec::worker("escalation", move || (EscalationActor, for_child.clone()));
+    (spec, Escalation { args })
+}
+
+impl Escalation {
+    async fn actor(
+        &self,
+        dead: Option<&ActorRef<EscalationMsg>>,
+    ) -> Result<ActorRef<EscalationMsg>, EscalationError> {
+        let found = match dead {
+            Some(dead) => self.args.address.live_other_than(dead, READY_WAIT).await,
+            None => self.args.address.live(READY_WAIT).await,
+        };
+        found.ok_or(EscalationError::Unavailable)
+    }
+
+    /// Opens an approval; returns it once it is stored.
+    ///
+    /// # Errors
+    /// An invalid request, a store failure, or `Unavailable` when the
+    /// actor died after taking the request (it may or may not have been
+    /// stored: look for it with [`Escalation::list`] by requester).
+    pub async fn open(&self, request: ApprovalRequest) -> Result<Approval, EscalationError> {
+        let mut dead = None;
+        for _ in 0..3 {
+            let actor = self.actor(dead.as_ref()).await?;
+            let taken = Taken::new();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let sent = actor.send_message(EscalationMsg::Open {
+                request: Box::new(request.clone()),
+                taken: taken.clone(),
+                reply: tx.into(),
+            });
+            if sent.is_ok()
+                && let Ok(answer) = rx.await
+            {
+                return answer;
+            }
+            if taken.is_taken() {
+                return Err(EscalationError::Unavailable);
+            }
+            dead = Some(actor);
+        }
+        Err(EscalationError::Unavailable)
+    }
+
+    /// Resolves an approval. Idempotent: the same answer again returns the
+    /// same resolution, so it is retried across the actor's restarts.
+    ///
+    /// # Errors
+    /// Unknown id or option, instructions not allowed, a different earlier
+    /// answer, a store failure.
+    pub async fn resolve(
+        &self,
+        id: &str,
+        answer: Answer,
+        by: &str,
+    ) -> Result<Resolution, EscalationError> {
+        self.ask(|reply| EscalationMsg::Resolve {
+            id: id.to_owned(),
+            answer: answer.clone(),
+            by: by.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// Waits until the approval is resolved, across restarts of the actor
+    /// (and, with a durable store, of the process). Never blocks a thread.
+    ///
+    /// # Errors
+    /// Unknown id.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future only stops waiting.
+    pub async fn wait(&self, id: &str) -> Result<Resolution, EscalationError> {
+        let mut dead: Option<ActorRef<EscalationMsg>> = None;
+        loop {
+            let actor = match self.actor(dead.as_ref()).await {
+                Ok(actor) => actor,
+                // A wait has no deadline of its own: keep looking.
+                Err(EscalationError::Unavailable) => {
+                    dead = None;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if actor
+                .send_message(EscalationMsg::Wait {
+                    id: id.to_owned(),
+                    reply: tx.into(),
+                })
+                .is_ok()
+                && let Ok(answer) = rx.await
+            {
+                return answer;
+            }
+            dead = Some(actor);
+        }
+    }
+
+    /// One approval.
+    ///
+    /// # Errors
+    /// Unknown id, or `Unavailable`.
+    pub async fn get(&self, id: &str) -> Result<Approval, EscalationError> {
+        self.ask(|reply| EscalationMsg::Get {
+            id: id.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// Every approval, or only the open ones, oldest first.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn list(&self, open_only: bool) -> Result<Vec<Approval>, EscalationError> {
+        let mut dead = None;
+        for _ in 0..3 {
+            let actor = self.actor(dead.as_ref()).await?;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if actor
+                .send_message(EscalationMsg::List {
+                    open_only,
+                    reply: tx.into(),
+                })
+                .is_ok()
+                && let Ok(list) = rx.await
+            {
+                return Ok(list);
+            }
+            dead = Some(actor);
+        }
+        Err(EscalationError::Unavailable)
+    }
+
+    /// Notices of every approval opened or resolved from now on.
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<ApprovalNotice> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.args
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(tx);
+        rx
+    }
+
+    /// Sends an idempotent request, again to the replacement if the actor
+    /// dies before answering.
+    async fn ask<T, F>(&self, message: F) -> Result<T, EscalationError>
+    where
+        F: Fn(Reply<T>) -> EscalationMsg,
+        T: Send + 'static,
+    {
+        let mut dead = None;
+        for _ in 0..3 {
+            let actor = self.actor(dead.as_ref()).await?;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if actor.send_message(message(tx.into())).is_ok()
+                && let Ok(answer) = rx.await
+            {
+                return answer;
+            }
+            dead = Some(actor);
+        }
+        Err(EscalationError::Unavailable)
+    }
+}

@@ -1,0 +1,150 @@
+//! Where approvals are kept so that they outlive the actor and the
+//! process.
+//!
+//! The escalation actor acknowledges nothing before the store says it is
+//! durable, so the trait is the whole durability contract: `save` returns
+//! only once the approval would survive a kill -9. [`FileApprovalStore`]
+//! keeps one JSON file per approval, written atomically (temp file, fsync,
+//! rename, fsync of the directory); the SQLite store implements the same
+//! trait. [`MemoryApprovalStore`] is for tests that do not restart.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::escalation::Approval;
+use crate::tool::BoxFuture;
+
+/// A store failure; nothing was acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ApprovalStoreError(pub String);
+
+/// Durable approvals.
+pub trait ApprovalStore: Send + Sync + 'static {
+    /// Inserts or replaces `approval`; resolves once it is durable.
+    fn save(&self, approval: Approval) -> BoxFuture<'_, Result<(), ApprovalStoreError>>;
+
+    /// Every stored approval, open and resolved, oldest first.
+    fn load_all(&self) -> BoxFuture<'_, Result<Vec<Approval>, ApprovalStoreError>>;
+}
+
+/// Approvals in memory: lost with the process.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryApprovalStore {
+    approvals: Arc<Mutex<BTreeMap<String, Approval>>>,
+}
+
+impl MemoryApprovalStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl ApprovalStore for MemoryApprovalStore {
+    fn save(&self, approval: Approval) -> BoxFuture<'_, Result<(), ApprovalStoreError>> {
+        self.approvals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(approval.id.clone(), approval);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn load_all(&self) -> BoxFuture<'_, Result<Vec<Approval>, ApprovalStoreError>> {
+        let mut all: Vec<Approval> = self
+            .approvals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by_key(|a| a.opened_at);
+        Box::pin(async move { Ok(all) })
+    }
+}
+
+/// One JSON file per approval in a directory, each written atomically and
+/// durably.
+#[derive(Debug, Clone)]
+pub struct FileApprovalStore {
+    dir: PathBuf,
+}
+
+impl FileApprovalStore {
+    /// A store in `dir`, created if missing.
+    ///
+    /// # Errors
+    /// When the directory cannot be created.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, ApprovalStoreError> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ApprovalStoreError(format!("cannot create {}: {e}", dir.display())))?;
+        Ok(Self { dir })
+    }
+
+    fn path_of(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+}
+
+fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("json.{}.tmp", fastrand::u64(..)));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // The rename is durable only once the directory entry is.
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+impl ApprovalStore for FileApprovalStore {
+    fn save(&self, approval: Approval) -> BoxFuture<'_, Result<(), ApprovalStoreError>> {
+        let dir = self.dir.clone();
+        let path = self.path_of(&approval.id);
+        Box::pin(async move {
+            let bytes = serde_json::to_vec_pretty(&approval)
+                .map_err(|e| ApprovalStoreError(format!("cannot encode approval: {e}")))?;
+            tokio::task::spawn_blocking(move || write_durably(&dir, &path, &bytes))
+                .await
+                .map_err(|e| ApprovalStoreError(format!("write task failed: {e}")))?
+                .map_err(|e| ApprovalStoreError(format!("cannot write approval: {e}")))
+        })
+    }
+
+    fn load_all(&self) -> BoxFuture<'_, Result<Vec<Approval>, ApprovalStoreError>> {
+        let dir = self.dir.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut all = Vec::new();
+                let entries = std::fs::read_dir(&dir).map_err(|e| {
+                    ApprovalStoreError(format!("cannot list {}: {e}", dir.display()))
+                })?;
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                        continue;
+                    }
+                    let bytes = std::fs::read(&path).map_err(|e| {
+                        ApprovalStoreError(format!("cannot read {}: {e}", path.display()))
+                    })?;
+                    let approval: Approval = serde_json::from_slice(&bytes).map_err(|e| {
+                        ApprovalStoreError(format!("{} is not an approval: {e}", path.display()))
+                    })?;
+                    all.push(approval);
+                }
+                all.sort_by_key(|a| a.opened_at);
+                Ok(all)
+            })
+            .await
+            .map_err(|e| ApprovalStoreError(format!("read task failed: {e}")))?
+        })
+    }
+}

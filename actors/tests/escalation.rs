@@ -1,0 +1,379 @@
+//! Approvals: opened, listed, resolved, timed out, resolved twice, unknown
+//! ids; surviving the escalation actor's kill and the whole process's.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hale_actors::escalation::{
+    ABORT, Answer, ApprovalNotice, ApprovalOption, ApprovalRequest, Diagnosis, Escalation,
+    EscalationError, FileApprovalStore, MemoryApprovalStore, escalation_child,
+};
+use hale_actors::{EventKind, MemorySink, Severity};
+use hale_supervision::{ChildId, SupervisorRef, SupervisorSpec};
+use serde_json::json;
+
+fn request(timeout: Duration, default: Option<&str>) -> ApprovalRequest {
+    ApprovalRequest {
+        title: "Schema migration blocked".into(),
+        description: "The migration needs a column rename on a live table.".into(),
+        diagnosis: Diagnosis {
+            what: "exec `migrate` failed: PERMISSION_DENIED".into(),
+            why: "critical severity: hale does not retry permission failures".into(),
+            recommendation: "run the migration in a maintenance window".into(),
+            alternatives: vec!["skip the rename".into()],
+            context: json!({ "code": "PERMISSION_DENIED" }),
+        },
+        options: vec![
+            ApprovalOption {
+                id: "window".into(),
+                label: "Run it tonight".into(),
+            },
+            ApprovalOption {
+                id: "skip".into(),
+                label: "Skip the rename".into(),
+            },
+        ],
+        recommended: Some("window".into()),
+        severity: Severity::Critical,
+        timeout,
+        default_on_timeout: default.map(str::to_owned),
+        allow_instructions: false,
+        requester: Some("session-7".into()),
+    }
+}
+
+async fn start(
+    store: Arc<dyn hale_actors::escalation::ApprovalStore>,
+) -> (SupervisorRef, Escalation, Arc<MemorySink>) {
+    let sink = Arc::new(MemorySink::new());
+    let (child, escalation) = escalation_child(store, sink.clone());
+    let (supervisor, _) = SupervisorRef::start(
+        SupervisorSpec::new("hale")
+            .intensity(10, Duration::from_secs(5))
+            .child(child),
+    )
+    .await
+    .unwrap();
+    (supervisor, escalation, sink)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_list_resolve_and_wait() {
+    let (supervisor, escalation, sink) = start(Arc::new(MemoryApprovalStore::new())).await;
+    let mut notices = escalation.subscribe();
+    let approval = escalation
+        .open(request(Duration::from_secs(60), None))
+        .await
+        .unwrap();
+    assert!(approval.is_open());
+    assert!(matches!(notices.recv().await, Some(ApprovalNotice::Opened(a)) if a.id == approval.id));
+    let open = escalation.list(true).await.unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(
+        open[0].request.diagnosis.recommendation,
+        "run the migration in a maintenance window"
+    );
+
+    let waiter = {
+        let escalation = escalation.clone();
+        let id = approval.id.clone();
+        tokio::spawn(async move { escalation.wait(&id).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let resolution = escalation
+        .resolve(&approval.id, Answer::Option("window".into()), "alice")
+        .await
+        .unwrap();
+    assert_eq!(resolution.option.as_deref(), Some("window"));
+    assert_eq!(resolution.by, "alice");
+    assert_eq!(waiter.await.unwrap().unwrap(), resolution);
+    assert!(
+        matches!(notices.recv().await, Some(ApprovalNotice::Resolved(a)) if a.id == approval.id)
+    );
+    assert!(escalation.list(true).await.unwrap().is_empty());
+    assert_eq!(escalation.list(false).await.unwrap().len(), 1);
+    let kinds: Vec<EventKind> = sink.events().into_iter().map(|e| e.kind).collect();
+    assert!(kinds.contains(&EventKind::EscalationOpened));
+    assert!(kinds.contains(&EventKind::EscalationResolved));
+    supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolving_twice_unknown_ids_and_options() {
+    let (supervisor, escalation, _) = start(Arc::new(MemoryApprovalStore::new())).await;
+    let approval = escalation
+        .open(request(Duration::from_secs(60), None))
+        .await
+        .unwrap();
+    let first = escalation
+        .resolve(&approval.id, Answer::Option("skip".into()), "bob")
+        .await
+        .unwrap();
+    // The same answer again is a no-op that returns the same resolution.
+    let again = escalation
+        .resolve(&approval.id, Answer::Option("skip".into()), "bob")
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    // A different answer is refused.
+    let refused = escalation
+        .resolve(&approval.id, Answer::Option("window".into()), "carol")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, EscalationError::AlreadyResolved { .. }),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("skip"), "{refused}");
+
+    let unknown = escalation
+        .resolve("apr-nope", Answer::Option("skip".into()), "bob")
+        .await
+        .unwrap_err();
+    assert_eq!(unknown, EscalationError::UnknownApproval("apr-nope".into()));
+    assert!(escalation.wait("apr-nope").await.is_err());
+
+    let other = escalation
+        .open(request(Duration::from_secs(60), None))
+        .await
+        .unwrap();
+    let bad = escalation
+        .resolve(&other.id, Answer::Option("yolo".into()), "bob")
+        .await
+        .unwrap_err();
+    assert!(bad.to_string().contains("window, skip, abort"), "{bad}");
+    let no_text = escalation
+        .resolve(
+            &other.id,
+            Answer::Instructions("do it my way".into()),
+            "bob",
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        no_text,
+        EscalationError::InstructionsNotAllowed(_)
+    ));
+    // An invalid request is refused before anything is stored.
+    let mut invalid = request(Duration::from_secs(60), Some("nope"));
+    invalid.title = "x".into();
+    assert!(matches!(
+        escalation.open(invalid).await,
+        Err(EscalationError::InvalidRequest(_))
+    ));
+    assert_eq!(escalation.list(false).await.unwrap().len(), 2);
+    supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_take_the_default_or_fail_closed() {
+    let (supervisor, escalation, _) = start(Arc::new(MemoryApprovalStore::new())).await;
+    let with_default = escalation
+        .open(request(Duration::from_millis(200), Some("skip")))
+        .await
+        .unwrap();
+    let without = escalation
+        .open(request(Duration::from_millis(200), None))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let a = escalation.wait(&with_default.id).await.unwrap();
+    let b = escalation.wait(&without.id).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(a.option.as_deref(), Some("skip"));
+    assert!(a.timed_out);
+    assert_eq!(a.by, "timeout");
+    assert_eq!(b.option.as_deref(), Some(ABORT));
+    // A late human answer does not override the deadline's.
+    assert!(matches!(
+        escalation
+            .resolve(&without.id, Answer::Option("window".into()), "late")
+            .await,
+        Err(EscalationError::AlreadyResolved { .. })
+    ));
+    supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_approval_survives_the_actors_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FileApprovalStore::open(dir.path()).unwrap());
+    let (supervisor, escalation, _) = start(store).await;
+    let approval = escalation
+        .open(request(Duration::from_secs(60), None))
+        .await
+        .unwrap();
+    let waiter = {
+        let escalation = escalation.clone();
+        let id = approval.id.clone();
+        tokio::spawn(async move { escalation.wait(&id).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..3 {
+        supervisor
+            .resolve(&ChildId::new("escalation"))
+            .await
+            .unwrap()
+            .unwrap()
+            .kill();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let open = escalation.list(true).await.unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0].id, approval.id);
+    escalation
+        .resolve(&approval.id, Answer::Option("window".into()), "alice")
+        .await
+        .unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter was not answered after the restarts")
+        .unwrap()
+        .unwrap();
+    assert_eq!(answered.option.as_deref(), Some("window"));
+    assert_eq!(supervisor.stats().await.unwrap().restarts, 3);
+    supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+const CHILD_ENV: &str = "HALE_ESCALATION_CHILD_DIR";
+
+/// Runs as the "first process" when the env var is set: opens an
+/// approval, prints its id once stored, then waits to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_process_opens_an_approval() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let store = Arc::new(FileApprovalStore::open(dir).unwrap());
+    let (_supervisor, escalation, _) = start(store).await;
+    let approval = escalation
+        .open(request(Duration::from_secs(600), None))
+        .await
+        .unwrap();
+    println!("OPENED {}", approval.id);
+    use std::io::Write;
+    std::io::stdout().flush().unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_approval_survives_a_process_kill_and_its_waiter_is_answered() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_process_opens_an_approval", "--nocapture"])
+        .env(CHILD_ENV, dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let id = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| line.strip_prefix("OPENED ").map(str::to_owned))
+    });
+    let id = tokio::time::timeout(Duration::from_secs(30), id)
+        .await
+        .expect("the child never opened its approval")
+        .unwrap()
+        .expect("the child exited without opening");
+    // kill -9: no shutdown, no flush.
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // A new "process": a new tree over the same store.
+    let store = Arc::new(FileApprovalStore::open(dir.path()).unwrap());
+    let (supervisor, escalation, _) = start(store).await;
+    let open = escalation.list(true).await.unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].id, id);
+    assert_eq!(open[0].request.requester.as_deref(), Some("session-7"));
+    // The restarted requester finds its approval and waits again.
+    let waiter = {
+        let escalation = escalation.clone();
+        let id = id.clone();
+        tokio::spawn(async move { escalation.wait(&id).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    escalation
+        .resolve(&id, Answer::Option("skip".into()), "alice")
+        .await
+        .unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(answered.option.as_deref(), Some("skip"));
+    supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_that_passed_while_down_fails_closed_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FileApprovalStore::open(dir.path()).unwrap());
+    let (supervisor, escalation, _) = start(store).await;
+    let approval = escalation
+        .open(request(Duration::from_millis(300), None))
+        .await
+        .unwrap();
+    // The whole tree goes away before the deadline...
+    supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ...and the next start applies it at once.
+    let store = Arc::new(FileApprovalStore::open(dir.path()).unwrap());
+    let (supervisor, escalation, _) = start(store).await;
+    let resolution = tokio::time::timeout(Duration::from_secs(5), escalation.wait(&approval.id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resolution.option.as_deref(), Some(ABORT));
+    assert!(resolution.timed_out);
+    supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ask_approval_waits_for_the_human() {
+    use hale_actors::Tool;
+    use hale_actors::escalation::AskApproval;
+
+    let (supervisor, escalation, _) = start(Arc::new(MemoryApprovalStore::new())).await;
+    let tool = AskApproval::new(escalation.clone());
+    let mut notices = escalation.subscribe();
+    let call = tokio::spawn(async move {
+        tool.call(json!({
+            "title": "Delete the staging database?",
+            "description": "The agent wants to drop `staging`.",
+            "options": [{ "id": "drop", "label": "Drop it" }, { "id": "keep", "label": "Keep it" }],
+            "recommended": "keep",
+            "severity": "critical",
+            "session": "session-9"
+        }))
+        .await
+    });
+    let Some(ApprovalNotice::Opened(opened)) = notices.recv().await else {
+        panic!("no opened notice");
+    };
+    assert_eq!(opened.request.requester.as_deref(), Some("session-9"));
+    escalation
+        .resolve(&opened.id, Answer::Option("keep".into()), "ops")
+        .await
+        .unwrap();
+    let outcome = call.await.unwrap();
+    assert!(outcome.is_success(), "{outcome:?}");
+    assert_eq!(outcome.data["option"], "keep");
+    assert_eq!(outcome.data["by"], "ops");
+
+    let bad = AskApproval::new(escalation.clone())
+        .call(json!({ "title": "x", "description": "y", "options": [], "default_on_timeout": "z" }))
+        .await;
+    assert_eq!(
+        bad.code,
+        Some(hale_actors::ErrorCode::InvalidInput),
+        "{bad:?}"
+    );
+    supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+}
