@@ -14,6 +14,7 @@ pub mod classify;
 pub mod dispatch;
 pub mod event;
 pub mod mcp;
+pub mod memory;
 mod open_enum;
 pub mod outcome;
 pub mod recovery;
