@@ -15,6 +15,7 @@ pub mod dispatch;
 pub mod escalation;
 pub mod event;
 pub mod mcp;
+pub mod memory;
 mod open_enum;
 pub mod outcome;
 pub mod recovery;

@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 
 use super::workspace::{Workspace, invalid_input, io_failure, parse_args, run_blocking};
 use crate::catalog::ErrorCode;
+use crate::memory::MemoryHandle;
 use crate::outcome::ToolOutcome;
 use crate::tool::{BoxFuture, Tool, ToolSpec};
 
@@ -164,12 +165,14 @@ impl Tool for ReadFile {
 /// that is then renamed over the target, so readers see the old or the new
 /// file, never a mix; an existing file keeps its permissions. Writing
 /// through a symlink writes its target (which must be inside the
-/// workspace). Data `{path, bytes}`.
+/// workspace). Data `{path, bytes}`. Built [`with_memory`](Self::with_memory),
+/// a write to a memory file is made by its memory actor instead.
 #[derive(Debug)]
 pub struct WriteFile {
     workspace: Workspace,
     config: WriteFileConfig,
     spec: ToolSpec,
+    memory: Vec<MemoryHandle>,
 }
 
 impl WriteFile {
@@ -210,7 +213,16 @@ impl WriteFile {
             workspace,
             config,
             spec,
+            memory: Vec::new(),
         }
+    }
+
+    /// Hands writes to `memory`'s file to its actor, so they are
+    /// serialised with every other change to it instead of racing them.
+    /// May be called once per memory file.
+    pub fn with_memory(mut self, memory: MemoryHandle) -> Self {
+        self.memory.push(memory);
+        self
     }
 }
 
@@ -222,9 +234,8 @@ impl Tool for WriteFile {
     fn call(&self, args: Value) -> BoxFuture<'_, ToolOutcome> {
         let workspace = self.workspace.clone();
         let config = self.config;
-        Box::pin(run_blocking(move || {
-            write(&workspace, config, args).unwrap_or_else(|failure| failure)
-        }))
+        let memory = self.memory.clone();
+        Box::pin(run_step(move || write(&workspace, config, args, &memory)))
     }
 }
 
@@ -234,12 +245,15 @@ impl Tool for WriteFile {
 /// once (occurrences may overlap): none is `NOT_FOUND`, several are
 /// `AMBIGUOUS` with data `{path, matches}`, and in both cases the file is
 /// left untouched. The new content is written atomically, as by
-/// [`WriteFile`]. Data `{path, replaced: 1}`.
+/// [`WriteFile`]. Data `{path, replaced: 1}`. Built
+/// [`with_memory`](Self::with_memory), an edit of a memory file is made by
+/// its memory actor instead.
 #[derive(Debug)]
 pub struct EditFile {
     workspace: Workspace,
     config: EditFileConfig,
     spec: ToolSpec,
+    memory: Vec<MemoryHandle>,
 }
 
 impl EditFile {
@@ -278,7 +292,15 @@ impl EditFile {
             workspace,
             config,
             spec,
+            memory: Vec::new(),
         }
+    }
+
+    /// Hands edits of `memory`'s file to its actor (see
+    /// [`WriteFile::with_memory`]).
+    pub fn with_memory(mut self, memory: MemoryHandle) -> Self {
+        self.memory.push(memory);
+        self
     }
 }
 
@@ -290,9 +312,8 @@ impl Tool for EditFile {
     fn call(&self, args: Value) -> BoxFuture<'_, ToolOutcome> {
         let workspace = self.workspace.clone();
         let config = self.config;
-        Box::pin(run_blocking(move || {
-            edit(&workspace, config, args).unwrap_or_else(|failure| failure)
-        }))
+        let memory = self.memory.clone();
+        Box::pin(run_step(move || edit(&workspace, config, args, &memory)))
     }
 }
 
@@ -432,7 +453,8 @@ fn write(
     workspace: &Workspace,
     config: WriteFileConfig,
     args: Value,
-) -> Result<ToolOutcome, ToolOutcome> {
+    memory: &[MemoryHandle],
+) -> Result<Step, ToolOutcome> {
     let args: WriteArgs = parse_args("write_file", args)?;
     let bytes = args.content.len() as u64;
     if bytes > config.max_bytes {
@@ -482,18 +504,26 @@ fn write(
             .with_data(json!({ "path": shown })));
         }
     }
+    if let Some(handle) = memory_of(memory, &target) {
+        return Ok(Step::Memory {
+            handle,
+            shown,
+            change: MemoryChange::Replace(args.content),
+        });
+    }
     atomic_write(&target, args.content.as_bytes())
         .map_err(|e| io_failure("cannot write", &shown, &e))?;
-    Ok(ToolOutcome::success(
+    Ok(Step::Done(ToolOutcome::success(
         json!({ "path": shown, "bytes": bytes }),
-    ))
+    )))
 }
 
 fn edit(
     workspace: &Workspace,
     config: EditFileConfig,
     args: Value,
-) -> Result<ToolOutcome, ToolOutcome> {
+    memory: &[MemoryHandle],
+) -> Result<Step, ToolOutcome> {
     let args: EditArgs = parse_args("edit_file", args)?;
     if args.old_text.is_empty() {
         return Err(invalid_input(
@@ -518,6 +548,16 @@ fn edit(
             "max_bytes": config.max_bytes,
         })));
     }
+    if let Some(handle) = memory_of(memory, &path) {
+        return Ok(Step::Memory {
+            handle,
+            shown,
+            change: MemoryChange::Edit {
+                old_text: args.old_text,
+                new_text: args.new_text,
+            },
+        });
+    }
     let bytes = fs::read(&path).map_err(|e| io_failure("cannot read", &shown, &e))?;
     let Ok(text) = String::from_utf8(bytes) else {
         return Err(invalid_input(format!(
@@ -538,9 +578,9 @@ fn edit(
             let edited = text.replacen(&args.old_text, &args.new_text, 1);
             atomic_write(&path, edited.as_bytes())
                 .map_err(|e| io_failure("cannot write", &shown, &e))?;
-            Ok(ToolOutcome::success(
+            Ok(Step::Done(ToolOutcome::success(
                 json!({ "path": shown, "replaced": 1 }),
-            ))
+            )))
         }
         n => Err(ToolOutcome::from_code(
             ErrorCode::Ambiguous,
@@ -553,9 +593,66 @@ fn edit(
     }
 }
 
+/// Where a write or an edit goes once its path is resolved and checked.
+enum Step {
+    /// It was done here; the answer.
+    Done(ToolOutcome),
+    /// The path is a memory file: its actor makes the change.
+    Memory {
+        handle: MemoryHandle,
+        shown: String,
+        change: MemoryChange,
+    },
+}
+
+enum MemoryChange {
+    Replace(String),
+    Edit { old_text: String, new_text: String },
+}
+
+/// The handle of the memory file `path` is, if any.
+fn memory_of(memory: &[MemoryHandle], path: &Path) -> Option<MemoryHandle> {
+    memory.iter().find(|m| m.path() == path).cloned()
+}
+
+/// Resolves and checks off the executor, then either answers or hands the
+/// change to the memory actor and answers with its outcome (its `path`
+/// shown as the agent named it).
+async fn run_step<F>(work: F) -> ToolOutcome
+where
+    F: FnOnce() -> Result<Step, ToolOutcome> + Send + 'static,
+{
+    let step = match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(step)) => step,
+        Ok(Err(failure)) => return failure,
+        Err(e) => {
+            return ToolOutcome::from_code(
+                ErrorCode::Internal,
+                format!("file tool worker failed: {e}"),
+            );
+        }
+    };
+    let (handle, shown, change) = match step {
+        Step::Done(outcome) => return outcome,
+        Step::Memory {
+            handle,
+            shown,
+            change,
+        } => (handle, shown, change),
+    };
+    let mut outcome = match change {
+        MemoryChange::Replace(content) => handle.replace(content).await,
+        MemoryChange::Edit { old_text, new_text } => handle.edit(old_text, new_text).await,
+    };
+    if let Some(data) = outcome.data.as_object_mut() {
+        data.insert("path".into(), Value::String(shown));
+    }
+    outcome
+}
+
 /// Occurrences of `needle` in `haystack`, overlapping ones included: for an
 /// edit, `aa` in `aaa` is as ambiguous as two separate matches.
-fn count_matches(haystack: &str, needle: &str) -> usize {
+pub(crate) fn count_matches(haystack: &str, needle: &str) -> usize {
     // Stepping by the needle's first character keeps `from` on a character
     // boundary, since every match starts with that character.
     let step = needle.chars().next().map_or(1, char::len_utf8);
@@ -621,7 +718,7 @@ fn atomic_write(target: &Path, content: &[u8]) -> io::Result<()> {
 
 /// Creates a fresh hidden temporary file next to `target`; hidden so that
 /// walks (glob, grep) do not list a write in progress.
-fn create_temp(dir: &Path, target: &Path) -> io::Result<(PathBuf, File)> {
+pub(crate) fn create_temp(dir: &Path, target: &Path) -> io::Result<(PathBuf, File)> {
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
