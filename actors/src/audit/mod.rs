@@ -298,7 +298,9 @@ impl AuditHandle {
 
     /// Records `event` durably: resolves with its id once the transaction
     /// holding it has committed (see the module docs for the guarantee).
-    /// The event is redacted first, like every other.
+    /// The event is redacted first, like every other, and stored whatever
+    /// its level (the sink's minimum level does not apply: asking for
+    /// durability is asking for the record).
     ///
     /// # Errors
     /// [`AuditError::Timeout`] after the record timeout (the event stays

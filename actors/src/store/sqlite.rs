@@ -263,8 +263,8 @@ impl SqliteStore {
         .await
     }
 
-    /// Commits what is queued, checkpoints the WAL into the main file and
-    /// stops the writer. Later writes through any clone fail with
+    /// Commits what was queued before it, checkpoints the WAL into the
+    /// main file and stops the writer. Later writes through any clone fail with
     /// [`StoreError::Closed`]; reads keep working.
     ///
     /// # Errors
