@@ -8,6 +8,7 @@
 //! on each other to agree. Each depends only on this crate; none of them
 //! owns the definitions. It deliberately holds no actors and no I/O.
 
+pub mod audit;
 pub mod builtin;
 pub mod catalog;
 pub mod classify;
@@ -19,6 +20,7 @@ pub mod memory;
 mod open_enum;
 pub mod outcome;
 pub mod recovery;
+pub mod store;
 pub mod supervision_events;
 pub mod tool;
 pub mod tool_actor;

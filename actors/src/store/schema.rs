@@ -1,0 +1,94 @@
+//! The database schema, as an ordered list of migrations kept in code.
+//!
+//! A database file outlives the binary that created it, so the schema has
+//! to be upgraded in place: at open, every migration newer than the file's
+//! recorded version is applied, in order, in one transaction together with
+//! the `schema_version` rows that record them. A crash half-way leaves the
+//! file at its old version, and opening it again is a no-op once it is
+//! current. Migrations are append-only: a released one is never edited,
+//! a change is a new one.
+//!
+//! # Tables
+//! - `audit_events`: the audit trail. `ts` is nanoseconds since the Unix
+//!   epoch (UTC); `level` is 0 debug, 1 info, 2 warning, 3 error,
+//!   4 critical, so "at or above" is a range; `data` is JSON text or
+//!   NULL. Ids come from AUTOINCREMENT, so they are never reused even
+//!   after retention deleted the newest rows, and paging by id never
+//!   skips or repeats.
+//! - `approvals`: owned by the escalation actor. `state` is its vocabulary
+//!   (the store only compares it); `request` and `resolution` are JSON.
+//! - `session_inbox` (schema only; used by the session actors later): one
+//!   row per message sent to a session. Acknowledging a message to its
+//!   sender means its row has committed; `seq` orders a session's messages;
+//!   `state` goes `pending` -> `taken` (the session started on it) ->
+//!   `done`. A restarted session resumes from its first message not `done`.
+//! - `session_journal` (schema only; used by the session actors later):
+//!   an append-only log per session of what it did: turn started, tool
+//!   call intended (with its idempotency key), tool outcome, turn done. A
+//!   restarted session replays it; an intent without an outcome for a
+//!   non-idempotent tool is reported, never silently repeated.
+
+/// One step of the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migration {
+    /// Its version; versions increase by one from 1.
+    pub version: i64,
+    /// What it does, recorded in `schema_version`.
+    pub name: &'static str,
+    /// The statements.
+    pub sql: &'static str,
+}
+
+/// Every migration, oldest first.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "audit events, approvals, session inboxes and journals",
+    sql: r#"
+CREATE TABLE audit_events (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts      INTEGER NOT NULL,
+    level   INTEGER NOT NULL CHECK (level BETWEEN 0 AND 4),
+    source  TEXT NOT NULL,
+    session TEXT,
+    kind    TEXT NOT NULL,
+    code    TEXT,
+    message TEXT NOT NULL,
+    data    TEXT
+) STRICT;
+CREATE INDEX audit_events_ts ON audit_events (ts);
+CREATE INDEX audit_events_session ON audit_events (session, ts) WHERE session IS NOT NULL;
+
+CREATE TABLE approvals (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    state      TEXT NOT NULL,
+    request    TEXT NOT NULL,
+    resolution TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    expires_at INTEGER
+) STRICT;
+CREATE INDEX approvals_state ON approvals (state, id);
+
+CREATE TABLE session_inbox (
+    session     TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    state       TEXT NOT NULL DEFAULT 'pending',
+    message     TEXT NOT NULL,
+    PRIMARY KEY (session, seq)
+) STRICT;
+
+CREATE TABLE session_journal (
+    session TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    at      INTEGER NOT NULL,
+    entry   TEXT NOT NULL,
+    PRIMARY KEY (session, seq)
+) STRICT;
+"#,
+}];
+
+/// The newest schema version this build knows.
+pub(crate) fn latest_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
