@@ -377,3 +377,109 @@ async fn ask_approval_waits_for_the_human() {
     );
     supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+const SQLITE_CHILD_ENV: &str = "HALE_ESCALATION_SQLITE_CHILD";
+
+async fn sqlite_approvals(path: &std::path::Path) -> Arc<hale_actors::escalation::StoreApprovals> {
+    use hale_actors::store::{SqliteStore, StoreConfig};
+    let store = SqliteStore::open(StoreConfig::new(path)).await.unwrap();
+    Arc::new(hale_actors::escalation::StoreApprovals::new(Arc::new(
+        store,
+    )))
+}
+
+/// Runs as the "first process" when the env var is set: opens an
+/// approval in the SQLite store, prints its id once stored, waits to be
+/// killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_process_opens_an_approval_in_sqlite() {
+    let Ok(path) = std::env::var(SQLITE_CHILD_ENV) else {
+        return;
+    };
+    let (_supervisor, escalation, _) = start(sqlite_approvals(path.as_ref()).await).await;
+    let approval = escalation
+        .open(request(Duration::from_secs(600), None))
+        .await
+        .unwrap();
+    println!("OPENED {}", approval.id);
+    use std::io::Write;
+    std::io::stdout().flush().unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_in_the_sqlite_store_survive_a_process_kill() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hale.db");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_process_opens_an_approval_in_sqlite",
+            "--nocapture",
+        ])
+        .env(SQLITE_CHILD_ENV, &db)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let id = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| line.strip_prefix("OPENED ").map(str::to_owned))
+    });
+    let id = tokio::time::timeout(Duration::from_secs(30), id)
+        .await
+        .expect("the child never opened its approval")
+        .unwrap()
+        .expect("the child exited without opening");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (supervisor, escalation, _) = start(sqlite_approvals(&db).await).await;
+    let open = escalation.list(true).await.unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0].id, id);
+    let waiter = {
+        let escalation = escalation.clone();
+        let id = id.clone();
+        tokio::spawn(async move { escalation.wait(&id).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    escalation
+        .resolve(&id, Answer::Option("window".into()), "alice")
+        .await
+        .unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .option
+            .as_deref(),
+        Some("window")
+    );
+    // Resolved in the database too: a third "process" sees it decided.
+    supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+    let (supervisor, escalation, _) = start(sqlite_approvals(&db).await).await;
+    assert!(escalation.list(true).await.unwrap().is_empty());
+    let all = escalation.list(false).await.unwrap();
+    assert_eq!(all[0].resolution.as_ref().unwrap().by, "alice");
+    // And the same answer is still a no-op, a different one refused.
+    assert!(
+        escalation
+            .resolve(&id, Answer::Option("window".into()), "alice")
+            .await
+            .is_ok()
+    );
+    assert!(
+        escalation
+            .resolve(&id, Answer::Option("skip".into()), "bob")
+            .await
+            .is_err()
+    );
+    supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+}

@@ -30,7 +30,9 @@ use serde_json::Value;
 pub use actor::{
     ApprovalNotice, Escalation, EscalationActor, EscalationArgs, EscalationMsg, escalation_child,
 };
-pub use store::{ApprovalStore, ApprovalStoreError, FileApprovalStore, MemoryApprovalStore};
+pub use store::{
+    ApprovalStore, ApprovalStoreError, FileApprovalStore, MemoryApprovalStore, StoreApprovals,
+};
 pub use tool::{AskApproval, DEFAULT_APPROVAL_TIMEOUT};
 
 use crate::outcome::Severity;

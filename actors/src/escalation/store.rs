@@ -148,3 +148,144 @@ impl ApprovalStore for FileApprovalStore {
         })
     }
 }
+
+/// Approvals in hale's [`Store`](crate::store::Store) (the SQLite
+/// database by default), in its `approvals` table.
+///
+/// The table numbers its rows and only compares states; escalation names
+/// approvals itself. So the whole [`Approval`] is the row's `request`
+/// JSON, its resolution the row's `resolution`, and the state moves `open`
+/// -> `resolved` by compare-and-set: a second process that resolved the
+/// same approval first makes this save fail instead of overwriting it.
+/// The row number of each approval is remembered from `load_all` and
+/// from the inserts.
+pub struct StoreApprovals {
+    store: Arc<dyn crate::store::Store>,
+    rows: Mutex<BTreeMap<String, u64>>,
+}
+
+impl std::fmt::Debug for StoreApprovals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreApprovals").finish_non_exhaustive()
+    }
+}
+
+const OPEN: &str = "open";
+const RESOLVED: &str = "resolved";
+
+impl StoreApprovals {
+    /// Approvals kept in `store`.
+    pub fn new(store: Arc<dyn crate::store::Store>) -> Self {
+        Self {
+            store,
+            rows: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn row_of(&self, id: &str) -> Option<u64> {
+        self.rows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .copied()
+    }
+
+    fn remember(&self, id: &str, row: u64) {
+        self.rows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.to_owned(), row);
+    }
+}
+
+fn store_error(e: impl std::fmt::Display) -> ApprovalStoreError {
+    ApprovalStoreError(e.to_string())
+}
+
+impl ApprovalStore for StoreApprovals {
+    fn save(&self, approval: Approval) -> BoxFuture<'_, Result<(), ApprovalStoreError>> {
+        Box::pin(async move {
+            let resolution = match &approval.resolution {
+                Some(r) => Some(serde_json::to_value(r).map_err(store_error)?),
+                None => None,
+            };
+            match self.row_of(&approval.id) {
+                None => {
+                    let mut unresolved = approval.clone();
+                    unresolved.resolution = None;
+                    let request = serde_json::to_value(&unresolved).map_err(store_error)?;
+                    let row = self
+                        .store
+                        .insert_approval(crate::store::NewApproval {
+                            state: OPEN.to_owned(),
+                            request,
+                            expires_at: Some(approval.deadline),
+                        })
+                        .await
+                        .map_err(store_error)?;
+                    self.remember(&approval.id, row);
+                    if resolution.is_some() {
+                        // Opened and decided in one go (not something the
+                        // actor does, but the trait allows it).
+                        self.transition(row, &approval.id, resolution).await?;
+                    }
+                    Ok(())
+                }
+                Some(row) if resolution.is_some() => {
+                    self.transition(row, &approval.id, resolution).await
+                }
+                // Nothing about an open approval changes after it is
+                // opened.
+                Some(_) => Ok(()),
+            }
+        })
+    }
+
+    fn load_all(&self) -> BoxFuture<'_, Result<Vec<Approval>, ApprovalStoreError>> {
+        Box::pin(async move {
+            let records = self.store.approvals(None).await.map_err(store_error)?;
+            let mut all = Vec::with_capacity(records.len());
+            for record in records {
+                let mut approval: Approval = serde_json::from_value(record.request.clone())
+                    .map_err(|e| store_error(format!("approval row {}: {e}", record.id)))?;
+                approval.resolution = match record.resolution {
+                    Some(value) => Some(serde_json::from_value(value).map_err(|e| {
+                        store_error(format!("resolution of approval row {}: {e}", record.id))
+                    })?),
+                    None => None,
+                };
+                self.remember(&approval.id, record.id);
+                all.push(approval);
+            }
+            all.sort_by_key(|a| a.opened_at);
+            Ok(all)
+        })
+    }
+}
+
+impl StoreApprovals {
+    async fn transition(
+        &self,
+        row: u64,
+        id: &str,
+        resolution: Option<serde_json::Value>,
+    ) -> Result<(), ApprovalStoreError> {
+        let moved = self
+            .store
+            .transition_approval(crate::store::ApprovalTransition {
+                id: row,
+                from: OPEN.to_owned(),
+                to: RESOLVED.to_owned(),
+                resolution,
+            })
+            .await
+            .map_err(store_error)?;
+        if moved {
+            Ok(())
+        } else {
+            Err(ApprovalStoreError(format!(
+                "approval `{id}` is no longer open in the store (resolved elsewhere)"
+            )))
+        }
+    }
+}
