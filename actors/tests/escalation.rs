@@ -236,6 +236,35 @@ async fn an_open_approval_survives_the_actors_kill() {
     supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
+/// Runs `test` of this binary as a child process with `env` set, reads
+/// the approval id it prints once stored, and kills it with SIGKILL.
+async fn open_in_a_child_and_kill_it(test: &str, env: (&str, &std::path::Path)) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture"])
+        .env(env.0, env.1)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let id = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| line.strip_prefix("OPENED ").map(str::to_owned))
+    });
+    let id = tokio::time::timeout(Duration::from_secs(30), id)
+        .await
+        .expect("the child never opened its approval")
+        .unwrap()
+        .expect("the child exited without opening");
+    // kill -9: no shutdown, no flush.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    id
+}
+
 const CHILD_ENV: &str = "HALE_ESCALATION_CHILD_DIR";
 
 /// Runs as the "first process" when the env var is set: opens an
@@ -259,30 +288,10 @@ async fn child_process_opens_an_approval() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_approval_survives_a_process_kill_and_its_waiter_is_answered() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_process_opens_an_approval", "--nocapture"])
-        .env(CHILD_ENV, dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let id = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|line| line.strip_prefix("OPENED ").map(str::to_owned))
-    });
-    let id = tokio::time::timeout(Duration::from_secs(30), id)
-        .await
-        .expect("the child never opened its approval")
-        .unwrap()
-        .expect("the child exited without opening");
-    // kill -9: no shutdown, no flush.
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let id =
+        open_in_a_child_and_kill_it("child_process_opens_an_approval", (CHILD_ENV, dir.path()))
+            .await;
 
     // A new "process": a new tree over the same store.
     let store = Arc::new(FileApprovalStore::open(dir.path()).unwrap());
@@ -409,34 +418,13 @@ async fn child_process_opens_an_approval_in_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approvals_in_the_sqlite_store_survive_a_process_kill() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hale.db");
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_process_opens_an_approval_in_sqlite",
-            "--nocapture",
-        ])
-        .env(SQLITE_CHILD_ENV, &db)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let id = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|line| line.strip_prefix("OPENED ").map(str::to_owned))
-    });
-    let id = tokio::time::timeout(Duration::from_secs(30), id)
-        .await
-        .expect("the child never opened its approval")
-        .unwrap()
-        .expect("the child exited without opening");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let id = open_in_a_child_and_kill_it(
+        "child_process_opens_an_approval_in_sqlite",
+        (SQLITE_CHILD_ENV, &db),
+    )
+    .await;
 
     let (supervisor, escalation, _) = start(sqlite_approvals(&db).await).await;
     let open = escalation.list(true).await.unwrap();
