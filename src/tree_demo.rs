@@ -362,13 +362,23 @@ pub async fn run(options: TreeDemoOptions) -> Result<()> {
         .await?
         .context("tools down")?;
     let tools = SupervisorRef::from(tools_before.clone());
-    for _ in 0..=GROUP_INTENSITY {
-        match tools.resolve(&ChildId::from("exec")).await {
-            Ok(Some(cell)) => cell.kill(),
-            Ok(None) => {}
-            Err(_) => break,
+    // Kill exec whenever it is up until hale/tools gives up (its
+    // supervisor stops answering). A fixed number of kills is not enough:
+    // on a loaded machine some rounds find exec between incarnations, and
+    // the kills must land faster than GROUP_INTENSITY a second.
+    let gave_up = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match tools.resolve(&ChildId::from("exec")).await {
+                Ok(Some(cell)) => cell.kill(),
+                Ok(None) => {}
+                Err(_) => return,
+            }
+            tokio::task::yield_now().await;
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    })
+    .await;
+    if gave_up.is_err() {
+        bail!("hale/tools did not give up within 10 s of exec being killed continuously");
     }
     let tools_after = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
