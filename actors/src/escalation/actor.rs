@@ -580,7 +580,7 @@ impl Escalation {
             by: by.to_owned(),
             reply,
         })
-        .await
+        .await?
     }
 
     /// Waits until the approval is resolved, across restarts of the actor
@@ -627,7 +627,7 @@ impl Escalation {
             id: id.to_owned(),
             reply,
         })
-        .await
+        .await?
     }
 
     /// Every approval, or only the open ones, oldest first.
@@ -635,23 +635,8 @@ impl Escalation {
     /// # Errors
     /// `Unavailable`.
     pub async fn list(&self, open_only: bool) -> Result<Vec<Approval>, EscalationError> {
-        let mut dead = None;
-        for _ in 0..3 {
-            let actor = self.actor(dead.as_ref()).await?;
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if actor
-                .send_message(EscalationMsg::List {
-                    open_only,
-                    reply: tx.into(),
-                })
-                .is_ok()
-                && let Ok(list) = rx.await
-            {
-                return Ok(list);
-            }
-            dead = Some(actor);
-        }
-        Err(EscalationError::Unavailable)
+        self.ask(|reply| EscalationMsg::List { open_only, reply })
+            .await
     }
 
     /// Notices of every approval opened or resolved from now on.
@@ -666,10 +651,10 @@ impl Escalation {
     }
 
     /// Sends an idempotent request, again to the replacement if the actor
-    /// dies before answering.
+    /// dies before answering; `Unavailable` after three incarnations.
     async fn ask<T, F>(&self, message: F) -> Result<T, EscalationError>
     where
-        F: Fn(Reply<T>) -> EscalationMsg,
+        F: Fn(RpcReplyPort<T>) -> EscalationMsg,
         T: Send + 'static,
     {
         let mut dead = None;
@@ -679,7 +664,7 @@ impl Escalation {
             if actor.send_message(message(tx.into())).is_ok()
                 && let Ok(answer) = rx.await
             {
-                return answer;
+                return Ok(answer);
             }
             dead = Some(actor);
         }
