@@ -551,9 +551,13 @@ async fn a_tool_without_its_own_timeout_is_cut_off_by_the_backstop() {
     };
     let (dispatcher, _) = dispatcher(vec![hang], config, vec![]);
     let started = Instant::now();
-    let outcome = dispatcher
-        .call("hang", json!({}), &CallContext::default())
-        .await;
+    // Bounded, so a broken backstop fails the test instead of hanging it.
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(10),
+        dispatcher.call("hang", json!({}), &CallContext::default()),
+    )
+    .await
+    .expect("the backstop never cut the hung attempt off");
     let took = started.elapsed();
     assert!(outcome.is_timeout(), "{outcome:?}");
     // The deadline, plus at most one watchdog tick (10 ms for 300 ms) and
