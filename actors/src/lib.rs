@@ -17,6 +17,7 @@ pub mod escalation;
 pub mod event;
 pub mod mcp;
 pub mod memory;
+pub mod model;
 mod open_enum;
 pub mod outcome;
 pub mod recovery;
