@@ -41,7 +41,7 @@ use crate::recovery::{
     RetryPolicy, RetryPolicyError, Transition, UnlimitedIterations, classify_phase,
     counts_against_endpoint, may_reissue, next_step, rejected_outcome, should_chunk,
 };
-use crate::tool::{Tool, ToolRegistry, call_guarded, unknown_tool};
+use crate::tool::{Tool, ToolRegistry, ToolSpec, call_guarded, unknown_tool};
 
 /// One place a call can go: a tool and the endpoint whose shared recovery
 /// state it uses.
@@ -268,6 +268,10 @@ pub struct CallContext {
     pub session: Option<String>,
     /// The session's iteration budget; retries and fallbacks charge it.
     pub iterations: Arc<dyn IterationBudget>,
+    /// The id of the call in its session's journal, recorded in every
+    /// event of the call (`data.call`) so the audit trail and the journal
+    /// can be joined.
+    pub call: Option<String>,
 }
 
 impl Default for CallContext {
@@ -275,6 +279,7 @@ impl Default for CallContext {
         Self {
             session: None,
             iterations: Arc::new(UnlimitedIterations),
+            call: None,
         }
     }
 }
@@ -283,6 +288,7 @@ impl std::fmt::Debug for CallContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CallContext")
             .field("session", &self.session)
+            .field("call", &self.call)
             .finish_non_exhaustive()
     }
 }
@@ -737,7 +743,22 @@ impl Dispatcher {
         if let Some(session) = &ctx.session {
             event = event.with_session(session.clone());
         }
+        if let Some(call) = &ctx.call {
+            match &mut event.data {
+                Value::Object(map) => {
+                    map.insert("call".to_owned(), Value::String(call.clone()));
+                }
+                Value::Null => event.data = json!({ "call": call }),
+                _ => {}
+            }
+        }
         self.sink.emit(event);
+    }
+
+    /// The spec of the tool `name` resolves to (its primary target).
+    pub fn spec(&self, name: &str) -> Option<ToolSpec> {
+        let targets = self.route(name)?;
+        targets.first().map(|t| t.tool.spec().clone())
     }
 }
 

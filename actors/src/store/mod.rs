@@ -16,6 +16,7 @@
 //! must wait for that `Ok` first; that is the whole durability contract.
 
 mod schema;
+mod sessions;
 mod sqlite;
 
 use std::time::Duration;
@@ -30,6 +31,9 @@ use crate::event::{Event, EventKind, Level};
 use crate::tool::BoxFuture;
 
 pub use schema::{MIGRATIONS, Migration};
+pub use sessions::{
+    Finish, JournalRecord, MessageRecord, MessageState, SessionRecord, SessionStore,
+};
 pub use sqlite::{DEFAULT_PATH, Durability, SqliteStore, StoreConfig, WriterStats};
 
 /// The durable store, as the actors see it.

@@ -17,16 +17,20 @@
 //!   skips or repeats.
 //! - `approvals`: owned by the escalation actor. `state` is its vocabulary
 //!   (the store only compares it); `request` and `resolution` are JSON.
-//! - `session_inbox` (schema only; used by the session actors later): one
+//! - `sessions` (migration 2): one row per agent session; `state` is
+//!   `live` or `deleted` (rows are kept for the audit trail).
+//! - `session_inbox`: one
 //!   row per message sent to a session. Acknowledging a message to its
 //!   sender means its row has committed; `seq` orders a session's messages;
-//!   `state` goes `pending` -> `taken` (the session started on it) ->
-//!   `done`. A restarted session resumes from its first message not `done`.
-//! - `session_journal` (schema only; used by the session actors later):
-//!   an append-only log per session of what it did: turn started, tool
+//!   `state` goes `queued` -> `running` (the session started on it) ->
+//!   (`waiting_approval` ->) `done` or `failed`; migration 2 added `reply`,
+//!   `error` and `finished_at`. A restarted session resumes from its first message not `done`.
+//! - `session_journal`: an append-only log per session of what it did: turn started, tool
 //!   call intended (with its idempotency key), tool outcome, turn done. A
 //!   restarted session replays it; an intent without an outcome for a
-//!   non-idempotent tool is reported, never silently repeated.
+//!   non-idempotent tool is reported, never silently repeated. `message`
+//!   (migration 2) is the inbox `seq` an entry belongs to, so journals of
+//!   finished messages can be compacted.
 
 /// One step of the schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +89,24 @@ CREATE TABLE session_journal (
     entry   TEXT NOT NULL,
     PRIMARY KEY (session, seq)
 ) STRICT;
+"#,
+}, Migration {
+    version: 2,
+    name: "sessions; message replies and states; journal entries by message",
+    sql: r#"
+CREATE TABLE sessions (
+    id         TEXT PRIMARY KEY,
+    agent      TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    state      TEXT NOT NULL,
+    model      TEXT,
+    deleted_at INTEGER
+) STRICT;
+ALTER TABLE session_inbox ADD COLUMN reply TEXT;
+ALTER TABLE session_inbox ADD COLUMN error TEXT;
+ALTER TABLE session_inbox ADD COLUMN finished_at INTEGER;
+CREATE INDEX session_inbox_open ON session_inbox (session) WHERE state NOT IN ('done', 'failed');
+ALTER TABLE session_journal ADD COLUMN message INTEGER;
 "#,
 }];
 

@@ -43,6 +43,10 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::schema::{MIGRATIONS, latest_version};
+use super::sessions::{
+    self, Finish, JournalRecord, MessageRecord, MessageState, SessionRecord, SessionStore,
+    SessionWrite,
+};
 use super::{
     AppendError, ApprovalRecord, ApprovalTransition, EventQuery, NewApproval, Order, Prune, Store,
     StoreError,
@@ -563,6 +567,10 @@ enum Write {
         transition: ApprovalTransition,
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
+    Session {
+        write: SessionWrite,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
 }
 
 impl Write {
@@ -582,7 +590,9 @@ impl Write {
                     events: batch.events,
                 }));
             }
-            Write::Prune { reply, .. } | Write::InsertApproval { reply, .. } => {
+            Write::Prune { reply, .. }
+            | Write::InsertApproval { reply, .. }
+            | Write::Session { reply, .. } => {
                 let _ = reply.send(Err(error()));
             }
             Write::TransitionApproval { reply, .. } => {
@@ -813,6 +823,12 @@ fn apply_in_savepoint(conn: &Connection, op: Write, now: Timestamp) -> Applied {
                 .map_err(|e| StoreError::database("savepoint", e))
                 .and_then(|()| insert_approval(conn, &approval, now)),
         },
+        Write::Session { write, reply } => Applied::Count {
+            reply,
+            result: savepoint
+                .map_err(|e| StoreError::database("savepoint", e))
+                .and_then(|()| sessions::apply(conn, &write, now)),
+        },
         Write::TransitionApproval { transition, reply } => Applied::Moved {
             reply,
             result: savepoint
@@ -938,6 +954,150 @@ fn transition_approval(
         )
         .map_err(|e| StoreError::database("transition approval", e))?;
     Ok(changed == 1)
+}
+
+impl SqliteStore {
+    async fn session_write(&self, op: &'static str, write: SessionWrite) -> Result<u64, StoreError> {
+        self.write(op, |reply| Op::Write(Write::Session { write, reply }))
+            .await
+    }
+}
+
+impl SessionStore for SqliteStore {
+    fn create_session(&self, id: String, agent: String) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let n = self
+                .session_write("create session", SessionWrite::Create { id, agent })
+                .await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn delete_session(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let n = self
+                .session_write("delete session", SessionWrite::Delete { id })
+                .await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn set_session_model(
+        &self,
+        id: String,
+        model: Option<String>,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let n = self
+                .session_write("set session model", SessionWrite::SetModel { id, model })
+                .await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn session(&self, id: String) -> BoxFuture<'_, Result<Option<SessionRecord>, StoreError>> {
+        Box::pin(self.read("read session", move |conn| sessions::read_session(conn, &id)))
+    }
+
+    fn sessions(&self) -> BoxFuture<'_, Result<Vec<SessionRecord>, StoreError>> {
+        Box::pin(self.read("list sessions", sessions::read_sessions))
+    }
+
+    fn enqueue(
+        &self,
+        session: String,
+        text: String,
+    ) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            let seq = self
+                .session_write("enqueue", SessionWrite::Enqueue { session, text })
+                .await?;
+            Ok((seq > 0).then_some(seq))
+        })
+    }
+
+    fn set_message_state(
+        &self,
+        session: String,
+        seq: u64,
+        state: MessageState,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let n = self
+                .session_write(
+                    "set message state",
+                    SessionWrite::SetState {
+                        session,
+                        seq,
+                        state,
+                    },
+                )
+                .await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn finish(&self, finish: Finish) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let n = self
+                .session_write("finish message", SessionWrite::Finish(finish))
+                .await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn journal(
+        &self,
+        session: String,
+        message: u64,
+        entry: String,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.session_write(
+            "journal",
+            SessionWrite::Journal {
+                session,
+                message,
+                entry,
+            },
+        ))
+    }
+
+    fn message(
+        &self,
+        session: String,
+        seq: u64,
+    ) -> BoxFuture<'_, Result<Option<MessageRecord>, StoreError>> {
+        Box::pin(self.read("read message", move |conn| {
+            sessions::read_message(conn, &session, seq)
+        }))
+    }
+
+    fn messages(&self, session: String) -> BoxFuture<'_, Result<Vec<MessageRecord>, StoreError>> {
+        Box::pin(self.read("read messages", move |conn| {
+            sessions::read_messages(conn, &session)
+        }))
+    }
+
+    fn journal_entries(
+        &self,
+        session: String,
+    ) -> BoxFuture<'_, Result<Vec<JournalRecord>, StoreError>> {
+        Box::pin(self.read("read journal", move |conn| {
+            sessions::read_journal(conn, &session)
+        }))
+    }
+
+    fn unfinished_sessions(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(self.read("unfinished sessions", sessions::read_unfinished))
+    }
+
+    fn compact_journals(
+        &self,
+        before: Timestamp,
+        chunk: usize,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.session_write("compact journals", SessionWrite::Compact { before, chunk }))
+    }
 }
 
 // ---------------------------------------------------------------- reads

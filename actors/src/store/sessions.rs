@@ -1,0 +1,488 @@
+//! The durable half of agent sessions: their records, inboxes and journals.
+//!
+//! A message acknowledged to its sender must survive the kill of its
+//! session actor and the `kill -9` of the whole process, and a session that
+//! restarts must know exactly which steps of its current message already
+//! happened. Both facts live here, behind [`SessionStore`], so the session
+//! actor keeps nothing in memory that it cannot rebuild: an inbox row is
+//! committed before [`SessionStore::enqueue`] returns, and every journal
+//! entry is committed before the step it records is acted upon.
+//!
+//! Sequence numbers (a message's `seq` within its session, a journal
+//! entry's `seq`) are assigned inside the writer's transaction, so two
+//! incarnations of a session racing around a restart can never collide on
+//! a key; the journal's readers resolve duplicates instead (the first
+//! record of a step wins).
+
+use jiff::Timestamp;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+use crate::tool::BoxFuture;
+
+/// Where a message is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageState {
+    /// Stored, not started.
+    Queued,
+    /// The session is working on it.
+    Running,
+    /// The session waits for a human's decision on an approval.
+    WaitingApproval,
+    /// Answered.
+    Done,
+    /// Finished without an answer (budget refused, aborted by a decision).
+    Failed,
+}
+
+impl MessageState {
+    /// The spelling stored in the database and used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::WaitingApproval => "waiting_approval",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Whether the message is finished (done or failed).
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Done | Self::Failed)
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" | "pending" => Self::Queued,
+            "running" | "taken" => Self::Running,
+            "waiting_approval" => Self::WaitingApproval,
+            "done" => Self::Done,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// A session as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// Its id.
+    pub id: String,
+    /// The agent definition it runs.
+    pub agent: String,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// The model an agent or operator switched it to, if any.
+    pub model: Option<String>,
+    /// Whether it was deleted (its rows are kept for the audit trail).
+    pub deleted: bool,
+}
+
+/// One message of a session's inbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    /// The session.
+    pub session: String,
+    /// Its position in the session's inbox, from 1.
+    pub seq: u64,
+    /// The text sent.
+    pub text: String,
+    /// Where it is.
+    pub state: MessageState,
+    /// The reply, once done.
+    pub reply: Option<String>,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+    /// When it was stored.
+    pub created_at: Timestamp,
+    /// When it finished.
+    pub finished_at: Option<Timestamp>,
+}
+
+/// One journal entry as stored: the entry itself is the session's JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalRecord {
+    /// Position in the session's journal.
+    pub seq: u64,
+    /// The message it belongs to.
+    pub message: u64,
+    /// When it was written.
+    pub at: Timestamp,
+    /// The entry, JSON.
+    pub entry: String,
+}
+
+/// What a message's finish records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    /// The session.
+    pub session: String,
+    /// The message.
+    pub seq: u64,
+    /// `Done` or `Failed`.
+    pub state: MessageState,
+    /// The reply.
+    pub reply: Option<String>,
+    /// The error, for a failed message.
+    pub error: Option<String>,
+}
+
+/// The durable operations of sessions. Writes resolve once committed.
+pub trait SessionStore: Send + Sync + 'static {
+    /// Creates a session; `Ok(false)` if the id is taken.
+    fn create_session(
+        &self,
+        id: String,
+        agent: String,
+    ) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Marks a session deleted; `Ok(false)` if there was no live one.
+    fn delete_session(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Records the model a session was switched to (`None` restores the
+    /// agent's chain); `Ok(false)` if there is no live session.
+    fn set_session_model(
+        &self,
+        id: String,
+        model: Option<String>,
+    ) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// The session, if it exists (deleted ones included).
+    fn session(&self, id: String) -> BoxFuture<'_, Result<Option<SessionRecord>, StoreError>>;
+
+    /// Every live session, oldest first.
+    fn sessions(&self) -> BoxFuture<'_, Result<Vec<SessionRecord>, StoreError>>;
+
+    /// Stores a message for a live session and returns its `seq`, once
+    /// committed; `Ok(None)` if the session does not exist or was deleted.
+    fn enqueue(&self, session: String, text: String)
+    -> BoxFuture<'_, Result<Option<u64>, StoreError>>;
+
+    /// Moves a message to `state` unless it is already final; returns
+    /// whether it moved.
+    fn set_message_state(
+        &self,
+        session: String,
+        seq: u64,
+        state: MessageState,
+    ) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Finishes a message unless it already is; returns whether this call
+    /// finished it.
+    fn finish(&self, finish: Finish) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Appends a journal entry (JSON) for `message`; returns its `seq`.
+    fn journal(
+        &self,
+        session: String,
+        message: u64,
+        entry: String,
+    ) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// One message.
+    fn message(
+        &self,
+        session: String,
+        seq: u64,
+    ) -> BoxFuture<'_, Result<Option<MessageRecord>, StoreError>>;
+
+    /// A session's messages, in order.
+    fn messages(&self, session: String) -> BoxFuture<'_, Result<Vec<MessageRecord>, StoreError>>;
+
+    /// A session's journal, in order.
+    fn journal_entries(
+        &self,
+        session: String,
+    ) -> BoxFuture<'_, Result<Vec<JournalRecord>, StoreError>>;
+
+    /// The live sessions with a message not finished.
+    fn unfinished_sessions(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+
+    /// Deletes up to `chunk` journal rows of messages finished before
+    /// `before`; returns how many. Their inbox rows (text and reply) stay.
+    fn compact_journals(
+        &self,
+        before: Timestamp,
+        chunk: usize,
+    ) -> BoxFuture<'_, Result<u64, StoreError>>;
+}
+
+/// A write of the session tables, applied by the store's writer.
+#[derive(Debug)]
+pub(crate) enum SessionWrite {
+    Create { id: String, agent: String },
+    Delete { id: String },
+    SetModel { id: String, model: Option<String> },
+    Enqueue { session: String, text: String },
+    SetState { session: String, seq: u64, state: MessageState },
+    Finish(Finish),
+    Journal { session: String, message: u64, entry: String },
+    Compact { before: Timestamp, chunk: usize },
+}
+
+fn db(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |e| StoreError::database(op, e)
+}
+
+fn ns(ts: Timestamp) -> i64 {
+    i64::try_from(ts.as_nanosecond()).unwrap_or(i64::MAX)
+}
+
+fn ts(ns: i64) -> Timestamp {
+    Timestamp::from_nanosecond(i128::from(ns)).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn seq_i64(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+fn seq_u64(seq: i64) -> u64 {
+    u64::try_from(seq).unwrap_or(0)
+}
+
+/// Applies one write inside the writer's open transaction. The result is a
+/// count or a sequence number, depending on the write (0 meaning "nothing
+/// to do" where a `bool` or `Option` is returned to the caller).
+pub(crate) fn apply(conn: &Connection, write: &SessionWrite, now: Timestamp) -> Result<u64, StoreError> {
+    match write {
+        SessionWrite::Create { id, agent } => {
+            let n = conn
+                .execute(
+                    "INSERT OR IGNORE INTO sessions (id, agent, created_at, state) \
+                     VALUES (?1, ?2, ?3, 'live')",
+                    params![id, agent, ns(now)],
+                )
+                .map_err(db("create session"))?;
+            Ok(n as u64)
+        }
+        SessionWrite::Delete { id } => {
+            let n = conn
+                .execute(
+                    "UPDATE sessions SET state = 'deleted', deleted_at = ?2 \
+                     WHERE id = ?1 AND state = 'live'",
+                    params![id, ns(now)],
+                )
+                .map_err(db("delete session"))?;
+            Ok(n as u64)
+        }
+        SessionWrite::SetModel { id, model } => {
+            let n = conn
+                .execute(
+                    "UPDATE sessions SET model = ?2 WHERE id = ?1 AND state = 'live'",
+                    params![id, model],
+                )
+                .map_err(db("set session model"))?;
+            Ok(n as u64)
+        }
+        SessionWrite::Enqueue { session, text } => {
+            let live: Option<i64> = conn
+                .query_row(
+                    "SELECT 1 FROM sessions WHERE id = ?1 AND state = 'live'",
+                    params![session],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(db("enqueue"))?;
+            if live.is_none() {
+                return Ok(0);
+            }
+            let seq: i64 = conn
+                .query_row(
+                    "SELECT coalesce(max(seq), 0) + 1 FROM session_inbox WHERE session = ?1",
+                    params![session],
+                    |row| row.get(0),
+                )
+                .map_err(db("enqueue"))?;
+            conn.execute(
+                "INSERT INTO session_inbox (session, seq, received_at, state, message) \
+                 VALUES (?1, ?2, ?3, 'queued', ?4)",
+                params![session, seq, ns(now), text],
+            )
+            .map_err(db("enqueue"))?;
+            Ok(seq_u64(seq))
+        }
+        SessionWrite::SetState {
+            session,
+            seq,
+            state,
+        } => {
+            let n = conn
+                .execute(
+                    "UPDATE session_inbox SET state = ?3 WHERE session = ?1 AND seq = ?2 \
+                     AND state NOT IN ('done', 'failed')",
+                    params![session, seq_i64(*seq), state.as_str()],
+                )
+                .map_err(db("set message state"))?;
+            Ok(n as u64)
+        }
+        SessionWrite::Finish(finish) => {
+            let n = conn
+                .execute(
+                    "UPDATE session_inbox SET state = ?3, reply = ?4, error = ?5, finished_at = ?6 \
+                     WHERE session = ?1 AND seq = ?2 AND state NOT IN ('done', 'failed')",
+                    params![
+                        finish.session,
+                        seq_i64(finish.seq),
+                        finish.state.as_str(),
+                        finish.reply,
+                        finish.error,
+                        ns(now)
+                    ],
+                )
+                .map_err(db("finish message"))?;
+            Ok(n as u64)
+        }
+        SessionWrite::Journal {
+            session,
+            message,
+            entry,
+        } => {
+            let seq: i64 = conn
+                .query_row(
+                    "SELECT coalesce(max(seq), 0) + 1 FROM session_journal WHERE session = ?1",
+                    params![session],
+                    |row| row.get(0),
+                )
+                .map_err(db("journal"))?;
+            conn.execute(
+                "INSERT INTO session_journal (session, seq, at, entry, message) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![session, seq, ns(now), entry, seq_i64(*message)],
+            )
+            .map_err(db("journal"))?;
+            Ok(seq_u64(seq))
+        }
+        SessionWrite::Compact { before, chunk } => {
+            let n = conn
+                .execute(
+                    "DELETE FROM session_journal WHERE rowid IN ( \
+                       SELECT j.rowid FROM session_journal j JOIN session_inbox i \
+                         ON i.session = j.session AND i.seq = j.message \
+                       WHERE i.state IN ('done', 'failed') AND i.finished_at < ?1 \
+                       LIMIT ?2)",
+                    params![ns(*before), i64::try_from(*chunk).unwrap_or(i64::MAX)],
+                )
+                .map_err(db("compact journals"))?;
+            Ok(n as u64)
+        }
+    }
+}
+
+fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
+    let state: String = row.get(4)?;
+    Ok(SessionRecord {
+        id: row.get(0)?,
+        agent: row.get(1)?,
+        created_at: ts(row.get(2)?),
+        model: row.get(3)?,
+        deleted: state != "live",
+    })
+}
+
+const SESSION_COLUMNS: &str = "SELECT id, agent, created_at, model, state FROM sessions";
+
+pub(crate) fn read_session(conn: &Connection, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+    conn.query_row(&format!("{SESSION_COLUMNS} WHERE id = ?1"), params![id], session_row)
+        .optional()
+        .map_err(db("read session"))
+}
+
+pub(crate) fn read_sessions(conn: &Connection) -> Result<Vec<SessionRecord>, StoreError> {
+    let mut stmt = conn
+        .prepare(&format!(
+            "{SESSION_COLUMNS} WHERE state = 'live' ORDER BY created_at, id"
+        ))
+        .map_err(db("list sessions"))?;
+    let rows = stmt
+        .query_map([], session_row)
+        .map_err(db("list sessions"))?;
+    rows.collect::<Result<_, _>>().map_err(db("list sessions"))
+}
+
+const MESSAGE_COLUMNS: &str = "SELECT session, seq, message, state, reply, error, received_at, \
+                               finished_at FROM session_inbox";
+
+fn message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<MessageRecord, StoreError>> {
+    let state: String = row.get(3)?;
+    let Some(state) = MessageState::parse(&state) else {
+        return Ok(Err(StoreError::Corrupt {
+            table: "session_inbox",
+            detail: format!("unknown state {state:?}"),
+        }));
+    };
+    Ok(Ok(MessageRecord {
+        session: row.get(0)?,
+        seq: seq_u64(row.get(1)?),
+        text: row.get(2)?,
+        state,
+        reply: row.get(4)?,
+        error: row.get(5)?,
+        created_at: ts(row.get(6)?),
+        finished_at: row.get::<_, Option<i64>>(7)?.map(ts),
+    }))
+}
+
+pub(crate) fn read_message(
+    conn: &Connection,
+    session: &str,
+    seq: u64,
+) -> Result<Option<MessageRecord>, StoreError> {
+    conn.query_row(
+        &format!("{MESSAGE_COLUMNS} WHERE session = ?1 AND seq = ?2"),
+        params![session, seq_i64(seq)],
+        message_row,
+    )
+    .optional()
+    .map_err(db("read message"))?
+    .transpose()
+}
+
+pub(crate) fn read_messages(conn: &Connection, session: &str) -> Result<Vec<MessageRecord>, StoreError> {
+    let mut stmt = conn
+        .prepare(&format!("{MESSAGE_COLUMNS} WHERE session = ?1 ORDER BY seq"))
+        .map_err(db("read messages"))?;
+    let rows = stmt
+        .query_map(params![session], message_row)
+        .map_err(db("read messages"))?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row.map_err(db("read messages"))??);
+    }
+    Ok(out)
+}
+
+pub(crate) fn read_journal(conn: &Connection, session: &str) -> Result<Vec<JournalRecord>, StoreError> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT seq, message, at, entry FROM session_journal WHERE session = ?1 ORDER BY seq",
+        )
+        .map_err(db("read journal"))?;
+    let rows = stmt
+        .query_map(params![session], |row| {
+            Ok(JournalRecord {
+                seq: seq_u64(row.get(0)?),
+                message: seq_u64(row.get::<_, Option<i64>>(1)?.unwrap_or(0)),
+                at: ts(row.get(2)?),
+                entry: row.get(3)?,
+            })
+        })
+        .map_err(db("read journal"))?;
+    rows.collect::<Result<_, _>>().map_err(db("read journal"))
+}
+
+pub(crate) fn read_unfinished(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT DISTINCT i.session FROM session_inbox i JOIN sessions s ON s.id = i.session \
+             WHERE i.state NOT IN ('done', 'failed') AND s.state = 'live' ORDER BY i.session",
+        )
+        .map_err(db("unfinished sessions"))?;
+    let rows = stmt
+        .query_map([], |row| row.get(0))
+        .map_err(db("unfinished sessions"))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(db("unfinished sessions"))
+}
