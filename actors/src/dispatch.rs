@@ -414,7 +414,7 @@ impl Dispatcher {
                 };
                 match next {
                     Next::Done | Next::Escalate | Next::GiveUp => {
-                        return with_history(outcome, &budget);
+                        return with_route(with_history(outcome, &budget), &targets, index);
                     }
                     Next::Retry { delay } => {
                         if !health.budget.withdraw(now().into_std()) {
@@ -792,6 +792,28 @@ fn with_history(mut outcome: ToolOutcome, budget: &AttemptBudget) -> ToolOutcome
         outcome
             .extra
             .insert("attempts".to_owned(), Value::Array(attempts));
+    }
+    outcome
+}
+
+/// Records on an outcome served (or failed) by a fallback which endpoints
+/// were tried before it: `fallback_from` lists them in order and
+/// `served_by` names the endpoint that produced the outcome. The session
+/// reads them to write the incident lesson ("weather unreachable; fell
+/// back to weather-backup").
+fn with_route(mut outcome: ToolOutcome, targets: &[Target], index: usize) -> ToolOutcome {
+    if index > 0 {
+        let from: Vec<Value> = targets[..index]
+            .iter()
+            .map(|t| Value::String(t.endpoint.clone()))
+            .collect();
+        outcome
+            .extra
+            .insert("fallback_from".to_owned(), Value::Array(from));
+        outcome.extra.insert(
+            "served_by".to_owned(),
+            Value::String(targets[index].endpoint.clone()),
+        );
     }
     outcome
 }

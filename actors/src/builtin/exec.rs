@@ -20,6 +20,7 @@ use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::escalation::ApprovalGrants;
 use grep_regex::RegexMatcher;
 use grep_searcher::{SearcherBuilder, sinks};
 use process_wrap::tokio::{ChildWrapper, CommandWrap, KillOnDrop, ProcessGroup};
@@ -159,6 +160,7 @@ pub struct Exec {
     spec: ToolSpec,
     config: ExecConfig,
     rules: Vec<CompiledRule>,
+    grants: ApprovalGrants,
 }
 
 impl Exec {
@@ -194,7 +196,16 @@ impl Exec {
             spec: spec(&config),
             config,
             rules,
+            grants: ApprovalGrants::new(),
         })
+    }
+
+    /// Lets calls a human approved through the block rules, once each: a
+    /// command matching a rule runs if `grants` holds a grant for exactly
+    /// these arguments, and the grant is used up.
+    pub fn with_grants(mut self, grants: ApprovalGrants) -> Self {
+        self.grants = grants;
+        self
     }
 
     /// The configuration this tool runs with.
@@ -202,12 +213,15 @@ impl Exec {
         &self.config
     }
 
-    async fn run(&self, args: Value) -> ToolOutcome {
-        let args = match ExecArgs::parse(args) {
+    async fn run(&self, raw: Value) -> ToolOutcome {
+        let granted_args = raw.clone();
+        let args = match ExecArgs::parse(raw) {
             Ok(args) => args,
             Err(message) => return ToolOutcome::from_code(ErrorCode::InvalidInput, message),
         };
-        if let Some(rule) = self.rules.iter().find(|r| r.matches(&args.command)) {
+        if let Some(rule) = self.rules.iter().find(|r| r.matches(&args.command))
+            && !self.grants.take("exec", &granted_args)
+        {
             return ToolOutcome::blocked(format!(
                 "command refused by policy: {}",
                 rule.rule.reason

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use hale_supervision::{Strategy, SupervisorSpec};
 
+use crate::escalation::ApprovalGrants;
 use crate::event::EventSink;
 use crate::tool::Tool;
 use crate::tool_actor::{ToolHandle, tool_child};
@@ -48,6 +49,9 @@ pub struct BuiltinConfig {
     pub exec: ExecConfig,
     /// `web_fetch`.
     pub web_fetch: WebFetchConfig,
+    /// One-shot permissions for calls a human approved (shared with the
+    /// sessions that ask).
+    pub grants: ApprovalGrants,
 }
 
 impl BuiltinConfig {
@@ -63,6 +67,7 @@ impl BuiltinConfig {
             glob: GlobConfig::default(),
             grep: GrepConfig::default(),
             web_fetch: WebFetchConfig::default(),
+            grants: ApprovalGrants::new(),
         }
     }
 }
@@ -90,7 +95,7 @@ pub fn builtin_tools(config: &BuiltinConfig) -> Result<Vec<Arc<dyn Tool>>, Built
     let mut exec = config.exec.clone();
     exec.workspace_root = workspace.root().to_path_buf();
     Ok(vec![
-        Arc::new(Exec::new(exec)?),
+        Arc::new(Exec::new(exec)?.with_grants(config.grants.clone())),
         Arc::new(ReadFile::new(workspace.clone(), config.read_file)),
         Arc::new(WriteFile::new(workspace.clone(), config.write_file)),
         Arc::new(EditFile::new(workspace.clone(), config.edit_file)),

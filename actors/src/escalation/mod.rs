@@ -18,6 +18,7 @@
 //!   one, else to `abort`: hale fails closed.
 
 mod actor;
+mod grants;
 mod store;
 mod tool;
 
@@ -30,6 +31,7 @@ use serde_json::Value;
 pub use actor::{
     ApprovalNotice, Escalation, EscalationActor, EscalationArgs, EscalationMsg, escalation_child,
 };
+pub use grants::ApprovalGrants;
 pub use store::{
     ApprovalStore, ApprovalStoreError, FileApprovalStore, MemoryApprovalStore, StoreApprovals,
 };

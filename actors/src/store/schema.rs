@@ -44,10 +44,11 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "audit events, approvals, session inboxes and journals",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "audit events, approvals, session inboxes and journals",
+        sql: r#"
 CREATE TABLE audit_events (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
     ts      INTEGER NOT NULL,
@@ -90,10 +91,11 @@ CREATE TABLE session_journal (
     PRIMARY KEY (session, seq)
 ) STRICT;
 "#,
-}, Migration {
-    version: 2,
-    name: "sessions; message replies and states; journal entries by message",
-    sql: r#"
+    },
+    Migration {
+        version: 2,
+        name: "sessions; message replies and states; journal entries by message",
+        sql: r#"
 CREATE TABLE sessions (
     id         TEXT PRIMARY KEY,
     agent      TEXT NOT NULL,
@@ -108,7 +110,8 @@ ALTER TABLE session_inbox ADD COLUMN finished_at INTEGER;
 CREATE INDEX session_inbox_open ON session_inbox (session) WHERE state NOT IN ('done', 'failed');
 ALTER TABLE session_journal ADD COLUMN message INTEGER;
 "#,
-}];
+    },
+];
 
 /// The newest schema version this build knows.
 pub(crate) fn latest_version() -> i64 {

@@ -133,11 +133,7 @@ pub struct Finish {
 /// The durable operations of sessions. Writes resolve once committed.
 pub trait SessionStore: Send + Sync + 'static {
     /// Creates a session; `Ok(false)` if the id is taken.
-    fn create_session(
-        &self,
-        id: String,
-        agent: String,
-    ) -> BoxFuture<'_, Result<bool, StoreError>>;
+    fn create_session(&self, id: String, agent: String) -> BoxFuture<'_, Result<bool, StoreError>>;
 
     /// Marks a session deleted; `Ok(false)` if there was no live one.
     fn delete_session(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>>;
@@ -158,8 +154,11 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Stores a message for a live session and returns its `seq`, once
     /// committed; `Ok(None)` if the session does not exist or was deleted.
-    fn enqueue(&self, session: String, text: String)
-    -> BoxFuture<'_, Result<Option<u64>, StoreError>>;
+    fn enqueue(
+        &self,
+        session: String,
+        text: String,
+    ) -> BoxFuture<'_, Result<Option<u64>, StoreError>>;
 
     /// Moves a message to `state` unless it is already final; returns
     /// whether it moved.
@@ -213,14 +212,36 @@ pub trait SessionStore: Send + Sync + 'static {
 /// A write of the session tables, applied by the store's writer.
 #[derive(Debug)]
 pub(crate) enum SessionWrite {
-    Create { id: String, agent: String },
-    Delete { id: String },
-    SetModel { id: String, model: Option<String> },
-    Enqueue { session: String, text: String },
-    SetState { session: String, seq: u64, state: MessageState },
+    Create {
+        id: String,
+        agent: String,
+    },
+    Delete {
+        id: String,
+    },
+    SetModel {
+        id: String,
+        model: Option<String>,
+    },
+    Enqueue {
+        session: String,
+        text: String,
+    },
+    SetState {
+        session: String,
+        seq: u64,
+        state: MessageState,
+    },
     Finish(Finish),
-    Journal { session: String, message: u64, entry: String },
-    Compact { before: Timestamp, chunk: usize },
+    Journal {
+        session: String,
+        message: u64,
+        entry: String,
+    },
+    Compact {
+        before: Timestamp,
+        chunk: usize,
+    },
 }
 
 fn db(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
@@ -246,7 +267,11 @@ fn seq_u64(seq: i64) -> u64 {
 /// Applies one write inside the writer's open transaction. The result is a
 /// count or a sequence number, depending on the write (0 meaning "nothing
 /// to do" where a `bool` or `Option` is returned to the caller).
-pub(crate) fn apply(conn: &Connection, write: &SessionWrite, now: Timestamp) -> Result<u64, StoreError> {
+pub(crate) fn apply(
+    conn: &Connection,
+    write: &SessionWrite,
+    now: Timestamp,
+) -> Result<u64, StoreError> {
     match write {
         SessionWrite::Create { id, agent } => {
             let n = conn
@@ -384,10 +409,17 @@ fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
 
 const SESSION_COLUMNS: &str = "SELECT id, agent, created_at, model, state FROM sessions";
 
-pub(crate) fn read_session(conn: &Connection, id: &str) -> Result<Option<SessionRecord>, StoreError> {
-    conn.query_row(&format!("{SESSION_COLUMNS} WHERE id = ?1"), params![id], session_row)
-        .optional()
-        .map_err(db("read session"))
+pub(crate) fn read_session(
+    conn: &Connection,
+    id: &str,
+) -> Result<Option<SessionRecord>, StoreError> {
+    conn.query_row(
+        &format!("{SESSION_COLUMNS} WHERE id = ?1"),
+        params![id],
+        session_row,
+    )
+    .optional()
+    .map_err(db("read session"))
 }
 
 pub(crate) fn read_sessions(conn: &Connection) -> Result<Vec<SessionRecord>, StoreError> {
@@ -440,9 +472,14 @@ pub(crate) fn read_message(
     .transpose()
 }
 
-pub(crate) fn read_messages(conn: &Connection, session: &str) -> Result<Vec<MessageRecord>, StoreError> {
+pub(crate) fn read_messages(
+    conn: &Connection,
+    session: &str,
+) -> Result<Vec<MessageRecord>, StoreError> {
     let mut stmt = conn
-        .prepare(&format!("{MESSAGE_COLUMNS} WHERE session = ?1 ORDER BY seq"))
+        .prepare(&format!(
+            "{MESSAGE_COLUMNS} WHERE session = ?1 ORDER BY seq"
+        ))
         .map_err(db("read messages"))?;
     let rows = stmt
         .query_map(params![session], message_row)
@@ -454,7 +491,10 @@ pub(crate) fn read_messages(conn: &Connection, session: &str) -> Result<Vec<Mess
     Ok(out)
 }
 
-pub(crate) fn read_journal(conn: &Connection, session: &str) -> Result<Vec<JournalRecord>, StoreError> {
+pub(crate) fn read_journal(
+    conn: &Connection,
+    session: &str,
+) -> Result<Vec<JournalRecord>, StoreError> {
     let mut stmt = conn
         .prepare(
             "SELECT seq, message, at, entry FROM session_journal WHERE session = ?1 ORDER BY seq",

@@ -957,7 +957,11 @@ fn transition_approval(
 }
 
 impl SqliteStore {
-    async fn session_write(&self, op: &'static str, write: SessionWrite) -> Result<u64, StoreError> {
+    async fn session_write(
+        &self,
+        op: &'static str,
+        write: SessionWrite,
+    ) -> Result<u64, StoreError> {
         self.write(op, |reply| Op::Write(Write::Session { write, reply }))
             .await
     }
@@ -996,7 +1000,9 @@ impl SessionStore for SqliteStore {
     }
 
     fn session(&self, id: String) -> BoxFuture<'_, Result<Option<SessionRecord>, StoreError>> {
-        Box::pin(self.read("read session", move |conn| sessions::read_session(conn, &id)))
+        Box::pin(self.read("read session", move |conn| {
+            sessions::read_session(conn, &id)
+        }))
     }
 
     fn sessions(&self) -> BoxFuture<'_, Result<Vec<SessionRecord>, StoreError>> {
