@@ -145,6 +145,9 @@ open_enum! {
         MessageDone => "message_done",
         /// A log record bridged from `tracing`.
         Log => "log",
+        /// The runtime responded to an incident (a fallback, a decided
+        /// escalation): what it found, did, and learned.
+        Incident => "incident",
     }
 }
 

@@ -21,6 +21,7 @@ pub mod model;
 mod open_enum;
 pub mod outcome;
 pub mod recovery;
+pub mod session;
 pub mod store;
 pub mod supervision_events;
 pub mod tool;

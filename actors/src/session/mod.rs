@@ -1,0 +1,926 @@
+//! Agent sessions: one supervised actor per conversation with an agent.
+//!
+//! A session turns an inbound message into a reply by looping model turn
+//! -> tool calls (through the dispatcher's recovery policy) -> outcomes
+//! back to the model, within an iteration budget, and escalates to a human
+//! what the model should not decide alone. Operators and chaos tests kill
+//! session actors at any moment, so nothing a session knows lives only in
+//! its memory: the inbox and a journal of every step are in the store
+//! (`store::SessionStore`), a restarted actor replays them and continues,
+//! and whoever waits for a reply waits here, in [`Sessions`], not inside
+//! the actor that may die.
+
+mod journal;
+mod learning;
+mod run;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use hale_supervision::{Address, ChildId, ChildSpec, Restart, SupervisorRef, SupervisorSpec};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::{broadcast, oneshot};
+use tokio::task::JoinSet;
+
+use crate::dispatch::{CallContext, Dispatcher};
+use crate::escalation::{ApprovalGrants, Escalation, EscalationError};
+use crate::event::{Event, EventKind, EventSink, Level};
+use crate::mcp::TOOL_SEPARATOR;
+use crate::memory::MemoryHandle;
+use crate::model::{ChatMessage, ModelReply, ModelRequest};
+use crate::outcome::ToolOutcome;
+use crate::store::{MessageRecord, SessionRecord, SessionStore, StoreError};
+use crate::tool::{BoxFuture, ToolSpec};
+
+pub use journal::{Decided, Entry, Progress};
+pub use learning::{IncidentLearning, LearningConfig};
+pub use run::{ABORT_OPTION, APPROVE, CONTINUE, DENY, PROCEED, RETRY, STOP, SWITCH_MODEL};
+
+/// What an agent is: the definition every session of it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSpec {
+    /// Its name (`default`).
+    pub name: String,
+    /// The system prompt; MEMORY.md is appended to it per message.
+    pub system_prompt: String,
+    /// The model chain, in fallback order.
+    pub models: Vec<String>,
+    /// The tools it may call by name (`exec`, `read_logs`, ...; `*` for
+    /// every tool).
+    pub tools: Vec<String>,
+    /// The MCP servers whose tools (`<server>__<tool>`) it may call (`*`
+    /// for every server).
+    pub mcp: Vec<String>,
+    /// Tool calls per inbound message, retries and fallbacks included.
+    pub budget: u32,
+}
+
+impl AgentSpec {
+    /// Facio's default iteration budget.
+    pub const DEFAULT_BUDGET: u32 = 50;
+
+    /// Whether a session of this agent may call `tool`.
+    pub fn allows(&self, tool: &str) -> bool {
+        if self.tools.iter().any(|t| t == tool || t == "*") {
+            return true;
+        }
+        match tool.split_once(TOOL_SEPARATOR) {
+            Some((server, _)) => self.mcp.iter().any(|s| s == server || s == "*"),
+            None => false,
+        }
+    }
+}
+
+/// Session settings that are not per agent.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// The actor path prefix of sessions (`hale/sessions`).
+    pub source: String,
+    /// At most this much of MEMORY.md goes into a system prompt (the
+    /// newest lessons are kept).
+    pub memory_prompt_bytes: usize,
+    /// How long an approval a session opens stays open before its default
+    /// option applies.
+    pub approval_timeout: Duration,
+    /// How long a session keeps retrying while the escalation actor is
+    /// down before its message fails.
+    pub escalation_unavailable: Duration,
+    /// Messages queued per session before `send` refuses with `Busy`.
+    pub max_queued_per_session: usize,
+    /// Messages queued over all sessions before `send` refuses.
+    pub max_queued_total: usize,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            source: "hale/sessions".to_owned(),
+            memory_prompt_bytes: 16 * 1024,
+            approval_timeout: Duration::from_secs(3600),
+            escalation_unavailable: Duration::from_secs(30),
+            max_queued_per_session: 1000,
+            max_queued_total: 100_000,
+        }
+    }
+}
+
+/// The model endpoints as a session uses them.
+pub trait ModelTurns: Send + Sync + 'static {
+    /// One turn through `chain`, with its retries and fallbacks.
+    fn complete<'a>(
+        &'a self,
+        chain: &'a [String],
+        request: &'a ModelRequest,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<ModelReply, ToolOutcome>>;
+
+    /// The configured model `name` refers to, or an outcome whose hints
+    /// list the configured models.
+    ///
+    /// # Errors
+    /// An unknown name.
+    #[allow(clippy::result_large_err)] // the outcome is what the model is shown
+    fn resolve(&self, name: &str) -> Result<String, ToolOutcome>;
+}
+
+/// What the runtime learns from incidents (MEMORY.md lines, disabling a
+/// failed server). Optional: without it sessions only report.
+pub trait Learning: Send + Sync + 'static {
+    /// A call failed on `from` and was served by the fallback `to`.
+    fn fell_back<'a>(
+        &'a self,
+        session: &'a str,
+        tool: &'a str,
+        from: &'a [String],
+        to: &'a str,
+    ) -> BoxFuture<'a, ()>;
+
+    /// An escalation was decided; `summary` says what and by whom.
+    fn decided<'a>(&'a self, session: &'a str, summary: &'a str) -> BoxFuture<'a, ()>;
+}
+
+/// Everything sessions share.
+pub struct SessionEnv {
+    /// Inboxes and journals.
+    pub store: Arc<dyn SessionStore>,
+    /// Tool calls, with the recovery policy.
+    pub dispatcher: Arc<Dispatcher>,
+    /// Model turns.
+    pub models: Arc<dyn ModelTurns>,
+    /// Approvals.
+    pub escalation: Escalation,
+    /// One-shot permissions for approved blocked calls (shared with the
+    /// tools whose policies block).
+    pub grants: ApprovalGrants,
+    /// MEMORY.md, for system prompts.
+    pub memory: Option<MemoryHandle>,
+    /// Incident learning.
+    pub learning: Option<Arc<dyn Learning>>,
+    /// The audit trail.
+    pub sink: Arc<dyn EventSink>,
+    /// Settings.
+    pub settings: SessionSettings,
+}
+
+impl fmt::Debug for SessionEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionEnv")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A message's id: its session and its position in the session's inbox,
+/// written `<session>:<seq>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MessageId {
+    /// The session.
+    pub session: String,
+    /// The position, from 1.
+    pub seq: u64,
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.session, self.seq)
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = SessionError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || SessionError::BadMessageId(s.to_owned());
+        let (session, seq) = s.rsplit_once(':').ok_or_else(bad)?;
+        let seq: u64 = seq.parse().map_err(|_| bad())?;
+        if seq == 0 || !valid_session_id(session) {
+            return Err(bad());
+        }
+        Ok(Self {
+            session: session.to_owned(),
+            seq,
+        })
+    }
+}
+
+impl TryFrom<String> for MessageId {
+    type Error = SessionError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<MessageId> for String {
+    fn from(id: MessageId) -> Self {
+        id.to_string()
+    }
+}
+
+/// Why a session operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// No live session has this id.
+    #[error("no session `{0}`")]
+    UnknownSession(String),
+    /// No agent has this name.
+    #[error("no agent `{name}` (configured: {known})")]
+    UnknownAgent {
+        /// The name asked for.
+        name: String,
+        /// The configured agents.
+        known: String,
+    },
+    /// A session id is taken.
+    #[error("a session `{0}` already exists")]
+    Exists(String),
+    /// A session id is malformed.
+    #[error("bad session id `{0}`: use 1 to 64 characters from a-z, A-Z, 0-9, `-` and `_`")]
+    BadSessionId(String),
+    /// A message id is malformed.
+    #[error("bad message id `{0}`: expected `<session>:<number>`")]
+    BadMessageId(String),
+    /// No such message.
+    #[error("no message `{0}`")]
+    UnknownMessage(String),
+    /// Too many messages are queued; try again later.
+    #[error("too many queued messages ({queued} queued, limit {limit}); retry in {} s", retry_after.as_secs())]
+    Busy {
+        /// Messages queued where the limit applies.
+        queued: usize,
+        /// The limit.
+        limit: usize,
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The escalation actor failed.
+    #[error("escalation: {0}")]
+    Escalation(#[from] EscalationError),
+    /// The session supervisor is not running (or refused).
+    #[error("session supervisor: {0}")]
+    Supervisor(String),
+}
+
+/// Whether `id` is a usable session id.
+pub fn valid_session_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The `switch_model` tool's spec (the session handles the call itself).
+pub fn switch_model_spec() -> ToolSpec {
+    ToolSpec::new(
+        SWITCH_MODEL,
+        "Switch this session to another configured model (it becomes first in the chain).",
+        json!({
+            "type": "object",
+            "properties": {"model": {"type": "string", "description": "a configured model name"}},
+            "required": ["model"],
+            "additionalProperties": false
+        }),
+    )
+}
+
+/// Replies waited on, outside any actor: a waiter survives the restart of
+/// the session it waits on.
+#[derive(Debug, Default)]
+struct Waiters {
+    map: DashMap<MessageId, Vec<oneshot::Sender<MessageRecord>>>,
+}
+
+impl Waiters {
+    fn register(&self, id: MessageId) -> oneshot::Receiver<MessageRecord> {
+        let (tx, rx) = oneshot::channel();
+        self.map.entry(id).or_default().push(tx);
+        rx
+    }
+
+    fn complete(&self, record: &MessageRecord) {
+        let id = MessageId {
+            session: record.session.clone(),
+            seq: record.seq,
+        };
+        if let Some((_, waiters)) = self.map.remove(&id) {
+            for waiter in waiters {
+                let _ = waiter.send(record.clone());
+            }
+        }
+    }
+
+    fn forget_closed(&self, id: &MessageId) {
+        self.map.remove_if_mut(id, |_, waiters| {
+            waiters.retain(|w| !w.is_closed());
+            waiters.is_empty()
+        });
+    }
+}
+
+/// The sessions: create, send, wait, list; and their supervisor.
+pub struct Sessions {
+    env: Arc<SessionEnv>,
+    agents: HashMap<String, Arc<AgentSpec>>,
+    addresses: DashMap<String, Address<SessionMsg>>,
+    supervisor: std::sync::RwLock<Option<SupervisorRef>>,
+    completion: Arc<Completion>,
+}
+
+/// What happens when a message finishes, shared by the handle and the
+/// actors: waiters are answered, subscribers told, queue counts released.
+#[derive(Debug)]
+struct Completion {
+    waiters: Waiters,
+    done: broadcast::Sender<MessageRecord>,
+    /// Messages sent through this handle and not finished, per session.
+    queued: DashMap<String, std::collections::HashSet<u64>>,
+    queued_total: AtomicUsize,
+}
+
+impl Completion {
+    fn queued_in(&self, session: &str) -> usize {
+        self.queued.get(session).map_or(0, |q| q.len())
+    }
+
+    fn add(&self, id: &MessageId) {
+        if self
+            .queued
+            .entry(id.session.clone())
+            .or_default()
+            .insert(id.seq)
+        {
+            self.queued_total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `id` was still counted as queued (and no longer is).
+    fn release(&self, session: &str, seq: u64) -> bool {
+        let removed = self
+            .queued
+            .get_mut(session)
+            .is_some_and(|mut q| q.remove(&seq));
+        if removed {
+            self.queued_total.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.queued.remove_if(session, |_, q| q.is_empty());
+        removed
+    }
+
+    fn done(&self, env: &SessionEnv, session: &str, record: &MessageRecord, finished_here: bool) {
+        let released = self.release(session, record.seq);
+        self.waiters.complete(record);
+        if finished_here || released {
+            let source = format!("{}/{session}", env.settings.source);
+            env.sink.emit(run::message_event(session, &source, record));
+            let _ = self.done.send(record.clone());
+        }
+    }
+}
+
+impl fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sessions")
+            .field("agents", &self.agents.keys().collect::<Vec<_>>())
+            .field("started", &self.addresses.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sessions {
+    /// Sessions over `env`, for these agents.
+    pub fn new(env: SessionEnv, agents: Vec<AgentSpec>) -> Arc<Self> {
+        let (done, _) = broadcast::channel(1024);
+        Arc::new(Self {
+            env: Arc::new(env),
+            agents: agents
+                .into_iter()
+                .map(|a| (a.name.clone(), Arc::new(a)))
+                .collect(),
+            addresses: DashMap::new(),
+            supervisor: std::sync::RwLock::new(None),
+            completion: Arc::new(Completion {
+                waiters: Waiters::default(),
+                done,
+                queued: DashMap::new(),
+                queued_total: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// The session supervisor: one_for_one over dynamic children, with an
+    /// intensity sized for many sessions (one crashing session must not
+    /// take the others down), observed into the audit trail.
+    pub fn supervisor_spec(
+        &self,
+        name: &str,
+        max_restarts: u32,
+        period: Duration,
+    ) -> SupervisorSpec {
+        SupervisorSpec::new(name)
+            .intensity(max_restarts, period)
+            .observer(crate::supervision_events::observer(Arc::clone(
+                &self.env.sink,
+            )))
+    }
+
+    /// Gives the handle the running supervisor.
+    pub fn attach(&self, supervisor: SupervisorRef) {
+        *self
+            .supervisor
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(supervisor);
+    }
+
+    fn supervisor(&self) -> Result<SupervisorRef, SessionError> {
+        self.supervisor
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| SessionError::Supervisor("not started".to_owned()))
+    }
+
+    /// The agents' names.
+    pub fn agent_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.agents.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Creates a session of `agent` (with `id`, or a fresh one) and starts
+    /// its actor.
+    ///
+    /// # Errors
+    /// Unknown agent, bad or taken id, store or supervisor failure.
+    pub async fn create(&self, agent: &str, id: Option<String>) -> Result<String, SessionError> {
+        if !self.agents.contains_key(agent) {
+            return Err(SessionError::UnknownAgent {
+                name: agent.to_owned(),
+                known: self.agent_names().join(", "),
+            });
+        }
+        let id = match id {
+            Some(id) if valid_session_id(&id) => id,
+            Some(id) => return Err(SessionError::BadSessionId(id)),
+            None => format!("s{:016x}", fastrand::u64(..)),
+        };
+        if !self
+            .env
+            .store
+            .create_session(id.clone(), agent.to_owned())
+            .await?
+        {
+            return Err(SessionError::Exists(id));
+        }
+        self.ensure_started(&id, agent).await?;
+        Ok(id)
+    }
+
+    /// Deletes a session: its actor stops; its rows stay for the audit.
+    ///
+    /// # Errors
+    /// Unknown session, store or supervisor failure.
+    pub async fn delete(&self, id: &str) -> Result<(), SessionError> {
+        if !self.env.store.delete_session(id.to_owned()).await? {
+            return Err(SessionError::UnknownSession(id.to_owned()));
+        }
+        if self.addresses.remove(id).is_some() {
+            let supervisor = self.supervisor()?;
+            let child = ChildId::new(id);
+            let _ = supervisor.terminate_child(&child).await;
+            let _ = supervisor.delete_child(&child).await;
+        }
+        Ok(())
+    }
+
+    /// Every live session.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn list(&self) -> Result<Vec<SessionRecord>, SessionError> {
+        Ok(self.env.store.sessions().await?)
+    }
+
+    /// One live session.
+    ///
+    /// # Errors
+    /// Unknown session or a store failure.
+    pub async fn get(&self, id: &str) -> Result<SessionRecord, SessionError> {
+        match self.env.store.session(id.to_owned()).await? {
+            Some(record) if !record.deleted => Ok(record),
+            _ => Err(SessionError::UnknownSession(id.to_owned())),
+        }
+    }
+
+    /// A session's messages, oldest first.
+    ///
+    /// # Errors
+    /// Unknown session or a store failure.
+    pub async fn messages(&self, id: &str) -> Result<Vec<MessageRecord>, SessionError> {
+        self.get(id).await?;
+        Ok(self.env.store.messages(id.to_owned()).await?)
+    }
+
+    /// Stores `text` in the session's inbox and returns its id once the
+    /// store has committed it; the session processes it in order.
+    ///
+    /// # Errors
+    /// Unknown session, `Busy` over the queue limits, or a store failure.
+    pub async fn send(&self, session: &str, text: &str) -> Result<MessageId, SessionError> {
+        let limit = self.env.settings.max_queued_per_session;
+        let queued = self.completion.queued_in(session);
+        if queued >= limit {
+            return Err(SessionError::Busy {
+                queued,
+                limit,
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        let total = self.completion.queued_total.load(Ordering::Relaxed);
+        if total >= self.env.settings.max_queued_total {
+            return Err(SessionError::Busy {
+                queued: total,
+                limit: self.env.settings.max_queued_total,
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        let record = match self.env.store.session(session.to_owned()).await? {
+            Some(record) if !record.deleted => record,
+            _ => return Err(SessionError::UnknownSession(session.to_owned())),
+        };
+        let Some(seq) = self
+            .env
+            .store
+            .enqueue(session.to_owned(), text.to_owned())
+            .await?
+        else {
+            return Err(SessionError::UnknownSession(session.to_owned()));
+        };
+        let id = MessageId {
+            session: session.to_owned(),
+            seq,
+        };
+        self.completion.add(&id);
+        self.env.sink.emit(
+            Event::new(
+                Level::Info,
+                format!("{}/{session}", self.env.settings.source),
+                EventKind::MessageReceived,
+                format!("message {id} queued ({} bytes)", text.len()),
+            )
+            .with_session(session.to_owned())
+            .with_data(json!({ "message": id.to_string() })),
+        );
+        // The message is safe in the store; waking the actor is only a
+        // hint (a restarting actor reads its inbox anyway).
+        if let Err(e) = self.ensure_started(session, &record.agent).await {
+            tracing::warn!(session, error = %e, "session actor not started; the message waits in its inbox");
+        }
+        if let Some(address) = self.addresses.get(session)
+            && let Some(actor) = address.current()
+        {
+            let _ = actor.send_message(SessionMsg::Wake);
+        }
+        Ok(id)
+    }
+
+    /// Waits up to `timeout` for message `id` to finish; `Ok(None)` if it
+    /// has not.
+    ///
+    /// # Errors
+    /// Unknown message or a store failure.
+    pub async fn wait(
+        &self,
+        id: &MessageId,
+        timeout: Duration,
+    ) -> Result<Option<MessageRecord>, SessionError> {
+        let rx = self.completion.waiters.register(id.clone());
+        let record = self.message(id).await?;
+        if record.state.is_final() {
+            self.completion.waiters.forget_closed(id);
+            return Ok(Some(record));
+        }
+        let answer = tokio::time::timeout(timeout, rx).await;
+        match answer {
+            Ok(Ok(record)) => Ok(Some(record)),
+            _ => {
+                self.completion.waiters.forget_closed(id);
+                // Finished between the check and the registration, or the
+                // notification raced the timeout: the store has the truth.
+                let record = self.message(id).await?;
+                Ok(record.state.is_final().then_some(record))
+            }
+        }
+    }
+
+    /// [`send`](Self::send), then [`wait`](Self::wait).
+    ///
+    /// # Errors
+    /// As both.
+    pub async fn send_and_wait(
+        &self,
+        session: &str,
+        text: &str,
+        timeout: Duration,
+    ) -> Result<(MessageId, Option<MessageRecord>), SessionError> {
+        let id = self.send(session, text).await?;
+        let record = self.wait(&id, timeout).await?;
+        Ok((id, record))
+    }
+
+    /// One message.
+    ///
+    /// # Errors
+    /// Unknown message or a store failure.
+    pub async fn message(&self, id: &MessageId) -> Result<MessageRecord, SessionError> {
+        self.env
+            .store
+            .message(id.session.clone(), id.seq)
+            .await?
+            .ok_or_else(|| SessionError::UnknownMessage(id.to_string()))
+    }
+
+    /// Finished messages, live.
+    pub fn subscribe_done(&self) -> broadcast::Receiver<MessageRecord> {
+        self.completion.done.subscribe()
+    }
+
+    /// Switches a session's model (`None` restores its agent's chain).
+    ///
+    /// # Errors
+    /// Unknown session or model, or a store failure.
+    pub async fn switch_model(
+        &self,
+        session: &str,
+        model: Option<&str>,
+    ) -> Result<Option<String>, SessionError> {
+        let model = match model {
+            Some(name) => Some(self.env.models.resolve(name).map_err(|o| {
+                SessionError::Supervisor(format!("{} ({})", o.message, hint_text(&o)))
+            })?),
+            None => None,
+        };
+        if !self
+            .env
+            .store
+            .set_session_model(session.to_owned(), model.clone())
+            .await?
+        {
+            return Err(SessionError::UnknownSession(session.to_owned()));
+        }
+        Ok(model)
+    }
+
+    /// Starts the actors of every session with unfinished messages (after
+    /// a restart of the runtime); returns how many.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn resume_all(&self) -> Result<usize, SessionError> {
+        let unfinished = self.env.store.unfinished_sessions().await?;
+        let mut started = 0;
+        for id in unfinished {
+            let Some(record) = self.env.store.session(id.clone()).await? else {
+                continue;
+            };
+            self.ensure_started(&id, &record.agent).await?;
+            started += 1;
+        }
+        Ok(started)
+    }
+
+    /// Ids of the sessions whose actors are started.
+    pub fn started(&self) -> Vec<String> {
+        self.addresses.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// Messages queued and not finished, as counted since start.
+    pub fn queued(&self) -> usize {
+        self.completion.queued_total.load(Ordering::Relaxed)
+    }
+
+    async fn ensure_started(&self, id: &str, agent: &str) -> Result<(), SessionError> {
+        if self.addresses.contains_key(id) {
+            return Ok(());
+        }
+        let agent = self
+            .agents
+            .get(agent)
+            .cloned()
+            .ok_or_else(|| SessionError::UnknownAgent {
+                name: agent.to_owned(),
+                known: self.agent_names().join(", "),
+            })?;
+        let address = Address::new();
+        let args = SessionArgs {
+            id: id.to_owned(),
+            agent,
+            env: Arc::clone(&self.env),
+            address: address.clone(),
+            completion: Arc::clone(&self.completion),
+        };
+        // Insert first so a concurrent caller does not start a twin.
+        match self.addresses.entry(id.to_owned()) {
+            dashmap::Entry::Occupied(_) => return Ok(()),
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(address);
+            }
+        }
+        let spec =
+            ChildSpec::worker(id, move || (SessionActor, args.clone())).restart(Restart::Permanent);
+        let supervisor = match self.supervisor() {
+            Ok(s) => s,
+            Err(e) => {
+                self.addresses.remove(id);
+                return Err(e);
+            }
+        };
+        if let Err(e) = supervisor.start_child(spec).await {
+            self.addresses.remove(id);
+            return Err(SessionError::Supervisor(e.to_string()));
+        }
+        Ok(())
+    }
+}
+
+fn hint_text(outcome: &ToolOutcome) -> String {
+    outcome
+        .hints
+        .iter()
+        .flat_map(|h| h.suggestions.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+// ------------------------------------------------------------------ actor
+
+/// Messages to a session actor.
+#[derive(Debug)]
+pub enum SessionMsg {
+    /// The inbox has something new.
+    Wake,
+    /// The worker finished everything it found.
+    Idle,
+    /// The worker failed; the actor fails with it so its supervisor
+    /// restarts it.
+    Failed(String),
+}
+
+/// What a session actor starts from (built by [`Sessions`]).
+#[derive(Clone)]
+pub struct SessionArgs {
+    id: String,
+    agent: Arc<AgentSpec>,
+    env: Arc<SessionEnv>,
+    address: Address<SessionMsg>,
+    completion: Arc<Completion>,
+}
+
+/// The actor of one session.
+pub struct SessionActor;
+
+/// Its state: the worker task (dropping the state aborts it).
+pub struct SessionState {
+    args: SessionArgs,
+    worker: JoinSet<()>,
+    running: bool,
+    again: bool,
+}
+
+impl Actor for SessionActor {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        args.address.publish(myself.clone());
+        let _ = myself.send_message(SessionMsg::Wake);
+        Ok(SessionState {
+            args,
+            worker: JoinSet::new(),
+            running: false,
+            again: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        while state.worker.try_join_next().is_some() {}
+        match message {
+            SessionMsg::Wake if state.running => state.again = true,
+            SessionMsg::Wake => start_worker(&myself, state),
+            SessionMsg::Idle => {
+                state.running = false;
+                if std::mem::take(&mut state.again) {
+                    start_worker(&myself, state);
+                }
+            }
+            SessionMsg::Failed(error) => {
+                return Err(error.into());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn start_worker(myself: &ActorRef<SessionMsg>, state: &mut SessionState) {
+    state.running = true;
+    let args = state.args.clone();
+    let myself = myself.clone();
+    state.worker.spawn(async move {
+        let reply = match work_inbox(&args).await {
+            Ok(()) => SessionMsg::Idle,
+            Err(e) => SessionMsg::Failed(e.to_string()),
+        };
+        let _ = myself.send_message(reply);
+    });
+}
+
+/// Works through every unfinished message of the session, in order.
+async fn work_inbox(args: &SessionArgs) -> Result<(), SessionError> {
+    loop {
+        let store = &args.env.store;
+        let messages = store.messages(args.id.clone()).await?;
+        let Some(current) = messages.iter().position(|m| !m.state.is_final()) else {
+            return Ok(());
+        };
+        let journal = store.journal_entries(args.id.clone()).await?;
+        let record = store.session(args.id.clone()).await?;
+        let model = record.and_then(|r| r.model);
+        let history = history(&messages[..current], &journal);
+        let message = messages[current].clone();
+        let run = run::MessageRun::new(
+            &args.env,
+            &args.agent,
+            &args.id,
+            message,
+            history,
+            &journal,
+            model,
+        );
+        let finish = run.run().await?;
+        let seq = finish.seq;
+        let finished_here = store.finish(finish).await?;
+        // Whether this incarnation or an earlier one finished it, the
+        // stored record is the one reply every waiter gets.
+        if let Some(record) = store.message(args.id.clone(), seq).await? {
+            args.completion
+                .done(&args.env, &args.id, &record, finished_here);
+        }
+    }
+}
+
+/// The conversation of finished messages: their full journals while they
+/// are kept, their text and reply once compacted.
+fn history(
+    messages: &[MessageRecord],
+    journal: &[crate::store::JournalRecord],
+) -> Vec<ChatMessage> {
+    let mut by_message: HashMap<u64, Vec<&str>> = HashMap::new();
+    for record in journal {
+        by_message
+            .entry(record.message)
+            .or_default()
+            .push(record.entry.as_str());
+    }
+    let mut out = Vec::new();
+    for message in messages {
+        out.push(ChatMessage::User {
+            text: message.text.clone(),
+        });
+        match by_message.get(&message.seq) {
+            Some(entries) => {
+                let progress = Progress::replay(entries.iter().copied());
+                out.extend(progress.conversation().cloned());
+            }
+            None => out.push(ChatMessage::Assistant {
+                text: Some(
+                    message
+                        .reply
+                        .clone()
+                        .or_else(|| message.error.as_ref().map(|e| format!("(failed: {e})")))
+                        .unwrap_or_default(),
+                ),
+                tool_calls: Vec::new(),
+            }),
+        }
+    }
+    out
+}

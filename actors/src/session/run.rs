@@ -1,0 +1,842 @@
+//! The loop of one message: model turn, tool calls through the recovery
+//! policy, outcomes back to the model, until a reply or a decision ends
+//! it. Every step is journaled before it takes effect (see `journal`), so
+//! this code can be killed anywhere and run again from the top: a step
+//! already recorded is read back, never redone.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use super::journal::{Entry, Progress};
+use super::{AgentSpec, SessionEnv, SessionError};
+use crate::catalog::ErrorCode;
+use crate::dispatch::CallContext;
+use crate::escalation::{ApprovalOption, ApprovalRequest, Diagnosis, EscalationError, Resolution};
+use crate::event::{Event, EventKind, Level};
+use crate::memory::Lesson;
+use crate::model::{ChatMessage, ModelReply, ModelRequest, ToolCallRequest};
+use crate::outcome::{Severity, Status, ToolOutcome};
+use crate::recovery::IterationBudget;
+use crate::store::{Finish, JournalRecord, MessageRecord, MessageState};
+use crate::tool::{ToolSpec, unknown_tool};
+
+/// The tool a session handles itself: it changes the session's model.
+pub const SWITCH_MODEL: &str = "switch_model";
+
+/// The iteration budget of one message, shared with the dispatcher (which
+/// charges retries and fallbacks to it).
+#[derive(Debug)]
+pub(super) struct MessageBudget(AtomicU32);
+
+impl MessageBudget {
+    fn new(left: u32) -> Self {
+        Self(AtomicU32::new(left))
+    }
+
+    fn set(&self, left: u32) {
+        self.0.store(left, Ordering::SeqCst);
+    }
+}
+
+impl IterationBudget for MessageBudget {
+    fn try_consume(&self) -> bool {
+        self.0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    fn remaining(&self) -> u32 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What a decided escalation asks the loop to do.
+enum After {
+    /// Go on (the decision is in the conversation).
+    Continue,
+    /// End the message as failed with this error.
+    Stop(String),
+}
+
+/// One message being worked on.
+pub(super) struct MessageRun<'a> {
+    pub env: &'a SessionEnv,
+    pub agent: &'a AgentSpec,
+    pub session: &'a str,
+    pub message: MessageRecord,
+    /// The conversation before this message.
+    pub history: Vec<ChatMessage>,
+    pub progress: Progress,
+    pub model: Option<String>,
+    pub budget: Arc<MessageBudget>,
+    pub tools: Vec<ToolSpec>,
+}
+
+impl<'a> MessageRun<'a> {
+    pub(super) fn new(
+        env: &'a SessionEnv,
+        agent: &'a AgentSpec,
+        session: &'a str,
+        message: MessageRecord,
+        history: Vec<ChatMessage>,
+        journal: &[JournalRecord],
+        model: Option<String>,
+    ) -> Self {
+        let progress = Progress::replay(
+            journal
+                .iter()
+                .filter(|r| r.message == message.seq)
+                .map(|r| r.entry.as_str()),
+        );
+        let budget = Arc::new(MessageBudget::new(
+            progress.budget_left.unwrap_or(agent.budget),
+        ));
+        let mut tools: Vec<ToolSpec> = env
+            .dispatcher
+            .names()
+            .into_iter()
+            .filter(|name| agent.allows(name))
+            .filter_map(|name| env.dispatcher.spec(&name))
+            .collect();
+        if agent.allows(SWITCH_MODEL) {
+            tools.push(super::switch_model_spec());
+        }
+        Self {
+            env,
+            agent,
+            session,
+            message,
+            history,
+            progress,
+            model,
+            budget,
+            tools,
+        }
+    }
+
+    fn source(&self) -> String {
+        format!("{}/{}", self.env.settings.source, self.session)
+    }
+
+    async fn journal(&mut self, entry: Entry) -> Result<(), SessionError> {
+        self.env
+            .store
+            .journal(self.session.to_owned(), self.message.seq, entry.to_json())
+            .await?;
+        self.progress.apply(entry);
+        Ok(())
+    }
+
+    fn chain(&self) -> Vec<String> {
+        let mut chain = Vec::with_capacity(self.agent.models.len() + 1);
+        if let Some(model) = &self.model {
+            chain.push(model.clone());
+        }
+        for model in &self.agent.models {
+            if !chain.contains(model) {
+                chain.push(model.clone());
+            }
+        }
+        chain
+    }
+
+    /// Runs the message to its end and returns what to record.
+    pub(super) async fn run(mut self) -> Result<Finish, SessionError> {
+        if self.message.state == MessageState::Queued {
+            self.env
+                .store
+                .set_message_state(
+                    self.session.to_owned(),
+                    self.message.seq,
+                    MessageState::Running,
+                )
+                .await?;
+        }
+        let system = self.system_prompt().await;
+        let mut turn: u32 = 0;
+        loop {
+            let reply = match self.progress.turns.get(&turn) {
+                Some(reply) => reply.clone(),
+                None => match self.ask_model(&system).await {
+                    Ok(reply) => {
+                        self.journal(Entry::Turn {
+                            turn,
+                            reply: reply.clone(),
+                        })
+                        .await?;
+                        reply
+                    }
+                    Err(outcome) => {
+                        return Ok(self.finish(
+                            MessageState::Failed,
+                            None,
+                            Some(format!("no model could answer: {}", outcome.message)),
+                        ));
+                    }
+                },
+            };
+            if reply.tool_calls.is_empty() {
+                return Ok(self.finish(
+                    MessageState::Done,
+                    Some(reply.text.unwrap_or_default()),
+                    None,
+                ));
+            }
+            for call in &reply.tool_calls {
+                if let After::Stop(error) = self.step(call).await? {
+                    return Ok(self.finish(MessageState::Failed, None, Some(error)));
+                }
+            }
+            turn = turn.saturating_add(1);
+        }
+    }
+
+    fn finish(&self, state: MessageState, reply: Option<String>, error: Option<String>) -> Finish {
+        Finish {
+            session: self.session.to_owned(),
+            seq: self.message.seq,
+            state,
+            reply,
+            error,
+        }
+    }
+
+    async fn system_prompt(&self) -> String {
+        let mut system = self.agent.system_prompt.clone();
+        let Some(memory) = &self.env.memory else {
+            return system;
+        };
+        match memory.read().await {
+            Ok(text) if !text.trim().is_empty() => {
+                system.push_str("\n\n# MEMORY.md (lessons from earlier sessions)\n");
+                system.push_str(&newest(&text, self.env.settings.memory_prompt_bytes));
+            }
+            Ok(_) => {}
+            Err(outcome) => {
+                system.push_str(&format!(
+                    "\n\n(MEMORY.md could not be read for this message: {})",
+                    outcome.message
+                ));
+            }
+        }
+        system
+    }
+
+    async fn ask_model(&self, system: &str) -> Result<ModelReply, ToolOutcome> {
+        let mut messages = self.history.clone();
+        messages.push(ChatMessage::User {
+            text: self.message.text.clone(),
+        });
+        messages.extend(self.progress.conversation().cloned());
+        let request = ModelRequest {
+            system: system.to_owned(),
+            messages,
+            tools: self.tools.clone(),
+            budget_left: Some(self.budget.remaining()),
+        };
+        let ctx = CallContext {
+            session: Some(self.session.to_owned()),
+            iterations: self.budget.clone(),
+            call: None,
+        };
+        self.env
+            .models
+            .complete(&self.chain(), &request, &ctx)
+            .await
+    }
+
+    /// One tool call of a model turn, from intent to escalation.
+    async fn step(&mut self, call: &ToolCallRequest) -> Result<After, SessionError> {
+        let key = call.id.clone();
+        if let Some(outcome) = self.progress.outcomes.get(&key).cloned() {
+            return self.after_outcome(call, &outcome).await;
+        }
+        let interrupted = self.progress.intents.contains_key(&key);
+        let approved = self
+            .progress
+            .decisions
+            .get(&key)
+            .is_some_and(|d| d.option.as_deref() == Some(APPROVE));
+        if interrupted && !approved && self.progress.escalations.contains_key(&key) {
+            // Blocked and waiting for a human when the session restarted:
+            // resume the wait.
+            let blocked = ToolOutcome::blocked(format!(
+                "`{}` was refused by policy and needs a human's approval",
+                call.name
+            ));
+            return self.blocked(call, blocked).await;
+        }
+        if interrupted && !self.idempotent(&call.name) {
+            let outcome = ToolOutcome::from_code(
+                ErrorCode::Interrupted,
+                format!(
+                    "the session restarted while `{}` was running; it may or may not have \
+                     taken effect, and it was not run again because it is not idempotent",
+                    call.name
+                ),
+            )
+            .delivered();
+            self.emit_outcome(call, &outcome);
+            self.record_outcome(call, &outcome).await?;
+            return self.after_outcome(call, &outcome).await;
+        }
+        if self.budget.remaining() == 0
+            && let After::Stop(error) = self.budget_spent(&key).await?
+        {
+            return Ok(After::Stop(error));
+        }
+        if !interrupted {
+            self.journal(Entry::Intent {
+                call: key.clone(),
+                tool: call.name.clone(),
+                args: call.arguments.clone(),
+            })
+            .await?;
+        }
+        let _ = self.budget.try_consume();
+        let outcome = self.call_tool(call).await;
+        if outcome.status == Status::Blocked && !approved {
+            return self.blocked(call, outcome).await;
+        }
+        self.record_outcome(call, &outcome).await?;
+        self.after_outcome(call, &outcome).await
+    }
+
+    fn idempotent(&self, tool: &str) -> bool {
+        tool == SWITCH_MODEL || self.env.dispatcher.spec(tool).is_some_and(|s| s.idempotent)
+    }
+
+    async fn record_outcome(
+        &mut self,
+        call: &ToolCallRequest,
+        outcome: &ToolOutcome,
+    ) -> Result<(), SessionError> {
+        self.journal(Entry::Outcome {
+            call: call.id.clone(),
+            tool: call.name.clone(),
+            outcome: outcome.clone(),
+            budget_left: self.budget.remaining(),
+        })
+        .await
+    }
+
+    fn call_key(&self, call: &ToolCallRequest) -> String {
+        format!("{}:{}", self.message.seq, call.id)
+    }
+
+    fn emit_outcome(&self, call: &ToolCallRequest, outcome: &ToolOutcome) {
+        let mut event = Event::from_outcome(self.source(), EventKind::ToolOutcome, outcome)
+            .with_session(self.session.to_owned());
+        event.data = json!({
+            "tool": call.name,
+            "call": self.call_key(call),
+            "outcome": event.data,
+        });
+        self.env.sink.emit(event);
+    }
+
+    async fn call_tool(&mut self, call: &ToolCallRequest) -> ToolOutcome {
+        if call.name == SWITCH_MODEL {
+            return self.switch_model(&call.arguments).await;
+        }
+        if !self.agent.allows(&call.name) {
+            return unknown_tool(&call.name, self.tools.iter().map(|t| t.name.clone()));
+        }
+        let ctx = CallContext {
+            session: Some(self.session.to_owned()),
+            iterations: self.budget.clone(),
+            call: Some(self.call_key(call)),
+        };
+        self.env
+            .dispatcher
+            .call(&call.name, call.arguments.clone(), &ctx)
+            .await
+    }
+
+    async fn switch_model(&mut self, args: &Value) -> ToolOutcome {
+        let Some(wanted) = args.get("model").and_then(Value::as_str) else {
+            return ToolOutcome::from_code(
+                ErrorCode::InvalidInput,
+                "switch_model needs {\"model\": \"<configured model name>\"}",
+            );
+        };
+        let model = match self.env.models.resolve(wanted) {
+            Ok(model) => model,
+            Err(outcome) => return outcome,
+        };
+        if let Err(e) = self
+            .env
+            .store
+            .set_session_model(self.session.to_owned(), Some(model.clone()))
+            .await
+        {
+            return ToolOutcome::from_code(
+                ErrorCode::Internal,
+                format!("the switch to `{model}` could not be saved: {e}"),
+            );
+        }
+        self.model = Some(model.clone());
+        ToolOutcome::success(json!({ "model": model, "chain": self.chain() }))
+    }
+
+    /// A blocked call: ask whether it may run. Approved, it runs exactly
+    /// once (a one-shot grant its policy honours); refused, it never runs.
+    async fn blocked(
+        &mut self,
+        call: &ToolCallRequest,
+        outcome: ToolOutcome,
+    ) -> Result<After, SessionError> {
+        let key = call.id.clone();
+        let request = ApprovalRequest {
+            title: format!("Approval needed: `{}` was blocked by policy", call.name),
+            description: format!(
+                "The agent asked to run `{}` with {}. {}",
+                call.name, call.arguments, outcome.message
+            ),
+            diagnosis: Diagnosis {
+                what: format!("`{}` was refused by a policy before it ran", call.name),
+                why: outcome.message.clone(),
+                recommendation: "Approve only if this exact call is intended; it will run \
+                                 once, exactly as shown."
+                    .to_owned(),
+                alternatives: vec!["Deny it: the agent is told and continues without it".into()],
+                context: json!({"tool": call.name, "args": call.arguments, "outcome": outcome}),
+            },
+            options: vec![
+                option(APPROVE, "Run this call once"),
+                option(DENY, "Do not run it"),
+            ],
+            recommended: Some(DENY.to_owned()),
+            severity: Severity::Critical,
+            timeout: self.env.settings.approval_timeout,
+            default_on_timeout: Some(DENY.to_owned()),
+            allow_instructions: true,
+            requester: None,
+        };
+        let decision = self.escalate(&key, "blocked", request).await?;
+        let result = if decision.option.as_deref() == Some(APPROVE) {
+            self.env.grants.grant(&call.name, &call.arguments);
+            let ran = self.call_tool(call).await;
+            // A grant the call did not use (it failed before the policy
+            // check) must not let a later identical call through.
+            self.env.grants.revoke(&call.name, &call.arguments);
+            ran
+        } else {
+            let mut denied = outcome;
+            denied.message = format!(
+                "{}; denied by {} (approval {})",
+                denied.message,
+                decision.by,
+                decision_id(&self.progress, &key)
+            );
+            denied
+        };
+        self.record_outcome(call, &result).await?;
+        self.learn_decision(call, "blocked by policy", &decision)
+            .await;
+        Ok(After::Continue)
+    }
+
+    /// What follows an outcome: escalation for what the model should not
+    /// decide alone, the incident lesson for a recovered failure.
+    async fn after_outcome(
+        &mut self,
+        call: &ToolCallRequest,
+        outcome: &ToolOutcome,
+    ) -> Result<After, SessionError> {
+        if let Some(from) = outcome.extra.get("fallback_from").and_then(Value::as_array)
+            && outcome.is_success()
+        {
+            let from: Vec<String> = from
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            let to = outcome
+                .extra
+                .get("served_by")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            if let Some(learning) = &self.env.learning {
+                learning
+                    .fell_back(self.session, &call.name, &from, &to)
+                    .await;
+            }
+        }
+        let breaker_open = outcome.is_failure()
+            && outcome.data.get("breaker").and_then(Value::as_str) == Some("open");
+        let critical = outcome.is_failure() && outcome.severity == Severity::Critical;
+        if !(critical || breaker_open) {
+            return Ok(After::Continue);
+        }
+        let key = call.id.clone();
+        if self.progress.decisions.contains_key(&key) {
+            return Ok(After::Continue);
+        }
+        let (reason, options, recommended, why) = if breaker_open {
+            (
+                "breaker",
+                vec![
+                    option(RETRY, "Let the agent try again later"),
+                    option(ABORT_OPTION, "Abort this task"),
+                ],
+                RETRY,
+                "the endpoint's circuit breaker is open after repeated failures and no \
+                 fallback is configured or available"
+                    .to_owned(),
+            )
+        } else {
+            (
+                "critical",
+                vec![
+                    option(
+                        PROCEED,
+                        "Proceed: let the agent continue with this decision",
+                    ),
+                    option(ABORT_OPTION, "Abort this task"),
+                ],
+                ABORT_OPTION,
+                format!(
+                    "{} is classified critical (retryable: {}, recoverable: {}): hale does not \
+                     retry or work around it without a human",
+                    outcome.code.as_ref().map_or("the failure", |c| c.as_str()),
+                    outcome.retryable,
+                    outcome.recoverable
+                ),
+            )
+        };
+        let request = ApprovalRequest {
+            title: format!(
+                "`{}` failed: {}",
+                call.name,
+                outcome.code.as_ref().map_or("error", |c| c.as_str())
+            ),
+            description: format!(
+                "The agent called `{}` with {} and got: {}",
+                call.name, call.arguments, outcome.message
+            ),
+            diagnosis: Diagnosis {
+                what: outcome.message.clone(),
+                why,
+                recommendation: format!("Choose `{recommended}`."),
+                alternatives: options.iter().map(|o| o.label.clone()).collect(),
+                context: json!({
+                    "tool": call.name,
+                    "args": call.arguments,
+                    "outcome": outcome,
+                    "attempts": outcome.extra.get("attempts"),
+                }),
+            },
+            options,
+            recommended: Some(recommended.to_owned()),
+            severity: Severity::Critical,
+            timeout: self.env.settings.approval_timeout,
+            default_on_timeout: Some(recommended.to_owned()),
+            allow_instructions: true,
+            requester: None,
+        };
+        let decision = self.escalate(&key, reason, request).await?;
+        self.learn_decision(call, reason, &decision).await;
+        Ok(After::Continue)
+    }
+
+    async fn budget_spent(&mut self, key: &str) -> Result<After, SessionError> {
+        let key = format!("budget-{key}");
+        let budget = self.agent.budget;
+        let request = ApprovalRequest {
+            title: format!("Iteration budget of {budget} tool calls spent"),
+            description: format!(
+                "The agent used its whole budget of {budget} tool calls (retries and \
+                 fallbacks included) on one message without finishing."
+            ),
+            diagnosis: Diagnosis {
+                what: format!("{budget} tool calls used on message {}", self.message.seq),
+                why: "The task needs more steps than budgeted, or the agent is looping on a \
+                      failure it cannot fix."
+                    .to_owned(),
+                recommendation: "Stop unless the recent audit trail shows progress.".to_owned(),
+                alternatives: vec![format!("Grant another {budget} tool calls")],
+                context: json!({"message": self.message.seq}),
+            },
+            options: vec![
+                option(CONTINUE, "Grant another budget"),
+                option(STOP, "Stop this message"),
+            ],
+            recommended: Some(STOP.to_owned()),
+            severity: Severity::Error,
+            timeout: self.env.settings.approval_timeout,
+            default_on_timeout: Some(STOP.to_owned()),
+            allow_instructions: false,
+            requester: None,
+        };
+        let decision = self.escalate(&key, "budget", request).await?;
+        if decision.option.as_deref() == Some(CONTINUE) {
+            self.budget.set(budget);
+            self.journal(Entry::BudgetGranted { budget }).await?;
+            Ok(After::Continue)
+        } else {
+            Ok(After::Stop(format!(
+                "the iteration budget of {budget} tool calls was spent; stopped by {}",
+                decision.by
+            )))
+        }
+    }
+
+    /// Opens (or finds again) the approval for step `key`, waits for its
+    /// decision without blocking the actor, and journals the decision.
+    async fn escalate(
+        &mut self,
+        key: &str,
+        reason: &str,
+        mut request: ApprovalRequest,
+    ) -> Result<Resolution, SessionError> {
+        let requester = format!("{}:{}:{key}", self.session, self.message.seq);
+        request.requester = Some(requester.clone());
+        let approval = match self.progress.escalations.get(key) {
+            Some(id) => id.clone(),
+            None => {
+                let id = match self.find_approval(&requester).await? {
+                    Some(id) => id,
+                    None => self.open_approval(request).await?,
+                };
+                self.journal(Entry::Escalated {
+                    key: key.to_owned(),
+                    approval: id.clone(),
+                    reason: reason.to_owned(),
+                })
+                .await?;
+                id
+            }
+        };
+        self.env
+            .store
+            .set_message_state(
+                self.session.to_owned(),
+                self.message.seq,
+                MessageState::WaitingApproval,
+            )
+            .await?;
+        let resolution = self.wait_approval(&approval).await?;
+        self.env
+            .store
+            .set_message_state(
+                self.session.to_owned(),
+                self.message.seq,
+                MessageState::Running,
+            )
+            .await?;
+        if self.progress.decisions.contains_key(key) {
+            return Ok(resolution);
+        }
+        self.journal(Entry::Decided {
+            key: key.to_owned(),
+            approval,
+            option: resolution.option.clone(),
+            instructions: resolution.instructions.clone(),
+        })
+        .await?;
+        Ok(resolution)
+    }
+
+    async fn find_approval(&self, requester: &str) -> Result<Option<String>, SessionError> {
+        let all = self
+            .retry_escalation(|e| async move { e.list(false).await })
+            .await?;
+        Ok(all
+            .into_iter()
+            .find(|a| a.request.requester.as_deref() == Some(requester))
+            .map(|a| a.id))
+    }
+
+    async fn open_approval(&self, request: ApprovalRequest) -> Result<String, SessionError> {
+        let requester = request.requester.clone();
+        let escalation = self.env.escalation.clone();
+        match escalation.open(request.clone()).await {
+            Ok(approval) => Ok(approval.id),
+            Err(EscalationError::Unavailable) => {
+                // The actor died after taking the request: it may have been
+                // stored. Look before opening a second one.
+                if let Some(requester) = requester
+                    && let Some(id) = self.find_approval(&requester).await?
+                {
+                    return Ok(id);
+                }
+                let approval = self
+                    .retry_escalation(|e| {
+                        let request = request.clone();
+                        async move { e.open(request).await }
+                    })
+                    .await?;
+                Ok(approval.id)
+            }
+            Err(e) => Err(SessionError::Escalation(e)),
+        }
+    }
+
+    async fn wait_approval(&self, id: &str) -> Result<Resolution, SessionError> {
+        let id = id.to_owned();
+        self.retry_escalation(|e| {
+            let id = id.clone();
+            async move { e.wait(&id).await }
+        })
+        .await
+    }
+
+    /// Escalation calls survive restarts of the escalation actor: an
+    /// `Unavailable` answer is retried with a pause, up to a bound.
+    async fn retry_escalation<T, F, Fut>(&self, f: F) -> Result<T, SessionError>
+    where
+        F: Fn(crate::escalation::Escalation) -> Fut,
+        Fut: std::future::Future<Output = Result<T, EscalationError>>,
+    {
+        let mut pause = Duration::from_millis(20);
+        let deadline = tokio::time::Instant::now() + self.env.settings.escalation_unavailable;
+        loop {
+            match f(self.env.escalation.clone()).await {
+                Err(EscalationError::Unavailable) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                other => return other.map_err(SessionError::Escalation),
+            }
+        }
+    }
+
+    async fn learn_decision(&self, call: &ToolCallRequest, reason: &str, decision: &Resolution) {
+        if let Some(learning) = &self.env.learning {
+            let chosen = decision
+                .option
+                .clone()
+                .or_else(|| decision.instructions.clone())
+                .unwrap_or_else(|| "no option".to_owned());
+            learning
+                .decided(
+                    self.session,
+                    &format!(
+                        "`{}` {} ({reason}) needed a human; {} chose `{chosen}`",
+                        call.name,
+                        short(&call.arguments.to_string(), 80),
+                        decision.by
+                    ),
+                )
+                .await;
+        }
+    }
+}
+
+fn decision_id(progress: &Progress, key: &str) -> String {
+    progress.escalations.get(key).cloned().unwrap_or_default()
+}
+
+fn option(id: &str, label: &str) -> ApprovalOption {
+    ApprovalOption {
+        id: id.to_owned(),
+        label: label.to_owned(),
+    }
+}
+
+/// Approve a blocked call (it runs once).
+pub const APPROVE: &str = "approve";
+/// Refuse a blocked call.
+pub const DENY: &str = "deny";
+/// Let the agent go on after a critical failure.
+pub const PROCEED: &str = "proceed";
+/// Let the agent try again after an open breaker.
+pub const RETRY: &str = "retry";
+/// Grant another iteration budget.
+pub const CONTINUE: &str = "continue";
+/// Stop the message when its budget is spent.
+pub const STOP: &str = "stop";
+/// Abort (the agent is told and winds down).
+pub const ABORT_OPTION: &str = crate::escalation::ABORT;
+
+/// The newest part of MEMORY.md that fits in `limit` bytes: lessons are
+/// appended, so the tail is the newest; the cut is said, not silent.
+pub(super) fn newest(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_owned();
+    }
+    let mut start = text.len() - limit;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    // Start at a line boundary so no lesson is cut in half.
+    if let Some(nl) = text[start..].find('\n') {
+        start += nl + 1;
+    }
+    format!(
+        "[... {} older bytes of MEMORY.md left out; the newest lessons follow ...]\n{}",
+        start,
+        &text[start..]
+    )
+}
+
+fn short(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// A lesson line for an incident, dated today (UTC).
+pub(super) fn incident_lesson(text: String) -> Lesson {
+    let today = Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date();
+    Lesson::new("Incidents", text).with_date(today)
+}
+
+/// The events of a message's life, for the audit trail.
+pub(super) fn message_event(session: &str, source: &str, record: &MessageRecord) -> Event {
+    let level = if record.state == MessageState::Failed {
+        Level::Warning
+    } else {
+        Level::Info
+    };
+    Event::new(
+        level,
+        source,
+        EventKind::MessageDone,
+        format!(
+            "message {}:{} {}",
+            session,
+            record.seq,
+            record.state.as_str()
+        ),
+    )
+    .with_session(session.to_owned())
+    .with_data(json!({
+        "message": format!("{}:{}", session, record.seq),
+        "state": record.state.as_str(),
+        "error": record.error,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_keeps_the_tail_at_a_line_boundary_and_says_so() {
+        let text = "# MEMORY\n- old lesson\n- newer lesson\n- newest lesson\n";
+        assert_eq!(newest(text, 1000), text);
+        let cut = newest(text, 20);
+        assert!(cut.starts_with("[... "));
+        assert!(cut.ends_with("- newest lesson\n"));
+        assert!(!cut.contains("old lesson\n- newer"));
+    }
+
+    #[test]
+    fn the_budget_never_goes_below_zero() {
+        let b = MessageBudget::new(1);
+        assert!(b.try_consume());
+        assert!(!b.try_consume());
+        assert_eq!(b.remaining(), 0);
+    }
+}
