@@ -698,6 +698,14 @@ impl Sessions {
         Ok(started)
     }
 
+    /// Forgets which session actors were started: after the session
+    /// supervisor restarted, none of its dynamic children survive, and
+    /// [`resume_all`](Self::resume_all) (or the next `send`) starts them
+    /// again.
+    pub fn forget_started(&self) {
+        self.addresses.clear();
+    }
+
     /// Ids of the sessions whose actors are started.
     pub fn started(&self) -> Vec<String> {
         self.addresses.iter().map(|e| e.key().clone()).collect()

@@ -1,0 +1,731 @@
+//! The runtime: the root supervision tree and the public API over it.
+//!
+//! Everything hale is, wired once: the store opened first and closed last;
+//! under the root supervisor (one_for_one, so a failure in one branch never
+//! takes another down) the audit trail, memory, escalation, the model, MCP
+//! and tool supervisors and the session supervisor, started in that order
+//! and stopped in reverse. Handles that reach a branch through its
+//! supervisor are re-attached whenever the branch restarts, and sessions
+//! with unfinished messages are resumed from their journals both at start
+//! and after their supervisor restarts. Programs embed hale through
+//! [`Runtime`]; `hale serve` puts an HTTP API in front of the same calls.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use hale_actors::audit::{AuditConfig, AuditHandle, audit_child};
+use hale_actors::builtin::{BuiltinConfig, builtin_tools, tools_supervisor};
+use hale_actors::dispatch::{DispatchConfig, Dispatcher, Endpoints, RegistryRouter, Router};
+use hale_actors::escalation::{
+    Answer, Approval, ApprovalNotice, AskApproval, Escalation, EscalationError, Resolution,
+    StoreApprovals, escalation_child,
+};
+use hale_actors::event::{Event, EventSink, Level};
+use hale_actors::mcp::{ManageMcp, McpRouter, McpServerConfig, McpServers};
+use hale_actors::memory::{MemoryConfig, MemoryHandle, Remember, memory_supervisor};
+use hale_actors::model::{ModelConfig, Models};
+use hale_actors::session::{
+    AgentSpec, IncidentLearning, LearningConfig, MessageId, SessionEnv, SessionError,
+    SessionSettings, Sessions,
+};
+use hale_actors::store::{
+    EventQuery, MessageRecord, SessionStore, SqliteStore, Store, StoreConfig,
+};
+use hale_actors::tool::{Tool, ToolRegistry};
+use hale_supervision::{
+    ChildId, ChildInfo, ChildKind, ChildSpec, Strategy, SupervisorEvent, SupervisorEventKind,
+    SupervisorObserver, SupervisorRef, SupervisorSpec,
+};
+use ractor::ActorCell;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::data_dir::DataDir;
+
+/// Everything the runtime is started from (the resolved `hale.toml`).
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// The data directory (`hale.db`, `workspace/`, the lock).
+    pub data_dir: PathBuf,
+    /// Built-in tools, their workspace and policies.
+    pub builtin: BuiltinConfig,
+    /// MCP servers.
+    pub mcp: Vec<McpServerConfig>,
+    /// Model endpoints.
+    pub models: Vec<ModelConfig>,
+    /// Agents.
+    pub agents: Vec<AgentSpec>,
+    /// Retry, breaker and budget settings of the tool layer.
+    pub dispatch: DispatchConfig,
+    /// Session settings.
+    pub sessions: SessionSettings,
+    /// What the runtime learns from incidents.
+    pub learning: LearningConfig,
+    /// The audit trail.
+    pub audit: AuditConfig,
+    /// Journals of messages finished longer ago than this are compacted.
+    pub journal_retention: Duration,
+    /// Restart intensity of the session supervisor.
+    pub session_intensity: (u32, Duration),
+    /// The MEMORY.md file (default `<workspace>/memory/MEMORY.md`).
+    pub memory_path: Option<PathBuf>,
+}
+
+impl RuntimeConfig {
+    /// Defaults for a data directory: built-in tools confined to
+    /// `<data_dir>/workspace`, the scripted model, one `default` agent.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        let workspace = data_dir.join("workspace");
+        Self {
+            builtin: BuiltinConfig::new(workspace),
+            mcp: Vec::new(),
+            models: vec![ModelConfig::scripted("scripted")],
+            agents: vec![default_agent(&["scripted".to_owned()])],
+            dispatch: DispatchConfig::default(),
+            sessions: SessionSettings::default(),
+            learning: LearningConfig::default(),
+            audit: AuditConfig::default(),
+            journal_retention: Duration::from_secs(7 * 24 * 3600),
+            session_intensity: (1000, Duration::from_secs(10)),
+            memory_path: None,
+            data_dir,
+        }
+    }
+}
+
+/// The tools every agent has unless it says otherwise.
+pub const DEFAULT_TOOLS: &[&str] = &[
+    "exec",
+    "read_file",
+    "write_file",
+    "edit_file",
+    "glob",
+    "grep",
+    "web_fetch",
+    "read_logs",
+    "manage_mcp",
+    "ask_approval",
+    "remember",
+    "switch_model",
+];
+
+/// The `default` agent: every built-in tool, every MCP server, `models`.
+pub fn default_agent(models: &[String]) -> AgentSpec {
+    AgentSpec {
+        name: "default".to_owned(),
+        system_prompt: "You are a careful agent running under hale. Tool results are structured \
+                        outcomes: read `status`, `code`, `retryable`, `recoverable` and `hints` \
+                        before deciding what to do next."
+            .to_owned(),
+        models: models.to_vec(),
+        tools: DEFAULT_TOOLS.iter().map(|t| (*t).to_owned()).collect(),
+        mcp: vec!["*".to_owned()],
+        budget: AgentSpec::DEFAULT_BUDGET,
+    }
+}
+
+/// Why the runtime failed to start or to do something.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The data directory could not be opened (or is in use).
+    #[error(transparent)]
+    DataDir(#[from] crate::data_dir::DataDirError),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] hale_actors::store::StoreError),
+    /// A part of the tree is misconfigured.
+    #[error("{part}: {message}")]
+    Config {
+        /// Which part.
+        part: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The supervision tree failed.
+    #[error("supervision tree: {0}")]
+    Tree(String),
+    /// A session operation failed.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// An approval operation failed.
+    #[error(transparent)]
+    Escalation(#[from] EscalationError),
+    /// No actor has this id.
+    #[error("no actor `{0}` in the tree")]
+    UnknownActor(String),
+}
+
+fn config_error(part: &'static str, e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Config {
+        part,
+        message: e.to_string(),
+    }
+}
+
+/// One actor of the tree, as operators see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActorNode {
+    /// Its stable path (`hale/mcp/weather`), the same the audit trail and
+    /// `kill` use.
+    pub id: String,
+    /// What it is: `supervisor`, `session`, `tool`, `mcp`, `model`,
+    /// `memory`, `escalation`, `audit`.
+    pub kind: String,
+    /// `running`, `restart_pending`, `stopped`, `parked`.
+    pub state: String,
+    /// Restarts so far.
+    pub restarts: u64,
+    /// Why it last exited.
+    pub last_exit: Option<String>,
+}
+
+/// The running runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: SupervisorRef,
+    store: SqliteStore,
+    audit: AuditHandle,
+    memory: MemoryHandle,
+    escalation: Escalation,
+    models: Arc<Models>,
+    mcp: Arc<McpServers>,
+    endpoints: Arc<Endpoints>,
+    dispatcher: Arc<Dispatcher>,
+    sessions: Arc<Sessions>,
+    ready: AtomicBool,
+    stopped: AtomicBool,
+    config: RuntimeConfig,
+    _data_dir: DataDir,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("data_dir", &self.inner.config.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Re-attaches handles when a branch of the root restarts, and forwards
+/// every event to the audit trail.
+struct RootObserver {
+    audit: Arc<dyn SupervisorObserver>,
+    attach: mpsc::UnboundedSender<String>,
+}
+
+impl SupervisorObserver for RootObserver {
+    fn observe(&self, event: &SupervisorEvent) {
+        self.audit.observe(event);
+        if let (SupervisorEventKind::ChildStarted { .. }, Some(child)) = (&event.kind, &event.child)
+        {
+            let _ = self.attach.send(child.as_str().to_owned());
+        }
+    }
+}
+
+impl Runtime {
+    /// Starts everything: data directory (lock, reaping what a crashed
+    /// predecessor left), store, the tree, and the sessions with
+    /// unfinished messages.
+    ///
+    /// # Errors
+    /// A data directory in use, a store that cannot open, a misconfigured
+    /// part, a tree that cannot start.
+    pub async fn start(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let data_dir = DataDir::open(&config.data_dir)?;
+        let store = SqliteStore::open(StoreConfig::new(data_dir.db_path())).await?;
+        match Self::start_tree(config, data_dir, store.clone()).await {
+            Ok(runtime) => Ok(runtime),
+            Err(e) => {
+                let _ = store.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_tree(
+        mut config: RuntimeConfig,
+        data_dir: DataDir,
+        store: SqliteStore,
+    ) -> Result<Self, RuntimeError> {
+        let events: Arc<dyn Store> = Arc::new(store.clone());
+        let (audit_spec, audit) =
+            audit_child("audit", Arc::clone(&events), config.audit.clone())
+                .map_err(|e| config_error("audit", e))?;
+        let sink: Arc<dyn EventSink> = Arc::new(audit.sink());
+
+        let memory_config = MemoryConfig::new(
+            config
+                .memory_path
+                .clone()
+                .unwrap_or_else(|| data_dir.memory_path()),
+        );
+        let (memory_spec, memory_handles) = memory_supervisor(
+            "hale/memory",
+            &[("MEMORY.md".to_owned(), memory_config)],
+            Arc::clone(&sink),
+        )
+        .map_err(|e| config_error("memory", e))?;
+        let memory = memory_handles
+            .into_iter()
+            .next()
+            .ok_or_else(|| config_error("memory", "no memory file"))?;
+
+        let approvals = Arc::new(StoreApprovals::new(Arc::clone(&events)));
+        let (escalation_spec, escalation) = escalation_child(approvals, Arc::clone(&sink));
+
+        let endpoints = Arc::new(
+            Endpoints::new(config.dispatch.clone()).map_err(|e| config_error("dispatch", e))?,
+        );
+        let models = Models::new(
+            config.models.clone(),
+            Arc::clone(&endpoints),
+            Arc::clone(&sink),
+        )
+        .map_err(|e| config_error("models", e))?;
+        for mcp in &mut config.mcp {
+            mcp.recorder = Some(data_dir.ledger_recorder());
+        }
+        let mcp = McpServers::new(config.mcp.clone(), Arc::clone(&sink))
+            .map_err(|e| config_error("mcp", e))?;
+
+        let mut builtin = config.builtin.clone();
+        builtin.exec.recorder = Some(data_dir.ledger_recorder());
+        let grants = builtin.grants.clone();
+        let tools = builtin_tools(&builtin).map_err(|e| config_error("tools", e))?;
+        let (tools_spec, tool_handles) = tools_supervisor("hale/tools", tools, Arc::clone(&sink));
+
+        let registry = Arc::new(ToolRegistry::new());
+        let mut owned: Vec<Arc<dyn Tool>> = Vec::new();
+        for handle in tool_handles {
+            owned.push(Arc::new(handle));
+        }
+        owned.push(Arc::new(audit.read_logs_tool()));
+        owned.push(Arc::new(ManageMcp::new(Arc::clone(&mcp), Arc::clone(&endpoints))));
+        owned.push(Arc::new(AskApproval::new(escalation.clone())));
+        owned.push(Arc::new(Remember::new(memory.clone())));
+        for tool in owned {
+            registry
+                .register(tool)
+                .map_err(|e| config_error("tools", e))?;
+        }
+        let routers: Vec<Arc<dyn Router>> = vec![
+            Arc::new(RegistryRouter::new(registry)),
+            Arc::new(McpRouter::new(Arc::clone(&mcp))),
+        ];
+        let dispatcher = Arc::new(Dispatcher::new(
+            routers,
+            Arc::clone(&endpoints),
+            Arc::clone(&sink),
+        ));
+
+        let learning = IncidentLearning::new(
+            config.learning.clone(),
+            Some(Arc::clone(&events)),
+            Some(Arc::clone(&mcp)),
+            Some(memory.clone()),
+            Arc::clone(&sink),
+        );
+        let session_store: Arc<dyn SessionStore> = Arc::new(store.clone());
+        let sessions = Sessions::new(
+            SessionEnv {
+                store: session_store,
+                dispatcher: Arc::clone(&dispatcher),
+                models: models.clone(),
+                escalation: escalation.clone(),
+                grants,
+                memory: Some(memory.clone()),
+                learning: Some(Arc::new(learning)),
+                sink: Arc::clone(&sink),
+                settings: config.sessions.clone(),
+            },
+            config.agents.clone(),
+        );
+
+        let (attach_tx, attach_rx) = mpsc::unbounded_channel();
+        let observer = Arc::new(RootObserver {
+            audit: hale_actors::supervision_events::observer(Arc::clone(&sink)),
+            attach: attach_tx,
+        });
+        let models_for_tree = models.clone();
+        let mcp_for_tree = Arc::clone(&mcp);
+        let sessions_for_tree = Arc::clone(&sessions);
+        let (max_restarts, period) = config.session_intensity;
+        let root_spec = SupervisorSpec::new("hale")
+            .strategy(Strategy::OneForOne)
+            .intensity(1000, Duration::from_secs(5))
+            .observer(observer)
+            .child(audit_spec)
+            .child(ChildSpec::supervisor("memory", move || memory_spec.clone()))
+            .child(escalation_spec)
+            .child(ChildSpec::supervisor("models", move || {
+                models_for_tree.supervisor_spec("hale/models")
+            }))
+            .child(ChildSpec::supervisor("mcp", move || {
+                mcp_for_tree.supervisor_spec("hale/mcp")
+            }))
+            .child(ChildSpec::supervisor("tools", move || tools_spec.clone()))
+            .child(ChildSpec::supervisor("sessions", move || {
+                sessions_for_tree.supervisor_spec("hale/sessions", max_restarts, period)
+            }));
+        let (root, _task) = SupervisorRef::start(root_spec)
+            .await
+            .map_err(|e| RuntimeError::Tree(e.to_string()))?;
+
+        let runtime = Self {
+            inner: Arc::new(Inner {
+                root,
+                store,
+                audit,
+                memory,
+                escalation,
+                models,
+                mcp,
+                endpoints,
+                dispatcher,
+                sessions,
+                ready: AtomicBool::new(false),
+                stopped: AtomicBool::new(false),
+                config,
+                _data_dir: data_dir,
+            }),
+        };
+        for branch in ["models", "mcp", "sessions"] {
+            runtime.attach(branch).await?;
+        }
+        runtime.spawn_reattacher(attach_rx);
+        runtime.spawn_compaction();
+        let resumed = runtime.inner.sessions.resume_all().await?;
+        tracing::info!(resumed, "runtime started");
+        runtime.inner.ready.store(true, Ordering::SeqCst);
+        Ok(runtime)
+    }
+
+    async fn branch(&self, id: &str) -> Result<SupervisorRef, RuntimeError> {
+        let cell = self
+            .inner
+            .root
+            .resolve(&ChildId::new(id))
+            .await
+            .map_err(|e| RuntimeError::Tree(e.to_string()))?
+            .ok_or_else(|| RuntimeError::Tree(format!("branch `{id}` is not running")))?;
+        Ok(SupervisorRef::from(cell))
+    }
+
+    async fn attach(&self, branch: &str) -> Result<(), RuntimeError> {
+        match branch {
+            "models" => self.inner.models.attach(self.branch(branch).await?),
+            "mcp" => self.inner.mcp.attach(self.branch(branch).await?),
+            "sessions" => {
+                self.inner.sessions.attach(self.branch(branch).await?);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn spawn_reattacher(&self, mut rx: mpsc::UnboundedReceiver<String>) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            while let Some(branch) = rx.recv().await {
+                let Some(inner) = weak.upgrade() else { return };
+                let runtime = Runtime { inner };
+                if !runtime.inner.ready.load(Ordering::SeqCst)
+                    || runtime.inner.stopped.load(Ordering::SeqCst)
+                {
+                    continue;
+                }
+                if let Err(e) = runtime.attach(&branch).await {
+                    tracing::warn!(branch, error = %e, "could not re-attach a restarted branch");
+                    continue;
+                }
+                if branch == "sessions" {
+                    // Dynamic children do not survive their supervisor:
+                    // start again every session with work left.
+                    runtime.inner.sessions.forget_started();
+                    if let Err(e) = runtime.inner.sessions.resume_all().await {
+                        tracing::warn!(error = %e, "could not resume sessions after a restart");
+                    }
+                }
+            }
+        });
+    }
+
+    fn spawn_compaction(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                let retention = jiff::SignedDuration::try_from(inner.config.journal_retention)
+                    .unwrap_or(jiff::SignedDuration::MAX);
+                let Ok(before) = jiff::Timestamp::now().checked_sub(retention) else {
+                    continue;
+                };
+                loop {
+                    match inner.store.compact_journals(before, 1000).await {
+                        Ok(n) if n >= 1000 => continue,
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "journal compaction failed");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Whether the tree is up and the journals replayed.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::SeqCst) && !self.inner.stopped.load(Ordering::SeqCst)
+    }
+
+    /// The sessions.
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.inner.sessions
+    }
+
+    /// The MCP servers.
+    pub fn mcp(&self) -> &Arc<McpServers> {
+        &self.inner.mcp
+    }
+
+    /// The model endpoints.
+    pub fn models(&self) -> &Arc<Models> {
+        &self.inner.models
+    }
+
+    /// Breakers, budgets and caps of every endpoint.
+    pub fn endpoints(&self) -> &Arc<Endpoints> {
+        &self.inner.endpoints
+    }
+
+    /// The tool layer.
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.inner.dispatcher
+    }
+
+    /// The audit trail.
+    pub fn audit(&self) -> &AuditHandle {
+        &self.inner.audit
+    }
+
+    /// MEMORY.md.
+    pub fn memory(&self) -> &MemoryHandle {
+        &self.inner.memory
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    /// Creates a session of `agent`.
+    ///
+    /// # Errors
+    /// Unknown agent, or a store/supervisor failure.
+    pub async fn create_session(&self, agent: &str) -> Result<String, RuntimeError> {
+        Ok(self.inner.sessions.create(agent, None).await?)
+    }
+
+    /// Stores a message for `session`; see [`Sessions::send`].
+    ///
+    /// # Errors
+    /// As [`Sessions::send`].
+    pub async fn send(&self, session: &str, text: &str) -> Result<MessageId, RuntimeError> {
+        Ok(self.inner.sessions.send(session, text).await?)
+    }
+
+    /// Sends and waits up to `timeout` for the reply.
+    ///
+    /// # Errors
+    /// As [`Sessions::send_and_wait`].
+    pub async fn send_and_wait(
+        &self,
+        session: &str,
+        text: &str,
+        timeout: Duration,
+    ) -> Result<(MessageId, Option<MessageRecord>), RuntimeError> {
+        Ok(self
+            .inner
+            .sessions
+            .send_and_wait(session, text, timeout)
+            .await?)
+    }
+
+    /// Approvals, all or open only.
+    ///
+    /// # Errors
+    /// The escalation actor is unavailable.
+    pub async fn approvals(&self, open_only: bool) -> Result<Vec<Approval>, RuntimeError> {
+        Ok(self.inner.escalation.list(open_only).await?)
+    }
+
+    /// Decides an approval.
+    ///
+    /// # Errors
+    /// Unknown id, an invalid option, already decided, or unavailable.
+    pub async fn resolve_approval(
+        &self,
+        id: &str,
+        answer: Answer,
+        by: &str,
+    ) -> Result<Resolution, RuntimeError> {
+        Ok(self.inner.escalation.resolve(id, answer, by).await?)
+    }
+
+    /// Approvals opened and resolved, live.
+    pub fn subscribe_approvals(&self) -> mpsc::UnboundedReceiver<ApprovalNotice> {
+        self.inner.escalation.subscribe()
+    }
+
+    /// Queries the audit trail (flushing what is queued first, so a query
+    /// sees every event emitted before it).
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn logs(&self, query: EventQuery) -> Result<Vec<Event>, RuntimeError> {
+        let _ = self.inner.audit.flush().await;
+        self.inner
+            .audit
+            .query(query)
+            .await
+            .map_err(|e| config_error("audit", e))
+    }
+
+    /// The supervision tree, depth first.
+    ///
+    /// # Errors
+    /// A supervisor did not answer.
+    pub async fn tree(&self) -> Result<Vec<ActorNode>, RuntimeError> {
+        let mut out = Vec::new();
+        walk(&self.inner.root, "hale", &mut out).await?;
+        Ok(out.into_iter().map(|(node, _)| node).collect())
+    }
+
+    /// Kills the actor at `id` (a path from [`tree`](Self::tree)); its
+    /// supervisor decides what follows. For chaos tests.
+    ///
+    /// # Errors
+    /// No running actor has that id.
+    pub async fn kill(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut nodes = Vec::new();
+        walk(&self.inner.root, "hale", &mut nodes).await?;
+        let cell = nodes
+            .into_iter()
+            .find(|(node, _)| node.id == id)
+            .and_then(|(_, cell)| cell)
+            .ok_or_else(|| RuntimeError::UnknownActor(id.to_owned()))?;
+        cell.kill();
+        Ok(())
+    }
+
+    /// Stops everything in reverse start order (sessions first, the store
+    /// last), flushing the audit trail before the store closes.
+    ///
+    /// # Errors
+    /// The tree or the store did not stop cleanly.
+    pub async fn shutdown(&self) -> Result<(), RuntimeError> {
+        if self.inner.stopped.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let _ = self.inner.audit.flush().await;
+        let stopped = self
+            .inner
+            .root
+            .shutdown(Duration::from_secs(30))
+            .await
+            .map_err(|e| RuntimeError::Tree(e.to_string()));
+        let closed = self.inner.store.close().await;
+        stopped?;
+        closed?;
+        Ok(())
+    }
+
+    /// Audit events at or above `level` so far (for summaries).
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn count_events(&self, level: Level) -> Result<usize, RuntimeError> {
+        let query = EventQuery::newest(
+            hale_actors::store::EventFilter {
+                min_level: Some(level),
+                ..Default::default()
+            },
+            usize::MAX >> 1,
+        );
+        Ok(self.logs(query).await?.len())
+    }
+}
+
+fn kind_of(path: &str, info: &ChildInfo) -> String {
+    if info.kind == ChildKind::Supervisor {
+        return "supervisor".to_owned();
+    }
+    let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+    match parent {
+        "hale/sessions" => "session",
+        "hale/tools" => "tool",
+        "hale/mcp" => "mcp",
+        "hale/models" => "model",
+        "hale/memory" => "memory",
+        _ => match info.id.as_str() {
+            "escalation" => "escalation",
+            "audit" => "audit",
+            _ => "worker",
+        },
+    }
+    .to_owned()
+}
+
+fn state_name(info: &ChildInfo) -> &'static str {
+    match info.state {
+        hale_supervision::ChildState::Running => "running",
+        hale_supervision::ChildState::RestartPending => "restart_pending",
+        hale_supervision::ChildState::Stopped => "stopped",
+        hale_supervision::ChildState::Parked => "parked",
+    }
+}
+
+async fn walk(
+    sup: &SupervisorRef,
+    path: &str,
+    out: &mut Vec<(ActorNode, Option<ActorCell>)>,
+) -> Result<(), RuntimeError> {
+    let children = sup
+        .which_children()
+        .await
+        .map_err(|e| RuntimeError::Tree(e.to_string()))?;
+    for info in children {
+        let id = format!("{path}/{}", info.id);
+        let node = ActorNode {
+            kind: kind_of(&id, &info),
+            state: state_name(&info).to_owned(),
+            restarts: info.restarts,
+            last_exit: info.last_exit.as_ref().map(ToString::to_string),
+            id: id.clone(),
+        };
+        let sub = match (&info.actor, info.kind) {
+            (Some(cell), ChildKind::Supervisor) => Some(SupervisorRef::from(cell.clone())),
+            _ => None,
+        };
+        out.push((node, info.actor.clone()));
+        if let Some(sub) = sub {
+            // A branch restarting under us is not an error of the walk.
+            let _ = Box::pin(walk(&sub, &id, out)).await;
+        }
+    }
+    Ok(())
+}
