@@ -41,7 +41,9 @@ use crate::tool::{BoxFuture, ToolSpec};
 
 pub use journal::{Decided, Entry, Progress};
 pub use learning::{IncidentLearning, LearningConfig};
-pub use run::{ABORT_OPTION, APPROVE, CONTINUE, DENY, PROCEED, RETRY, STOP, SWITCH_MODEL};
+pub use run::{
+    ABORT_OPTION, APPROVE, CONTINUE, DENY, InFlight, PROCEED, RETRY, STOP, SWITCH_MODEL,
+};
 
 /// What an agent is: the definition every session of it runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -334,6 +336,7 @@ pub struct Sessions {
     addresses: DashMap<String, Address<SessionMsg>>,
     supervisor: std::sync::RwLock<Option<SupervisorRef>>,
     completion: Arc<Completion>,
+    in_flight: Arc<InFlight>,
 }
 
 /// What happens when a message finishes, shared by the handle and the
@@ -414,6 +417,7 @@ impl Sessions {
                 queued: DashMap::new(),
                 queued_total: AtomicUsize::new(0),
             }),
+            in_flight: Arc::new(InFlight::default()),
         })
     }
 
@@ -735,6 +739,7 @@ impl Sessions {
             env: Arc::clone(&self.env),
             address: address.clone(),
             completion: Arc::clone(&self.completion),
+            in_flight: Arc::clone(&self.in_flight),
         };
         // Insert first so a concurrent caller does not start a twin.
         match self.addresses.entry(id.to_owned()) {
@@ -791,6 +796,7 @@ pub struct SessionArgs {
     env: Arc<SessionEnv>,
     address: Address<SessionMsg>,
     completion: Arc<Completion>,
+    in_flight: Arc<InFlight>,
 }
 
 /// The actor of one session.
@@ -876,6 +882,7 @@ async fn work_inbox(args: &SessionArgs) -> Result<(), SessionError> {
         let message = messages[current].clone();
         let run = run::MessageRun::new(
             &args.env,
+            &args.in_flight,
             &args.agent,
             &args.id,
             message,
@@ -886,6 +893,7 @@ async fn work_inbox(args: &SessionArgs) -> Result<(), SessionError> {
         let finish = run.run().await?;
         let seq = finish.seq;
         let finished_here = store.finish(finish).await?;
+        args.in_flight.finished(&args.id, seq);
         // Whether this incarnation or an earlier one finished it, the
         // stored record is the one reply every waiter gets.
         if let Some(record) = store.message(args.id.clone(), seq).await? {

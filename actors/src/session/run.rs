@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use dashmap::DashMap;
 use jiff::Timestamp;
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 use super::journal::{Entry, Progress};
 use super::{AgentSpec, SessionEnv, SessionError};
@@ -54,6 +56,85 @@ impl IterationBudget for MessageBudget {
     }
 }
 
+/// A finished tool call.
+#[derive(Debug, Clone)]
+pub(super) struct Ran {
+    outcome: ToolOutcome,
+    /// Whether its runner journaled the outcome.
+    journaled: bool,
+    budget_left: u32,
+}
+
+impl Ran {
+    fn unjournaled(outcome: ToolOutcome, budget_left: u32) -> Self {
+        Self {
+            outcome,
+            journaled: false,
+            budget_left,
+        }
+    }
+}
+
+/// Tool calls started by sessions, by (session, message, call id), kept
+/// outside the session actors until their message finishes: a restarted
+/// session takes the outcome of a call its predecessor started instead of
+/// calling it interrupted.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    map: DashMap<(String, u64, String), watch::Receiver<Option<Ran>>>,
+}
+
+impl InFlight {
+    fn insert(&self, session: &str, seq: u64, call: &str, rx: watch::Receiver<Option<Ran>>) {
+        self.map
+            .insert((session.to_owned(), seq, call.to_owned()), rx);
+    }
+
+    fn get(&self, session: &str, seq: u64, call: &str) -> Option<watch::Receiver<Option<Ran>>> {
+        self.map
+            .get(&(session.to_owned(), seq, call.to_owned()))
+            .map(|rx| rx.clone())
+    }
+
+    /// Forgets the calls of a finished message.
+    pub(super) fn finished(&self, session: &str, seq: u64) {
+        self.map.retain(|(s, q, _), _| !(s == session && *q == seq));
+    }
+
+    /// Calls tracked (running or finished with their message still open).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether none are tracked.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// The outcome of a call once its runner has it. A runner that vanished
+/// without one (it panicked) is an interrupted call.
+async fn wait_ran(mut rx: watch::Receiver<Option<Ran>>) -> Ran {
+    loop {
+        if let Some(ran) = rx.borrow_and_update().clone() {
+            return ran;
+        }
+        if rx.changed().await.is_err() {
+            if let Some(ran) = rx.borrow().clone() {
+                return ran;
+            }
+            return Ran::unjournaled(
+                ToolOutcome::from_code(
+                    ErrorCode::Interrupted,
+                    "the call's runner stopped without an outcome",
+                )
+                .delivered(),
+                0,
+            );
+        }
+    }
+}
+
 /// What a decided escalation asks the loop to do.
 enum After {
     /// Go on (the decision is in the conversation).
@@ -65,6 +146,7 @@ enum After {
 /// One message being worked on.
 pub(super) struct MessageRun<'a> {
     pub env: &'a SessionEnv,
+    pub in_flight: &'a InFlight,
     pub agent: &'a AgentSpec,
     pub session: &'a str,
     pub message: MessageRecord,
@@ -77,8 +159,10 @@ pub(super) struct MessageRun<'a> {
 }
 
 impl<'a> MessageRun<'a> {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         env: &'a SessionEnv,
+        in_flight: &'a InFlight,
         agent: &'a AgentSpec,
         session: &'a str,
         message: MessageRecord,
@@ -107,6 +191,7 @@ impl<'a> MessageRun<'a> {
         }
         Self {
             env,
+            in_flight,
             agent,
             session,
             message,
@@ -261,28 +346,37 @@ impl<'a> MessageRun<'a> {
             .decisions
             .get(&key)
             .is_some_and(|d| d.option.as_deref() == Some(APPROVE));
-        if interrupted && !approved && self.progress.escalations.contains_key(&key) {
-            // Blocked and waiting for a human when the session restarted:
-            // resume the wait.
-            let blocked = ToolOutcome::blocked(format!(
-                "`{}` was refused by policy and needs a human's approval",
-                call.name
-            ));
-            return self.blocked(call, blocked).await;
-        }
-        if interrupted && !self.idempotent(&call.name) {
-            let outcome = ToolOutcome::from_code(
-                ErrorCode::Interrupted,
-                format!(
-                    "the session restarted while `{}` was running; it may or may not have \
-                     taken effect, and it was not run again because it is not idempotent",
+        if interrupted {
+            // The call was started by an earlier incarnation. If it is
+            // still running (or finished) in this process, its outcome is
+            // the outcome: the restart of a session does not cancel work.
+            if let Some(rx) = self.in_flight.get(self.session, self.message.seq, &key) {
+                let ran = wait_ran(rx).await;
+                return self.settle(call, ran, approved).await;
+            }
+            if !approved && self.progress.escalations.contains_key(&key) {
+                // Blocked and waiting for a human when the session
+                // restarted: resume the wait.
+                let blocked = ToolOutcome::blocked(format!(
+                    "`{}` was refused by policy and needs a human's approval",
                     call.name
-                ),
-            )
-            .delivered();
-            self.emit_outcome(call, &outcome);
-            self.record_outcome(call, &outcome).await?;
-            return self.after_outcome(call, &outcome).await;
+                ));
+                return self.blocked(call, blocked).await;
+            }
+            if !self.idempotent(&call.name) {
+                let outcome = ToolOutcome::from_code(
+                    ErrorCode::Interrupted,
+                    format!(
+                        "hale restarted while `{}` was running; it may or may not have taken \
+                         effect, and it was not run again because it is not idempotent",
+                        call.name
+                    ),
+                )
+                .delivered();
+                self.emit_outcome(call, &outcome);
+                self.record_outcome(call, &outcome).await?;
+                return self.after_outcome(call, &outcome).await;
+            }
         }
         if self.budget.remaining() == 0
             && let After::Stop(error) = self.budget_spent(&key).await?
@@ -298,12 +392,40 @@ impl<'a> MessageRun<'a> {
             .await?;
         }
         let _ = self.budget.try_consume();
-        let outcome = self.call_tool(call).await;
-        if outcome.status == Status::Blocked && !approved {
-            return self.blocked(call, outcome).await;
+        let ran = self.call_tool(call).await;
+        self.settle(call, ran, approved).await
+    }
+
+    /// Takes a finished call into the message: a blocked one goes to a
+    /// human, any other is journaled (if its runner could not) and looked
+    /// at for escalation.
+    async fn settle(
+        &mut self,
+        call: &ToolCallRequest,
+        ran: Ran,
+        approved: bool,
+    ) -> Result<After, SessionError> {
+        if ran.outcome.status == Status::Blocked && !approved {
+            return self.blocked(call, ran.outcome).await;
         }
-        self.record_outcome(call, &outcome).await?;
-        self.after_outcome(call, &outcome).await
+        self.keep(call, &ran).await?;
+        self.after_outcome(call, &ran.outcome).await
+    }
+
+    /// Records a finished call's outcome in the progress, journaling it
+    /// unless its runner already did.
+    async fn keep(&mut self, call: &ToolCallRequest, ran: &Ran) -> Result<(), SessionError> {
+        if ran.journaled {
+            self.progress.apply(Entry::Outcome {
+                call: call.id.clone(),
+                tool: call.name.clone(),
+                outcome: ran.outcome.clone(),
+                budget_left: ran.budget_left,
+            });
+            Ok(())
+        } else {
+            self.record_outcome(call, &ran.outcome).await
+        }
     }
 
     fn idempotent(&self, tool: &str) -> bool {
@@ -339,22 +461,62 @@ impl<'a> MessageRun<'a> {
         self.env.sink.emit(event);
     }
 
-    async fn call_tool(&mut self, call: &ToolCallRequest) -> ToolOutcome {
+    /// Runs a call. Tool calls run in a task of their own that journals
+    /// the outcome itself, so killing the session actor does not cancel
+    /// them: the next incarnation finds the call in [`InFlight`] and
+    /// takes its outcome.
+    async fn call_tool(&mut self, call: &ToolCallRequest) -> Ran {
         if call.name == SWITCH_MODEL {
-            return self.switch_model(&call.arguments).await;
+            let outcome = self.switch_model(&call.arguments).await;
+            return Ran::unjournaled(outcome, self.budget.remaining());
         }
         if !self.agent.allows(&call.name) {
-            return unknown_tool(&call.name, self.tools.iter().map(|t| t.name.clone()));
+            let outcome = unknown_tool(&call.name, self.tools.iter().map(|t| t.name.clone()));
+            return Ran::unjournaled(outcome, self.budget.remaining());
         }
         let ctx = CallContext {
             session: Some(self.session.to_owned()),
             iterations: self.budget.clone(),
             call: Some(self.call_key(call)),
         };
-        self.env
-            .dispatcher
-            .call(&call.name, call.arguments.clone(), &ctx)
-            .await
+        let (tx, rx) = watch::channel(None);
+        self.in_flight
+            .insert(self.session, self.message.seq, &call.id, rx.clone());
+        let dispatcher = Arc::clone(&self.env.dispatcher);
+        let store = Arc::clone(&self.env.store);
+        let budget = Arc::clone(&self.budget);
+        let session = self.session.to_owned();
+        let seq = self.message.seq;
+        let call = call.clone();
+        tokio::spawn(async move {
+            let outcome = dispatcher
+                .call(&call.name, call.arguments.clone(), &ctx)
+                .await;
+            let budget_left = budget.remaining();
+            // A blocked call is the session's to journal: its outcome
+            // depends on a human's decision.
+            let journaled = outcome.status != Status::Blocked
+                && store
+                    .journal(
+                        session,
+                        seq,
+                        Entry::Outcome {
+                            call: call.id.clone(),
+                            tool: call.name.clone(),
+                            outcome: outcome.clone(),
+                            budget_left,
+                        }
+                        .to_json(),
+                    )
+                    .await
+                    .is_ok();
+            let _ = tx.send(Some(Ran {
+                outcome,
+                journaled,
+                budget_left,
+            }));
+        });
+        wait_ran(rx).await
     }
 
     async fn switch_model(&mut self, args: &Value) -> ToolOutcome {
@@ -418,14 +580,18 @@ impl<'a> MessageRun<'a> {
             requester: None,
         };
         let decision = self.escalate(&key, "blocked", request).await?;
-        let result = if decision.option.as_deref() == Some(APPROVE) {
+        if decision.option.as_deref() == Some(APPROVE) {
             self.env.grants.grant(&call.name, &call.arguments);
             let ran = self.call_tool(call).await;
             // A grant the call did not use (it failed before the policy
             // check) must not let a later identical call through.
             self.env.grants.revoke(&call.name, &call.arguments);
-            ran
-        } else {
+            self.learn_decision(call, "blocked by policy", &decision)
+                .await;
+            self.keep(call, &ran).await?;
+            return self.after_outcome(call, &ran.outcome).await;
+        }
+        let result = {
             let mut denied = outcome;
             denied.message = format!(
                 "{}; denied by {} (approval {})",
