@@ -302,8 +302,9 @@ pub const CONTEXT_TOO_LONG_PHRASES: &[&str] = &[
 /// | 400 whose error says the context window is exceeded (see [`CONTEXT_TOO_LONG_PHRASES`]) | `CONTEXT_TOO_LONG` |
 /// | 413 (request too large) | `CONTEXT_TOO_LONG` |
 ///
-/// The provider's error (`{"error": {"message", "type", "code"}}`) is
-/// read when the body has one: its message replaces the raw body in the
+/// The provider's error (`{"error": {"message", "type", "code"}}`, or
+/// those fields at the top level as older vLLM sends them) is read when
+/// the body has one: its message replaces the raw body in the
 /// outcome's message, and its `type` and `code` go into the data as
 /// `error_type` and `error_code`. Data also carries `provider: "openai"`.
 pub fn from_openai_http_error(
@@ -338,10 +339,13 @@ fn from_model_http_error(
     body: &str,
     now: SystemTime,
 ) -> ToolOutcome {
-    // Both providers nest the details under `error`; OpenAI's `code` may
+    // Both providers nest the details under `error`; some compatible
+    // servers (older vLLM) put them at the top level. OpenAI's `code` may
     // be a string, a number or null.
     let parsed: Option<Value> = serde_json::from_str(body).ok();
-    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    let error = parsed
+        .as_ref()
+        .and_then(|v| v.get("error").filter(|e| e.is_object()).or(Some(v)));
     let field = |name: &str| -> Option<String> {
         match error?.get(name)? {
             Value::String(s) => Some(s.clone()),
