@@ -3,7 +3,7 @@
 //! One request is `POST {base_url}/v1/messages` with `x-api-key` and
 //! `anthropic-version: 2023-06-01`. [`request_body`] and [`parse_reply`]
 //! are the translation, pure functions; failures are classified by
-//! [`from_anthropic_http_error`](crate::classify::from_anthropic_http_error).
+//! [`from_anthropic_http_error`].
 //!
 //! Translation:
 //! - the system prompt (with the tool budget line, see [`system_prompt`])

@@ -3,7 +3,7 @@
 //!
 //! # The chain
 //! [`Models::complete`] asks the models of a chain in order. For each:
-//! 1. its breaker (the [`EndpointHealth`](crate::dispatch::EndpointHealth)
+//! 1. its breaker (the [`EndpointHealth`]
 //!    of `model/<name>`, see [`endpoint_name`], shared with every session)
 //!    is asked first; an open breaker skips the model at once, without
 //!    waiting out the cool-down;

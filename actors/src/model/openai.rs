@@ -5,7 +5,7 @@
 //! and [`parse_reply`] are the whole translation between hale's
 //! provider-neutral conversation and the wire format, pure functions so
 //! they can be tested without a server. Failures are classified by
-//! [`from_openai_http_error`](crate::classify::from_openai_http_error).
+//! [`from_openai_http_error`].
 //!
 //! Translation:
 //! - the system prompt (with the tool budget line, see
