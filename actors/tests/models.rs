@@ -857,6 +857,45 @@ async fn a_model_actor_killed_mid_request_is_retried_on_its_replacement() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_made_while_the_actor_restarts_waits_for_the_replacement() {
+    let h = start(vec![ModelConfig::scripted("m")], fast_retry(1)).await;
+    let id = ChildId::new("m");
+    let old = h.supervisor.resolve(&id).await.unwrap().unwrap();
+    old.kill();
+    // Asked at once, before the supervisor has necessarily restarted it:
+    // the call waits for the new incarnation instead of failing.
+    let reply = complete(&h, &["m"], &hello()).await.unwrap();
+    assert_eq!(reply.text.as_deref(), Some("ok: received 5 characters"));
+    let new = h.supervisor.resolve(&id).await.unwrap().unwrap();
+    assert_ne!(old.get_id(), new.get_id());
+    assert!(events(&h.sink, EventKind::Retry).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_model_actor_is_not_asked_and_the_chain_moves_on() {
+    let h = start(
+        vec![
+            ModelConfig::scripted("first"),
+            ModelConfig::scripted("second"),
+        ],
+        fast_retry(1),
+    )
+    .await;
+    h.supervisor
+        .terminate_child(&ChildId::new("first"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let reply = complete(&h, &["first", "second"], &hello()).await.unwrap();
+    assert_eq!(reply.model, "second");
+    // One bounded wait (ready_wait, 2 s) for `first`, then the fallback.
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let fallbacks = events(&h.sink, EventKind::Fallback);
+    assert_eq!(fallbacks.len(), 1);
+    assert_eq!(fallbacks[0].data["after"], "SERVICE_UNAVAILABLE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_supervisor_has_one_child_per_model() {
     let h = start(
         vec![ModelConfig::scripted("b"), ModelConfig::scripted("a")],
