@@ -45,6 +45,10 @@ open_enum! {
         Ambiguous => "AMBIGUOUS",
         /// An input file exceeded a size limit.
         FileTooLarge => "FILE_TOO_LARGE",
+        /// A model request does not fit the model's context window (the
+        /// prompt is too long). Repeating it unchanged cannot succeed; a
+        /// shorter conversation or a model with a larger window can.
+        ContextTooLong => "CONTEXT_TOO_LONG",
         /// The result exceeded a size limit.
         OutputTooLarge => "OUTPUT_TOO_LARGE",
         /// The operation was cut short (signal, cancellation, crash mid-call).
@@ -110,7 +114,9 @@ impl ErrorCode {
             C::McpServerUnreachable | C::TransportClosed => Classification::new(true, true, Error),
             C::AlreadyExists => Classification::new(false, true, Warning),
             C::NotFound | C::InvalidInput | C::Ambiguous => Classification::new(false, true, Error),
-            C::FileTooLarge | C::OutputTooLarge => Classification::new(false, true, Warning),
+            C::FileTooLarge | C::OutputTooLarge | C::ContextTooLong => {
+                Classification::new(false, true, Warning)
+            }
             C::Interrupted | C::ToolError => Classification::new(false, true, Error),
             C::BudgetExhausted | C::Internal => Classification::new(false, false, Error),
             C::PolicyBlocked | C::PermissionDenied | C::Unauthenticated => {

@@ -275,6 +275,126 @@ pub fn from_process_exit(exit_code: Option<i32>, signal: Option<i32>, stderr: &s
     ToolOutcome::from_code(code, message).with_data(data)
 }
 
+/// Phrases in a model provider's 400 error that say the request does not
+/// fit the model's context window (lower-case; matched case-insensitively
+/// against the error's `code`, `type` and `message`).
+///
+/// OpenAI says it with the code `context_length_exceeded`; compatible
+/// servers often only in the message (vLLM: "This model's maximum context
+/// length is ..."; llama.cpp: "exceeds the available context size", type
+/// `exceed_context_size_error`); Anthropic: "prompt is too long".
+pub const CONTEXT_TOO_LONG_PHRASES: &[&str] = &[
+    "context_length_exceeded",
+    "maximum context length",
+    "exceeds the available context size",
+    "exceed_context_size",
+    "prompt is too long",
+];
+
+/// Classifies a failed HTTP response of an OpenAI-compatible
+/// chat-completions endpoint.
+///
+/// As [`from_http_status`], with two differences for what only a model
+/// endpoint means:
+///
+/// | status | code |
+/// |---|---|
+/// | 400 whose error says the context window is exceeded (see [`CONTEXT_TOO_LONG_PHRASES`]) | `CONTEXT_TOO_LONG` |
+/// | 413 (request too large) | `CONTEXT_TOO_LONG` |
+///
+/// The provider's error (`{"error": {"message", "type", "code"}}`, or
+/// those fields at the top level as older vLLM sends them) is read when
+/// the body has one: its message replaces the raw body in the
+/// outcome's message, and its `type` and `code` go into the data as
+/// `error_type` and `error_code`. Data also carries `provider: "openai"`.
+pub fn from_openai_http_error(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &str,
+    now: SystemTime,
+) -> ToolOutcome {
+    from_model_http_error("openai", status, retry_after, body, now)
+}
+
+/// Classifies a failed HTTP response of the Anthropic Messages API.
+///
+/// As [`from_openai_http_error`] (a 400 "prompt is too long" and a 413
+/// `request_too_large` are `CONTEXT_TOO_LONG`; 529 `overloaded_error` is a
+/// 5xx and so `SERVICE_UNAVAILABLE`, retryable), reading Anthropic's error
+/// body (`{"type": "error", "error": {"type", "message"}}`). Data carries
+/// `provider: "anthropic"`.
+pub fn from_anthropic_http_error(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &str,
+    now: SystemTime,
+) -> ToolOutcome {
+    from_model_http_error("anthropic", status, retry_after, body, now)
+}
+
+fn from_model_http_error(
+    provider: &str,
+    status: u16,
+    retry_after: Option<&str>,
+    body: &str,
+    now: SystemTime,
+) -> ToolOutcome {
+    // Both providers nest the details under `error`; some compatible
+    // servers (older vLLM) put them at the top level. OpenAI's `code` may
+    // be a string, a number or null.
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let error = parsed
+        .as_ref()
+        .and_then(|v| v.get("error").filter(|e| e.is_object()).or(Some(v)));
+    let field = |name: &str| -> Option<String> {
+        match error?.get(name)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        }
+    };
+    let (message, kind, code) = (field("message"), field("type"), field("code"));
+    let excerpt = message.clone().unwrap_or_else(|| body.to_owned());
+    let mut outcome = from_http_status(status, retry_after, &excerpt, now);
+    if outcome.is_success() {
+        return outcome;
+    }
+    let said = [&message, &kind, &code]
+        .into_iter()
+        .flatten()
+        .map(|s| s.to_lowercase())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let too_long = status == 413
+        || (status == 400 && CONTEXT_TOO_LONG_PHRASES.iter().any(|p| said.contains(p)));
+    if too_long {
+        let mut longer = ToolOutcome::from_code(
+            ErrorCode::ContextTooLong,
+            format!(
+                "the request does not fit the model's context window (HTTP {status}: {})",
+                head(excerpt.trim(), MAX_EXCERPT_BYTES)
+            ),
+        )
+        .with_hint(Hint::new(
+            HintKind::TryInstead,
+            "shorten the conversation (summarise or drop old tool results) or use a model \
+             with a larger context window",
+        ));
+        longer.data = outcome.data.take();
+        outcome = longer;
+    }
+    if let Value::Object(data) = &mut outcome.data {
+        data.insert("provider".to_owned(), json!(provider));
+        if let Some(kind) = kind {
+            data.insert("error_type".to_owned(), json!(kind));
+        }
+        if let Some(code) = code {
+            data.insert("error_code".to_owned(), json!(code));
+        }
+    }
+    outcome
+}
+
 /// The first `max` bytes of `s`, cut back to a character boundary.
 fn head(s: &str, max: usize) -> &str {
     if s.len() <= max {

@@ -167,7 +167,9 @@ struct Settings {
 #[derive(Debug)]
 pub struct EndpointHealth {
     breaker: Mutex<CircuitBreaker>,
-    budget: RetryBudget,
+    /// Shared with the model chain (`model::Models`), which applies the
+    /// same breaker and budget to model endpoints.
+    pub(crate) budget: RetryBudget,
     cap: ConcurrencyCap,
 }
 
@@ -193,7 +195,7 @@ impl EndpointHealth {
         self.cap.in_flight()
     }
 
-    fn lock_breaker(&self) -> std::sync::MutexGuard<'_, CircuitBreaker> {
+    pub(crate) fn lock_breaker(&self) -> std::sync::MutexGuard<'_, CircuitBreaker> {
         // The breaker is a few plain fields updated in one step; a panic
         // elsewhere cannot leave it half-written.
         self.breaker.lock().unwrap_or_else(PoisonError::into_inner)

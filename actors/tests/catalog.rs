@@ -21,6 +21,7 @@ const TABLE: &[(&str, bool, bool, Severity, Status)] = &[
     ("INVALID_INPUT", false, true, E, Status::Error),
     ("AMBIGUOUS", false, true, E, Status::Error),
     ("FILE_TOO_LARGE", false, true, W, Status::Error),
+    ("CONTEXT_TOO_LONG", false, true, W, Status::Error),
     ("OUTPUT_TOO_LARGE", false, true, W, Status::Error),
     ("INTERRUPTED", false, true, E, Status::Error),
     ("TOOL_ERROR", false, true, E, Status::Error),

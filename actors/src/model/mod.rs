@@ -9,14 +9,138 @@
 //! not what the wire format promises, a context-length overflow) is a
 //! [`ToolOutcome`] classified by the same catalog as every tool failure, so
 //! the same retry, breaker and fallback policy applies to models as to tools.
+//!
+//! - [`openai`] and [`anthropic`]: the two wire formats, each a client and
+//!   a pair of pure translation functions; [`classify`](crate::classify)
+//!   holds their error classifiers (`from_openai_http_error`,
+//!   `from_anthropic_http_error`).
+//! - [`scripted`]: the deterministic model, a pure function of the
+//!   conversation.
+//! - [`actor`]: one supervised actor per endpoint; requests run as tasks
+//!   the actor owns.
+//! - [`models`]: [`Models`], the handle a session uses: validation at
+//!   load, the supervisor spec, the model chain with retries, breakers and
+//!   fallbacks, and `switch_model`'s name resolution.
+//!
+//! **Boundary**: reqwest is used here only in `http.rs`, and wire types
+//! never leave `openai.rs` / `anthropic.rs`.
+
+// A failed turn is a `ToolOutcome` handed to the session as is (the
+// `ModelClient` contract); boxing it on the error path would only be
+// unboxed again, and that path is cold next to the HTTP request behind it.
+#![allow(clippy::result_large_err)]
+
+pub mod actor;
+pub mod anthropic;
+mod http;
+pub mod models;
+pub mod openai;
+pub mod scripted;
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::outcome::ToolOutcome;
 use crate::tool::{BoxFuture, ToolSpec};
+
+pub use actor::{ModelActor, ModelMsg};
+pub use anthropic::AnthropicClient;
+pub use http::{CONNECT_TIMEOUT, MAX_REPLY_BYTES};
+pub use models::{
+    ChainStep, DEFAULT_READY_WAIT, EnvLookup, MODEL_ENDPOINT_PREFIX, ModelError, Models,
+    ModelsOptions, REPLY_SLACK, endpoint_name, step_after_failure,
+};
+pub use openai::OpenAiClient;
+pub use scripted::{ScriptedModel, scripted_reply};
+
+/// The name of the tool a session offers for changing its model.
+pub const SWITCH_MODEL: &str = "switch_model";
+
+/// The spec of `switch_model` (`{"model": string}`). The session carries
+/// the switch out; [`Models::resolve`] checks the name.
+pub fn switch_model_spec() -> ToolSpec {
+    ToolSpec::new(
+        SWITCH_MODEL,
+        "Switch this session to another configured model for the following turns. \
+         An unknown name fails with the configured names, closest first.",
+        json!({
+            "type": "object",
+            "properties": {
+                "model": {
+                    "type": "string",
+                    "description": "the configured model name (as in hale.toml [[models]] name)",
+                },
+            },
+            "required": ["model"],
+            "additionalProperties": false,
+        }),
+    )
+    .with_idempotent(true)
+}
+
+/// The system prompt a provider sends: `request.system`, followed (after a
+/// blank line) by `Tool calls left for this message: N` when the request
+/// has a budget.
+pub fn system_prompt(request: &ModelRequest) -> String {
+    match request.budget_left {
+        None => request.system.clone(),
+        Some(n) if request.system.is_empty() => format!("Tool calls left for this message: {n}"),
+        Some(n) => format!(
+            "{}\n\nTool calls left for this message: {n}",
+            request.system
+        ),
+    }
+}
+
+/// A human's decision as the user-message text a provider sends:
+/// ``Approval <id> decided: option `x`; instructions: ...``, with
+/// `no option chosen` when there is no option and the instructions part
+/// only when there are some.
+pub fn render_decision(approval: &str, option: Option<&str>, instructions: Option<&str>) -> String {
+    let mut text = match option {
+        Some(option) => format!("Approval {approval} decided: option `{option}`"),
+        None => format!("Approval {approval} decided: no option chosen"),
+    };
+    if let Some(instructions) = instructions.filter(|i| !i.trim().is_empty()) {
+        text.push_str("; instructions: ");
+        text.push_str(instructions);
+    }
+    text
+}
+
+/// A remote endpoint's base URL (parsed: http or https) and model id.
+fn remote_parts(config: &ModelConfig) -> Result<(&str, &str), ModelError> {
+    let name = &config.name;
+    let base = config
+        .base_url
+        .as_deref()
+        .ok_or_else(|| ModelError::MissingBaseUrl(name.clone()))?;
+    match reqwest::Url::parse(base) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+        Ok(url) => {
+            return Err(ModelError::InvalidBaseUrl {
+                name: name.clone(),
+                url: base.to_owned(),
+                reason: format!("scheme `{}` is not http or https", url.scheme()),
+            });
+        }
+        Err(e) => {
+            return Err(ModelError::InvalidBaseUrl {
+                name: name.clone(),
+                url: base.to_owned(),
+                reason: e.to_string(),
+            });
+        }
+    }
+    let model = config
+        .model
+        .as_deref()
+        .filter(|m| !m.trim().is_empty())
+        .ok_or_else(|| ModelError::MissingModelId(name.clone()))?;
+    Ok((base, model))
+}
 
 /// One tool call a model asked for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
