@@ -291,13 +291,13 @@ impl Runtime {
         )
         .map_err(|e| config_error("models", e))?;
         for mcp in &mut config.mcp {
-            mcp.recorder = Some(data_dir.ledger_recorder());
+            mcp.recorder = data_dir.ledger().hook();
         }
         let mcp = McpServers::new(config.mcp.clone(), Arc::clone(&sink))
             .map_err(|e| config_error("mcp", e))?;
 
         let mut builtin = config.builtin.clone();
-        builtin.exec.recorder = Some(data_dir.ledger_recorder());
+        builtin.exec.recorder = data_dir.ledger().hook();
         let grants = builtin.grants.clone();
         let tools = builtin_tools(&builtin).map_err(|e| config_error("tools", e))?;
         let (tools_spec, tool_handles) = tools_supervisor("hale/tools", tools, Arc::clone(&sink));
@@ -490,6 +490,11 @@ impl Runtime {
     /// Whether the tree is up and the journals replayed.
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::SeqCst) && !self.inner.stopped.load(Ordering::SeqCst)
+    }
+
+    /// The store (audit trail, approvals, inboxes and journals).
+    pub fn store(&self) -> &SqliteStore {
+        &self.inner.store
     }
 
     /// The sessions.

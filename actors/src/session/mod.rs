@@ -34,16 +34,14 @@ use crate::escalation::{ApprovalGrants, Escalation, EscalationError};
 use crate::event::{Event, EventKind, EventSink, Level};
 use crate::mcp::TOOL_SEPARATOR;
 use crate::memory::MemoryHandle;
-use crate::model::{ChatMessage, ModelReply, ModelRequest};
+use crate::model::{ChatMessage, ModelReply, ModelRequest, Models};
 use crate::outcome::ToolOutcome;
 use crate::store::{MessageRecord, SessionRecord, SessionStore, StoreError};
-use crate::tool::{BoxFuture, ToolSpec};
+use crate::tool::BoxFuture;
 
 pub use journal::{Decided, Entry, Progress};
 pub use learning::{IncidentLearning, LearningConfig};
-pub use run::{
-    ABORT_OPTION, APPROVE, CONTINUE, DENY, InFlight, PROCEED, RETRY, STOP, SWITCH_MODEL,
-};
+pub use run::{ABORT_OPTION, APPROVE, CONTINUE, DENY, InFlight, PROCEED, RETRY, STOP};
 
 /// What an agent is: the definition every session of it runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +128,21 @@ pub trait ModelTurns: Send + Sync + 'static {
     /// An unknown name.
     #[allow(clippy::result_large_err)] // the outcome is what the model is shown
     fn resolve(&self, name: &str) -> Result<String, ToolOutcome>;
+}
+
+impl ModelTurns for Models {
+    fn complete<'a>(
+        &'a self,
+        chain: &'a [String],
+        request: &'a ModelRequest,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<ModelReply, ToolOutcome>> {
+        Box::pin(Models::complete(self, chain, request, ctx))
+    }
+
+    fn resolve(&self, name: &str) -> Result<String, ToolOutcome> {
+        Models::resolve(self, name)
+    }
 }
 
 /// What the runtime learns from incidents (MEMORY.md lines, disabling a
@@ -279,20 +292,6 @@ pub fn valid_session_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// The `switch_model` tool's spec (the session handles the call itself).
-pub fn switch_model_spec() -> ToolSpec {
-    ToolSpec::new(
-        SWITCH_MODEL,
-        "Switch this session to another configured model (it becomes first in the chain).",
-        json!({
-            "type": "object",
-            "properties": {"model": {"type": "string", "description": "a configured model name"}},
-            "required": ["model"],
-            "additionalProperties": false
-        }),
-    )
 }
 
 /// Replies waited on, outside any actor: a waiter survives the restart of

@@ -26,8 +26,7 @@ use crate::recovery::IterationBudget;
 use crate::store::{Finish, JournalRecord, MessageRecord, MessageState};
 use crate::tool::{ToolSpec, unknown_tool};
 
-/// The tool a session handles itself: it changes the session's model.
-pub const SWITCH_MODEL: &str = "switch_model";
+use crate::model::SWITCH_MODEL;
 
 /// The iteration budget of one message, shared with the dispatcher (which
 /// charges retries and fallbacks to it).
@@ -187,7 +186,7 @@ impl<'a> MessageRun<'a> {
             .filter_map(|name| env.dispatcher.spec(&name))
             .collect();
         if agent.allows(SWITCH_MODEL) {
-            tools.push(super::switch_model_spec());
+            tools.push(crate::model::switch_model_spec());
         }
         Self {
             env,
@@ -760,12 +759,19 @@ impl<'a> MessageRun<'a> {
         reason: &str,
         mut request: ApprovalRequest,
     ) -> Result<Resolution, SessionError> {
-        let requester = format!("{}:{}:{key}", self.session, self.message.seq);
-        request.requester = Some(requester.clone());
+        // The requester is the session (the audit trail files the
+        // approval's events under it); the step is in the context, so a
+        // restarted session finds an approval it opened but did not
+        // journal instead of opening a second one.
+        let step = format!("{}:{key}", self.message.seq);
+        request.requester = Some(self.session.to_owned());
+        if let Value::Object(context) = &mut request.diagnosis.context {
+            context.insert("step".to_owned(), Value::String(step.clone()));
+        }
         let approval = match self.progress.escalations.get(key) {
             Some(id) => id.clone(),
             None => {
-                let id = match self.find_approval(&requester).await? {
+                let id = match self.find_approval(&step).await? {
                     Some(id) => id,
                     None => self.open_approval(request).await?,
                 };
@@ -808,26 +814,39 @@ impl<'a> MessageRun<'a> {
         Ok(resolution)
     }
 
-    async fn find_approval(&self, requester: &str) -> Result<Option<String>, SessionError> {
+    async fn find_approval(&self, step: &str) -> Result<Option<String>, SessionError> {
         let all = self
             .retry_escalation(|e| async move { e.list(false).await })
             .await?;
         Ok(all
             .into_iter()
-            .find(|a| a.request.requester.as_deref() == Some(requester))
+            .find(|a| {
+                a.request.requester.as_deref() == Some(self.session)
+                    && a.request
+                        .diagnosis
+                        .context
+                        .get("step")
+                        .and_then(Value::as_str)
+                        == Some(step)
+            })
             .map(|a| a.id))
     }
 
     async fn open_approval(&self, request: ApprovalRequest) -> Result<String, SessionError> {
-        let requester = request.requester.clone();
+        let step = request
+            .diagnosis
+            .context
+            .get("step")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let escalation = self.env.escalation.clone();
         match escalation.open(request.clone()).await {
             Ok(approval) => Ok(approval.id),
             Err(EscalationError::Unavailable) => {
                 // The actor died after taking the request: it may have been
                 // stored. Look before opening a second one.
-                if let Some(requester) = requester
-                    && let Some(id) = self.find_approval(&requester).await?
+                if let Some(step) = step
+                    && let Some(id) = self.find_approval(&step).await?
                 {
                     return Ok(id);
                 }

@@ -1,0 +1,6 @@
+//! The runtime end to end: sessions, the seed's scenarios, chaos, and
+//! crash recovery. One test binary, so the suite links it once.
+
+mod scenarios;
+mod sessions;
+mod support;
