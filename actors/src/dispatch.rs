@@ -520,10 +520,12 @@ impl Dispatcher {
             health.budget.deposit(started.into_std());
         }
         let name = &target.tool.spec().name;
-        if self.sink.enabled(Level::Debug) {
+        // Every attempt is recorded at info: the audit trail must show
+        // each call a session journaled being attempted.
+        if self.sink.enabled(Level::Info) {
             self.emit(
                 Event::new(
-                    Level::Debug,
+                    Level::Info,
                     &target.endpoint,
                     EventKind::ToolAttempt,
                     format!("calling `{name}`"),
