@@ -5,6 +5,8 @@
 //! control plane. The supervision semantics live in `hale-supervision`, the
 //! domain vocabulary in `hale-actors`.
 
+pub mod config;
+pub mod data_dir;
 pub mod fault_mcp;
 pub mod tree_demo;
 

@@ -17,6 +17,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Write a commented hale.toml showing every setting and its default.
+    Init {
+        /// Where to write it.
+        #[arg(long, default_value = hale::config::DEFAULT_FILE)]
+        path: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Show the supervision tree surviving kills, panics, a crash loop and a give-up.
     Demo {
         /// Random faults to inject.
@@ -77,6 +86,18 @@ fn log_to_stderr() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Init { path, force } = &cli.command {
+        return match hale::config::write_template(path, *force) {
+            Ok(()) => {
+                println!("wrote {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -89,6 +110,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Init { .. } => Ok(()),
             Command::Demo {
                 faults,
                 gap_ms,

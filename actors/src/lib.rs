@@ -20,6 +20,7 @@ pub mod memory;
 pub mod model;
 mod open_enum;
 pub mod outcome;
+pub mod process;
 pub mod recovery;
 pub mod session;
 pub mod store;

@@ -31,6 +31,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use crate::catalog::ErrorCode;
 use crate::classify;
 use crate::outcome::{HintKind, ToolOutcome};
+use crate::process::{ProcessHook, ProcessRecord};
 use crate::tool::{BoxFuture, Tool, ToolSpec};
 
 /// The timeout of a call that does not ask for one.
@@ -85,6 +86,9 @@ pub struct ExecConfig {
     pub output_cap_bytes: usize,
     /// Commands refused before they start; the first match wins.
     pub blocked: Vec<BlockRule>,
+    /// Told of every command's process group while it lives (none by
+    /// default), so a crash of hale cannot leave it running unrecorded.
+    pub recorder: ProcessHook,
 }
 
 impl ExecConfig {
@@ -97,6 +101,7 @@ impl ExecConfig {
             max_timeout: MAX_TIMEOUT,
             output_cap_bytes: DEFAULT_OUTPUT_CAP_BYTES,
             blocked: Vec::new(),
+            recorder: ProcessHook::default(),
         }
     }
 }
@@ -254,9 +259,14 @@ impl Exec {
             Ok(child) => child,
             Err(err) => return self.spawn_failure(&err),
         };
+        let record = self
+            .config
+            .recorder
+            .started(child.id(), &format!("sh -c {command}"));
         let mut group = Group {
             child,
             settled: false,
+            _record: record,
         };
         let stdout = group.child.stdout().take();
         let stderr = group.child.stderr().take();
@@ -447,9 +457,13 @@ enum End {
 /// Owns the spawned group until the call has settled it. If the call's
 /// future is dropped mid-run (the caller gave up), the whole group is
 /// killed here; `KillOnDrop` alone would reach only the shell.
+///
+/// The ledger record (if any) is a field, so it is dropped only after
+/// `drop` has killed the group.
 struct Group {
     child: Box<dyn ChildWrapper>,
     settled: bool,
+    _record: Option<ProcessRecord>,
 }
 
 impl Drop for Group {

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::process::ProcessHook;
+
 /// How hale reaches the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum McpTransport {
@@ -57,6 +59,8 @@ pub struct McpServerConfig {
     pub restart_min: Duration,
     /// Restart backoff: the longest delay.
     pub restart_max: Duration,
+    /// Restart backoff: the random share of each delay, 0 to 1.
+    pub restart_jitter: f64,
     /// Restarts within `park_window` after which the server is parked
     /// (left down, probed every `probe_after`) instead of restarted.
     pub park_after: u32,
@@ -66,11 +70,14 @@ pub struct McpServerConfig {
     pub probe_after: Duration,
     /// Starts disabled (calls fail fast until enabled).
     pub disabled: bool,
+    /// Told of every stdio server's process group while it lives (none by
+    /// default).
+    pub recorder: ProcessHook,
 }
 
 impl McpServerConfig {
     /// A server with hale's defaults: 30 s per call, 20 s to connect,
-    /// restarts backing off from 100 ms to 5 s, parked after 10 restarts in
+    /// restarts backing off from 100 ms to 5 s (jitter 0.2), parked after 10 restarts in
     /// a minute and probed every 5 s.
     pub fn new(name: impl Into<String>, transport: McpTransport) -> Self {
         Self {
@@ -83,10 +90,12 @@ impl McpServerConfig {
             fallbacks: Vec::new(),
             restart_min: Duration::from_millis(100),
             restart_max: Duration::from_secs(5),
+            restart_jitter: 0.2,
             park_after: 10,
             park_window: Duration::from_secs(60),
             probe_after: Duration::from_secs(5),
             disabled: false,
+            recorder: ProcessHook::default(),
         }
     }
 
@@ -177,6 +186,12 @@ impl McpServerConfig {
             return Err(err(
                 "restart_max",
                 "must be at least restart_min".to_owned(),
+            ));
+        }
+        if !self.restart_jitter.is_finite() || !(0.0..=1.0).contains(&self.restart_jitter) {
+            return Err(err(
+                "restart_jitter",
+                format!("{} is not between 0 and 1", self.restart_jitter),
             ));
         }
         if self.park_after == 0 {

@@ -409,8 +409,13 @@ fn child_spec(shared: &Arc<ServerShared>) -> ChildSpec {
         limit: Intensity::new(config.park_after, config.park_window),
         probe_after: config.probe_after,
     });
-    // `validate` proved min > 0 and max >= min, so this always builds.
-    match Backoff::new(config.restart_min, config.restart_max, 0.2) {
+    // `validate` proved min > 0, max >= min and jitter in 0..=1, so this
+    // always builds.
+    match Backoff::new(
+        config.restart_min,
+        config.restart_max,
+        config.restart_jitter,
+    ) {
         Ok(backoff) => spec.backoff(backoff),
         Err(_) => spec,
     }

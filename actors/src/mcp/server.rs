@@ -37,6 +37,7 @@ use crate::event::{Event, EventKind, EventSink, Level};
 use crate::mcp::config::{McpServerConfig, McpTransport};
 use crate::mcp::convert::{self, RemoteTool};
 use crate::outcome::{Hint, HintKind, ToolOutcome};
+use crate::process::ProcessRecord;
 use crate::tool::closest_first;
 use crate::tool_actor::Taken;
 
@@ -233,6 +234,7 @@ pub struct Connection {
     service: RunningService<RoleClient, ClientConfig>,
     tools: Vec<RemoteTool>,
     pid: Option<u32>,
+    record: Option<ProcessRecord>,
 }
 
 /// A call that arrived before the connection was ready.
@@ -392,6 +394,7 @@ fn on_connected(myself: ActorRef<McpMsg>, state: &mut McpServerState, connection
         service,
         tools,
         pid,
+        record,
     } = connection;
     let peer = service.peer().clone();
     let tools = Arc::new(tools);
@@ -414,7 +417,10 @@ fn on_connected(myself: ActorRef<McpMsg>, state: &mut McpServerState, connection
     // The watcher owns the service: when the connection ends it tells the
     // actor; when the actor dies first, aborting the watcher drops the
     // service, which cancels it and kills the child.
+    // The ledger record goes with the service: it is forgotten when the
+    // child is killed, not before.
     state.tasks.spawn(async move {
+        let _record = record;
         let reason = match service.waiting().await {
             Ok(quit) => format!("{quit:?}"),
             Err(join) => format!("service task failed: {join}"),
@@ -525,7 +531,7 @@ async fn connect(shared: &Arc<ServerShared>) -> Result<Connection, String> {
         Implementation::new("hale", env!("CARGO_PKG_VERSION")),
     )
     .with_protocol_version(PROTOCOL_VERSION);
-    let (service, pid) = match &config.transport {
+    let (service, pid, record) = match &config.transport {
         McpTransport::Stdio {
             command,
             args,
@@ -544,6 +550,9 @@ async fn connect(shared: &Arc<ServerShared>) -> Result<Connection, String> {
                 .spawn()
                 .map_err(|e| format!("cannot start `{}`: {e}", command.display()))?;
             let pid = transport.id();
+            // Held until the connection ends; dropped with the transport
+            // (which kills the group) if the handshake fails.
+            let record = config.recorder.started(pid, &command_line(command, args));
             if let Some(stderr) = stderr {
                 // Detached on purpose: it ends at EOF, when the process
                 // (whichever incarnation) is gone, and an undrained pipe
@@ -554,7 +563,7 @@ async fn connect(shared: &Arc<ServerShared>) -> Result<Connection, String> {
                 .serve(transport)
                 .await
                 .map_err(|e| format!("handshake with `{}` failed: {e}", command.display()))?;
-            (service, pid)
+            (service, pid, record)
         }
         McpTransport::Http { url } => {
             let mut http = StreamableHttpClientTransportConfig::with_uri(url.as_str());
@@ -568,7 +577,7 @@ async fn connect(shared: &Arc<ServerShared>) -> Result<Connection, String> {
                 .serve(transport)
                 .await
                 .map_err(|e| format!("handshake with {url} failed: {e}"))?;
-            (service, None)
+            (service, None, None)
         }
     };
     let tools = service
@@ -580,7 +589,18 @@ async fn connect(shared: &Arc<ServerShared>) -> Result<Connection, String> {
         tools: tools.iter().map(RemoteTool::from).collect(),
         service,
         pid,
+        record,
     })
+}
+
+/// `command` and its arguments as one line, for the process ledger.
+fn command_line(command: &std::path::Path, args: &[String]) -> String {
+    let mut line = command.display().to_string();
+    for arg in args {
+        line.push(' ');
+        line.push_str(arg);
+    }
+    line
 }
 
 async fn drain_stderr(shared: Arc<ServerShared>, stderr: ChildStderr) {
