@@ -326,6 +326,13 @@ fn a_full_example_maps_to_the_actor_configs() {
             }
         )])
     );
+    let endpoints = config
+        .endpoints(hale_actors::dispatch::DispatchConfig::default())
+        .unwrap();
+    assert_eq!(
+        hale_actors::dispatch::state_name(endpoints.get("weather").breaker_state()),
+        "closed"
+    );
     // The MCP layer accepts them as they are.
     for server in &mcp {
         server.validate().unwrap();

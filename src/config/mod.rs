@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use hale_actors::audit::{AuditConfig, Retention};
 use hale_actors::builtin::{BlockRule, BuiltinConfig, Exec, ExecConfigError};
+use hale_actors::dispatch::{DispatchConfig, DispatchConfigError, Endpoints};
 use hale_actors::mcp::{McpServerConfig, McpTransport};
 use hale_actors::memory::MemoryConfig;
 use hale_actors::model::{ModelConfig, Provider};
@@ -371,6 +372,22 @@ impl Config {
     /// The `[mcp.breaker]` settings of the servers that set one.
     pub fn mcp_breakers(&self) -> &BTreeMap<String, BreakerSettings> {
         &self.breakers
+    }
+
+    /// The dispatcher's per-endpoint recovery state: `dispatch` for every
+    /// endpoint, except that each server with a `[mcp.breaker]` gets its
+    /// own breaker.
+    ///
+    /// # Errors
+    /// [`DispatchConfigError`] when `dispatch` is invalid (the breaker
+    /// settings from the file were checked at load).
+    pub fn endpoints(&self, dispatch: DispatchConfig) -> Result<Endpoints, DispatchConfigError> {
+        let mut endpoints = Endpoints::new(dispatch)?;
+        for (server, breaker) in &self.breakers {
+            endpoints =
+                endpoints.with_breaker(server.clone(), breaker.failures, breaker.cool_down)?;
+        }
+        Ok(endpoints)
     }
 
     /// Every model, in file order (or the environment's defaults), the
