@@ -678,3 +678,30 @@ fn the_template_examples_are_valid_when_uncommented() {
     assert_eq!(b.web_fetch, d.web_fetch);
     assert_eq!(config.workspace_root(), Path::new("/t/./.hale/workspace"));
 }
+
+#[test]
+fn hale_init_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("conf.toml");
+    let hale = env!("CARGO_BIN_EXE_hale");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(hale)
+            .args(["init", "--path"])
+            .arg(&path)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let first = run(&[]);
+    assert!(first.status.success(), "{first:?}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), TEMPLATE);
+    let second = run(&[]);
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("already exists") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert!(run(&["--force"]).status.success());
+    Config::load(Some(&path)).unwrap();
+}
