@@ -631,11 +631,8 @@ impl Resolver<'_> {
         retention
     }
 
-    #[allow(clippy::type_complexity)]
-    fn mcp(
-        &self,
-        raw: &[RawMcp],
-    ) -> Result<(Vec<McpServerConfig>, BTreeMap<String, BreakerSettings>), ConfigError> {
+    /// The servers, and the breaker settings of those that set one.
+    fn mcp(&self, raw: &[RawMcp]) -> Result<McpSection, ConfigError> {
         let mut seen: BTreeMap<&str, Range<usize>> = BTreeMap::new();
         for server in raw {
             let name = server.name.get_ref();
@@ -796,10 +793,11 @@ impl Resolver<'_> {
                     }
                     settings.failures = *n.get_ref();
                 }
-                if let Some(d) = breaker.cool_down {
+                if let Some(d) = &breaker.cool_down {
+                    let d = *d.get_ref();
                     if d.value.is_zero() {
                         return Err(self.invalid(
-                            Some(server.name.span()),
+                            breaker.cool_down.as_ref().map(Spanned::span),
                             ctx("breaker.cool_down must be greater than zero".into()),
                         ));
                     }
@@ -921,14 +919,13 @@ impl Resolver<'_> {
                     ModelConfig::remote(name.clone(), provider, base_url, model, api_key_env)
                 }
             };
-            if let Some(t) = entry.timeout {
-                if t.value.is_zero() {
-                    return Err(self.invalid(
-                        Some(entry.name.span()),
-                        ctx("timeout must be greater than zero"),
-                    ));
+            if let Some(t) = &entry.timeout {
+                if t.get_ref().value.is_zero() {
+                    return Err(
+                        self.invalid(Some(t.span()), ctx("timeout must be greater than zero"))
+                    );
                 }
-                config.timeout = t.value;
+                config.timeout = t.get_ref().value;
             }
             if let Some(n) = &entry.max_tokens {
                 if *n.get_ref() == 0 {
@@ -1109,6 +1106,9 @@ impl Resolver<'_> {
         Ok(agents)
     }
 }
+
+/// The resolved `[[mcp]]` tables: the servers and their breakers.
+type McpSection = (Vec<McpServerConfig>, BTreeMap<String, BreakerSettings>);
 
 /// The default base URL and key variable of a remote provider.
 fn provider_defaults(provider: Provider) -> (&'static str, &'static str) {
