@@ -1,7 +1,7 @@
 //! `hale.toml`: hale's one configuration file, parsed, checked and turned
 //! into the settings of each actor.
 //!
-//! Reading happens in two steps. [`raw`] mirrors the file with serde
+//! Reading happens in two steps. `raw.rs` mirrors the file with serde
 //! (every table `deny_unknown_fields`, so a misspelt key is an error, not
 //! a silently ignored setting); then [`Config`] resolves it: defaults
 //! filled in, names cross-checked (backups, agents' models, tools and
