@@ -384,6 +384,8 @@ impl ProcessRecorder for ProcessLedger {
     fn started(&self, pid: u32, command: &str) -> ProcessRecord {
         match self.record(pid, command) {
             Ok(entry) => Box::new(entry),
+            // Already exited (a quick command): nothing left to reap.
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Box::new(()),
             Err(error) => {
                 tracing::warn!(target: "hale::data_dir", "cannot record process group of pid {pid} ({command}): {error}");
                 Box::new(())

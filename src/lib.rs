@@ -8,6 +8,7 @@
 pub mod config;
 pub mod data_dir;
 pub mod fault_mcp;
+pub mod runtime;
 pub mod tree_demo;
 
 pub use hale_actors as actors;

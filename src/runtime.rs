@@ -602,7 +602,7 @@ impl Runtime {
     /// # Errors
     /// A store failure.
     pub async fn logs(&self, query: EventQuery) -> Result<Vec<Event>, RuntimeError> {
-        let _ = self.inner.audit.flush().await;
+        let _ = self.inner.audit.flush(Duration::from_secs(10)).await;
         self.inner
             .audit
             .query(query)
@@ -646,7 +646,7 @@ impl Runtime {
         if self.inner.stopped.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        let _ = self.inner.audit.flush().await;
+        let _ = self.inner.audit.flush(Duration::from_secs(10)).await;
         let stopped = self
             .inner
             .root

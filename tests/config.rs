@@ -101,6 +101,17 @@ fn no_file_means_every_default() {
 }
 
 #[test]
+fn load_without_a_path_and_without_hale_toml_gives_the_defaults() {
+    // cargo runs tests in the package root, which has no hale.toml.
+    if Path::new("hale.toml").exists() {
+        return;
+    }
+    let config = Config::load(None).unwrap();
+    assert_eq!(config.path(), None);
+    assert_eq!(config.data_dir(), Path::new("./.hale"));
+}
+
+#[test]
 fn default_models_follow_the_environment() {
     let openai = Config::from_str_with_env("", None, |v| v == "OPENAI_API_KEY").unwrap();
     assert_eq!(
@@ -326,6 +337,13 @@ fn a_full_example_maps_to_the_actor_configs() {
             }
         )])
     );
+    let endpoints = config
+        .endpoints(hale_actors::dispatch::DispatchConfig::default())
+        .unwrap();
+    assert_eq!(
+        hale_actors::dispatch::state_name(endpoints.get("weather").breaker_state()),
+        "closed"
+    );
     // The MCP layer accepts them as they are.
     for server in &mcp {
         server.validate().unwrap();
@@ -485,6 +503,8 @@ fn mcp_errors_point_at_the_entry() {
     assert_eq!(line_of(backwards, "restart.max_backoff"), 2);
     let jitter = "[[mcp]]\nname = \"a\"\ncommand = \"x\"\n[mcp.restart]\njitter = 1.5\n";
     assert_eq!(line_of(jitter, "not between 0 and 1"), 5);
+    let cool = "[[mcp]]\nname = \"a\"\ncommand = \"x\"\n[mcp.breaker]\ncool_down = \"0s\"\n";
+    assert_eq!(line_of(cool, "cool_down must be greater than zero"), 5);
     let zero = "[[mcp]]\nname = \"a\"\ncommand = \"x\"\n[mcp.breaker]\nfailures = 0\n";
     assert_eq!(line_of(zero, "breaker.failures must be at least 1"), 5);
     let zero_timeout = "[[mcp]]\nname = \"a\"\ncommand = \"x\"\ntimeout = \"0s\"\n";
@@ -502,6 +522,11 @@ fn model_errors_and_warnings() {
     assert_eq!(line_of(reserved, "reserved"), 3);
     let twice = "[[models]]\nname = \"m\"\nprovider = \"scripted\"\n[[models]]\nname = \"m\"\nprovider = \"scripted\"\n";
     assert_eq!(line_of(twice, "configured twice"), 5);
+    let zero_timeout = "[[models]]\nname = \"s\"\nprovider = \"scripted\"\ntimeout = \"0ms\"\n";
+    assert_eq!(
+        line_of(zero_timeout, "timeout must be greater than zero"),
+        4
+    );
     let scripted_url =
         "[[models]]\nname = \"s\"\nprovider = \"scripted\"\nbase_url = \"http://x\"\n";
     assert_eq!(line_of(scripted_url, "no base_url"), 4);
@@ -670,4 +695,31 @@ fn the_template_examples_are_valid_when_uncommented() {
     assert_eq!(b.grep, d.grep);
     assert_eq!(b.web_fetch, d.web_fetch);
     assert_eq!(config.workspace_root(), Path::new("/t/./.hale/workspace"));
+}
+
+#[test]
+fn hale_init_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("conf.toml");
+    let hale = env!("CARGO_BIN_EXE_hale");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(hale)
+            .args(["init", "--path"])
+            .arg(&path)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let first = run(&[]);
+    assert!(first.status.success(), "{first:?}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), TEMPLATE);
+    let second = run(&[]);
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("already exists") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert!(run(&["--force"]).status.success());
+    Config::load(Some(&path)).unwrap();
 }

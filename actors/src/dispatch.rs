@@ -207,6 +207,8 @@ impl EndpointHealth {
 pub struct Endpoints {
     map: DashMap<String, Arc<EndpointHealth>>,
     settings: Settings,
+    /// Breakers of endpoints configured apart from the shared settings.
+    breakers: HashMap<String, CircuitBreaker>,
 }
 
 impl Endpoints {
@@ -237,7 +239,29 @@ impl Endpoints {
         Ok(Self {
             map: DashMap::new(),
             settings,
+            breakers: HashMap::new(),
         })
+    }
+
+    /// Gives `endpoint` its own breaker (`failures` in a row open it for
+    /// `cool_down`) instead of the shared settings; `hale.toml`'s
+    /// `[mcp.breaker]`.
+    ///
+    /// # Errors
+    /// [`DispatchConfigError::Breaker`] when the settings are invalid.
+    pub fn with_breaker(
+        mut self,
+        endpoint: impl Into<String>,
+        failures: u32,
+        cool_down: Duration,
+    ) -> Result<Self, DispatchConfigError> {
+        let endpoint = endpoint.into();
+        let breaker = CircuitBreaker::new(failures, cool_down)?;
+        // Not shared yet (`self` is owned), so an endpoint made already
+        // can simply be made again.
+        self.map.remove(&endpoint);
+        self.breakers.insert(endpoint, breaker);
+        Ok(self)
     }
 
     /// The state of `endpoint`, created if it is new.
@@ -248,8 +272,13 @@ impl Endpoints {
         self.map
             .entry(endpoint.to_owned())
             .or_insert_with(|| {
+                let breaker = self
+                    .breakers
+                    .get(endpoint)
+                    .unwrap_or(&self.settings.breaker)
+                    .clone();
                 Arc::new(EndpointHealth {
-                    breaker: Mutex::new(self.settings.breaker.clone()),
+                    breaker: Mutex::new(breaker),
                     budget: self.settings.budget.fresh(),
                     cap: self.settings.cap.fresh(),
                 })

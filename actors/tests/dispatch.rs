@@ -564,3 +564,47 @@ async fn a_tool_without_its_own_timeout_is_cut_off_by_the_backstop() {
     // scheduling slack.
     assert!(took >= ms(300) && took < ms(1000), "{took:?}");
 }
+
+/// `Endpoints::with_breaker` (hale.toml's `[mcp.breaker]`): one endpoint
+/// trips after its own threshold while another keeps the shared one.
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_with_its_own_breaker_trips_at_its_own_threshold() {
+    let strict = Failing::new("strict", ErrorCode::TransportClosed, true);
+    let lenient = Failing::new("lenient", ErrorCode::TransportClosed, true);
+    let registry = Arc::new(ToolRegistry::new());
+    registry.register(strict.clone()).unwrap();
+    registry.register(lenient.clone()).unwrap();
+    let config = DispatchConfig {
+        retry: RetryConfig {
+            max_attempts: 1,
+            ..RetryConfig::default()
+        },
+        breaker_failures: 5,
+        ..DispatchConfig::default()
+    };
+    let endpoints = Endpoints::new(config)
+        .unwrap()
+        .with_breaker("strict", 1, Duration::from_secs(60))
+        .unwrap();
+    assert!(
+        Endpoints::new(config)
+            .unwrap()
+            .with_breaker("x", 0, Duration::from_secs(1))
+            .is_err()
+    );
+    let routers: Vec<Arc<dyn Router>> = vec![Arc::new(RegistryRouter::new(registry))];
+    let dispatcher = Dispatcher::new(routers, Arc::new(endpoints), Arc::new(MemorySink::new()));
+    for name in ["strict", "lenient"] {
+        let outcome = dispatcher
+            .call(name, json!({}), &CallContext::default())
+            .await;
+        assert!(outcome.is_failure());
+    }
+    let state = |name: &str| {
+        hale_actors::dispatch::state_name(
+            dispatcher.endpoints().find(name).unwrap().breaker_state(),
+        )
+    };
+    assert_eq!(state("strict"), "open");
+    assert_eq!(state("lenient"), "closed");
+}

@@ -1,7 +1,7 @@
 //! `hale.toml`: hale's one configuration file, parsed, checked and turned
 //! into the settings of each actor.
 //!
-//! Reading happens in two steps. [`raw`] mirrors the file with serde
+//! Reading happens in two steps. `raw.rs` mirrors the file with serde
 //! (every table `deny_unknown_fields`, so a misspelt key is an error, not
 //! a silently ignored setting); then [`Config`] resolves it: defaults
 //! filled in, names cross-checked (backups, agents' models, tools and
@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use hale_actors::audit::{AuditConfig, Retention};
 use hale_actors::builtin::{BlockRule, BuiltinConfig, Exec, ExecConfigError};
+use hale_actors::dispatch::{DispatchConfig, DispatchConfigError, Endpoints};
 use hale_actors::mcp::{McpServerConfig, McpTransport};
 use hale_actors::memory::MemoryConfig;
 use hale_actors::model::{ModelConfig, Provider};
@@ -373,6 +374,22 @@ impl Config {
         &self.breakers
     }
 
+    /// The dispatcher's per-endpoint recovery state: `dispatch` for every
+    /// endpoint, except that each server with a `[mcp.breaker]` gets its
+    /// own breaker.
+    ///
+    /// # Errors
+    /// [`DispatchConfigError`] when `dispatch` is invalid (the breaker
+    /// settings from the file were checked at load).
+    pub fn endpoints(&self, dispatch: DispatchConfig) -> Result<Endpoints, DispatchConfigError> {
+        let mut endpoints = Endpoints::new(dispatch)?;
+        for (server, breaker) in &self.breakers {
+            endpoints =
+                endpoints.with_breaker(server.clone(), breaker.failures, breaker.cool_down)?;
+        }
+        Ok(endpoints)
+    }
+
     /// Every model, in file order (or the environment's defaults), the
     /// scripted model last unless the file placed it.
     pub fn model_configs(&self) -> Vec<ModelConfig> {
@@ -614,11 +631,8 @@ impl Resolver<'_> {
         retention
     }
 
-    #[allow(clippy::type_complexity)]
-    fn mcp(
-        &self,
-        raw: &[RawMcp],
-    ) -> Result<(Vec<McpServerConfig>, BTreeMap<String, BreakerSettings>), ConfigError> {
+    /// The servers, and the breaker settings of those that set one.
+    fn mcp(&self, raw: &[RawMcp]) -> Result<McpSection, ConfigError> {
         let mut seen: BTreeMap<&str, Range<usize>> = BTreeMap::new();
         for server in raw {
             let name = server.name.get_ref();
@@ -779,10 +793,11 @@ impl Resolver<'_> {
                     }
                     settings.failures = *n.get_ref();
                 }
-                if let Some(d) = breaker.cool_down {
+                if let Some(d) = &breaker.cool_down {
+                    let d = *d.get_ref();
                     if d.value.is_zero() {
                         return Err(self.invalid(
-                            Some(server.name.span()),
+                            breaker.cool_down.as_ref().map(Spanned::span),
                             ctx("breaker.cool_down must be greater than zero".into()),
                         ));
                     }
@@ -904,14 +919,13 @@ impl Resolver<'_> {
                     ModelConfig::remote(name.clone(), provider, base_url, model, api_key_env)
                 }
             };
-            if let Some(t) = entry.timeout {
-                if t.value.is_zero() {
-                    return Err(self.invalid(
-                        Some(entry.name.span()),
-                        ctx("timeout must be greater than zero"),
-                    ));
+            if let Some(t) = &entry.timeout {
+                if t.get_ref().value.is_zero() {
+                    return Err(
+                        self.invalid(Some(t.span()), ctx("timeout must be greater than zero"))
+                    );
                 }
-                config.timeout = t.value;
+                config.timeout = t.get_ref().value;
             }
             if let Some(n) = &entry.max_tokens {
                 if *n.get_ref() == 0 {
@@ -1092,6 +1106,9 @@ impl Resolver<'_> {
         Ok(agents)
     }
 }
+
+/// The resolved `[[mcp]]` tables: the servers and their breakers.
+type McpSection = (Vec<McpServerConfig>, BTreeMap<String, BreakerSettings>);
 
 /// The default base URL and key variable of a remote provider.
 fn provider_defaults(provider: Provider) -> (&'static str, &'static str) {

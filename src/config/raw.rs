@@ -118,7 +118,7 @@ pub(crate) struct RawRestart {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBreaker {
     pub failures: Option<Spanned<u32>>,
-    pub cool_down: Option<Dur>,
+    pub cool_down: Option<Spanned<Dur>>,
 }
 
 /// `[[models]]`.
@@ -130,7 +130,7 @@ pub(crate) struct RawModel {
     pub base_url: Option<Spanned<String>>,
     pub model: Option<String>,
     pub api_key_env: Option<String>,
-    pub timeout: Option<Dur>,
+    pub timeout: Option<Spanned<Dur>>,
     pub max_tokens: Option<Spanned<u32>>,
 }
 

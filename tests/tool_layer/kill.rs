@@ -178,3 +178,56 @@ async fn killed_during_a_call_ends_the_call_classified() {
     h.remember("f");
     assert_eq!(h.shutdown().await, 0);
 }
+
+/// A stdio server's process group is in the data directory's ledger while
+/// it runs: a kill -9 and restart replaces the record with the new
+/// process's, and a shutdown removes it, so a crash of hale leaves exactly
+/// the live groups recorded for the next start to reap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_ledger_follows_the_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = hale::data_dir::DataDir::open(tmp.path()).unwrap();
+    let mut config = fault_server("f", &[]);
+    config.recorder = data.ledger().hook();
+    let h = Harness::start(vec![config], no_retries()).await;
+    h.ready("f").await;
+    let recorded = || {
+        let mut pids: Vec<u32> = data.ledger().records().iter().map(|r| r.pid).collect();
+        pids.sort_unstable();
+        pids
+    };
+    let first = h.pid("f");
+    assert_eq!(recorded(), [first]);
+    let record = &data.ledger().records()[0];
+    assert!(record.command.contains("fault-mcp"), "{record:?}");
+
+    kill_group(first);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = h.servers.status("f").unwrap();
+        if let Some(pid) = status.pid
+            && pid != first
+            && status.state == McpState::Ready
+            && recorded() == [pid]
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ledger {:?} after the restart, status {status:?}",
+            recorded()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.remember("f");
+    assert_eq!(h.shutdown().await, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !recorded().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left in the ledger: {:?}",
+            recorded()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
