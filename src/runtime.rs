@@ -256,9 +256,8 @@ impl Runtime {
         store: SqliteStore,
     ) -> Result<Self, RuntimeError> {
         let events: Arc<dyn Store> = Arc::new(store.clone());
-        let (audit_spec, audit) =
-            audit_child("audit", Arc::clone(&events), config.audit.clone())
-                .map_err(|e| config_error("audit", e))?;
+        let (audit_spec, audit) = audit_child("audit", Arc::clone(&events), config.audit.clone())
+            .map_err(|e| config_error("audit", e))?;
         let sink: Arc<dyn EventSink> = Arc::new(audit.sink());
 
         let memory_config = MemoryConfig::new(
@@ -308,7 +307,10 @@ impl Runtime {
             owned.push(Arc::new(handle));
         }
         owned.push(Arc::new(audit.read_logs_tool()));
-        owned.push(Arc::new(ManageMcp::new(Arc::clone(&mcp), Arc::clone(&endpoints))));
+        owned.push(Arc::new(ManageMcp::new(
+            Arc::clone(&mcp),
+            Arc::clone(&endpoints),
+        )));
         owned.push(Arc::new(AskApproval::new(escalation.clone())));
         owned.push(Arc::new(Remember::new(memory.clone())));
         for tool in owned {

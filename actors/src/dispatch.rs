@@ -583,7 +583,9 @@ impl Dispatcher {
         drop(permit);
         let ended = now();
         let transition = if counts_against_endpoint(&outcome) {
-            health.lock_breaker().on_failure(ended.into_std())
+            health
+                .lock_breaker()
+                .on_failure_of_call(started.into_std(), ended.into_std())
         } else {
             health.lock_breaker().on_success(ended.into_std())
         };

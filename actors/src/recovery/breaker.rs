@@ -85,9 +85,17 @@ impl BreakerError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Inner {
-    Closed { consecutive: u32 },
-    Open { since: Instant },
-    HalfOpen { probe_since: Instant },
+    /// `counted_at` is when the last counted failure was reported.
+    Closed {
+        consecutive: u32,
+        counted_at: Option<Instant>,
+    },
+    Open {
+        since: Instant,
+    },
+    HalfOpen {
+        probe_since: Instant,
+    },
 }
 
 impl Inner {
@@ -124,7 +132,10 @@ impl CircuitBreaker {
         Ok(Self {
             failures,
             cool_down,
-            inner: Inner::Closed { consecutive: 0 },
+            inner: Inner::Closed {
+                consecutive: 0,
+                counted_at: None,
+            },
         })
     }
 
@@ -147,7 +158,7 @@ impl CircuitBreaker {
     /// Consecutive failures counted while closed (0 in other states).
     pub fn consecutive_failures(&self) -> u32 {
         match self.inner {
-            Inner::Closed { consecutive } => consecutive,
+            Inner::Closed { consecutive, .. } => consecutive,
             Inner::Open { .. } | Inner::HalfOpen { .. } => 0,
         }
     }
@@ -183,9 +194,10 @@ impl CircuitBreaker {
     /// endpoint now, so the breaker stays open.
     pub fn on_success(&mut self, _now: Instant) -> Option<Transition> {
         match self.inner {
-            Inner::Closed { .. } | Inner::HalfOpen { .. } => {
-                self.go(Inner::Closed { consecutive: 0 })
-            }
+            Inner::Closed { .. } | Inner::HalfOpen { .. } => self.go(Inner::Closed {
+                consecutive: 0,
+                counted_at: None,
+            }),
             Inner::Open { .. } => None,
         }
     }
@@ -199,13 +211,32 @@ impl CircuitBreaker {
     /// while already open is a straggler and does not extend the cool-down,
     /// or late reports could keep an endpoint locked out indefinitely.
     pub fn on_failure(&mut self, now: Instant) -> Option<Transition> {
+        self.on_failure_of_call(now, now)
+    }
+
+    /// Reports that an admitted call that started at `started` failed.
+    ///
+    /// A call that started before the last counted failure was in flight
+    /// when the endpoint failed: it is part of the same outage, not more
+    /// evidence of it. So a server crash that fails twenty calls at once
+    /// counts once, and a restart that takes a moment does not open the
+    /// breaker; a server that keeps failing new calls still opens it
+    /// after `failures` of them.
+    pub fn on_failure_of_call(&mut self, started: Instant, now: Instant) -> Option<Transition> {
         match self.inner {
-            Inner::Closed { consecutive } => {
+            Inner::Closed {
+                counted_at: Some(last),
+                ..
+            } if started < last => None,
+            Inner::Closed { consecutive, .. } => {
                 let consecutive = consecutive.saturating_add(1);
                 if consecutive >= self.failures {
                     self.go(Inner::Open { since: now })
                 } else {
-                    self.inner = Inner::Closed { consecutive };
+                    self.inner = Inner::Closed {
+                        consecutive,
+                        counted_at: Some(now),
+                    };
                     None
                 }
             }
@@ -475,5 +506,22 @@ mod tests {
         assert!(o.message.contains("github"));
         assert!(o.message.contains("4200 ms"));
         assert_eq!(o.data["breaker"], "open");
+    }
+
+    #[test]
+    fn calls_in_flight_when_an_endpoint_fails_count_as_one_failure() {
+        let t0 = Instant::now();
+        let mut b = CircuitBreaker::new(3, COOL).unwrap();
+        // Twenty calls start, the server crashes, all twenty fail.
+        for _ in 0..20 {
+            assert_eq!(b.on_failure_of_call(t0, t0 + ms(10)), None);
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(b.consecutive_failures(), 1);
+        // Calls started after that failure, failing too, are new evidence.
+        assert_eq!(b.on_failure_of_call(t0 + ms(11), t0 + ms(20)), None);
+        assert_eq!(b.consecutive_failures(), 2);
+        assert!(b.on_failure_of_call(t0 + ms(21), t0 + ms(30)).is_some());
+        assert_eq!(b.state(), BreakerState::Open);
     }
 }

@@ -286,6 +286,17 @@ pub enum SessionError {
     Supervisor(String),
 }
 
+impl SessionError {
+    /// Whether trying again later may succeed (the store or the
+    /// escalation actor was unavailable).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Store(_) | Self::Escalation(EscalationError::Unavailable) | Self::Supervisor(_)
+        )
+    }
+}
+
 /// Whether `id` is a usable session id.
 pub fn valid_session_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
@@ -363,6 +374,10 @@ impl Completion {
         {
             self.queued_total.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn is_pending(&self, session: &str, seq: u64) -> bool {
+        self.queued.get(session).is_some_and(|q| q.contains(&seq))
     }
 
     /// Whether `id` was still counted as queued (and no longer is).
@@ -871,6 +886,13 @@ async fn work_inbox(args: &SessionArgs) -> Result<(), SessionError> {
     loop {
         let store = &args.env.store;
         let messages = store.messages(args.id.clone()).await?;
+        // A predecessor killed between finishing a message and telling
+        // its waiters leaves them waiting: tell them now.
+        for message in &messages {
+            if message.state.is_final() && args.completion.is_pending(&args.id, message.seq) {
+                args.completion.done(&args.env, &args.id, message, false);
+            }
+        }
         let Some(current) = messages.iter().position(|m| !m.state.is_final()) else {
             return Ok(());
         };
@@ -879,6 +901,7 @@ async fn work_inbox(args: &SessionArgs) -> Result<(), SessionError> {
         let model = record.and_then(|r| r.model);
         let history = history(&messages[..current], &journal);
         let message = messages[current].clone();
+        let message_seq = message.seq;
         let run = run::MessageRun::new(
             &args.env,
             &args.in_flight,
@@ -889,7 +912,21 @@ async fn work_inbox(args: &SessionArgs) -> Result<(), SessionError> {
             &journal,
             model,
         );
-        let finish = run.run().await?;
+        let finish = match run.run().await {
+            Ok(finish) => finish,
+            // A store that cannot write, or an escalation actor that stays
+            // away, is worth a restart (the supervisor's backoff paces
+            // it); anything else would fail again the same way, so it ends
+            // the message instead of crash-looping the session.
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => crate::store::Finish {
+                session: args.id.clone(),
+                seq: message_seq,
+                state: crate::store::MessageState::Failed,
+                reply: None,
+                error: Some(e.to_string()),
+            },
+        };
         let seq = finish.seq;
         let finished_here = store.finish(finish).await?;
         args.in_flight.finished(&args.id, seq);

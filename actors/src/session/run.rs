@@ -645,10 +645,7 @@ impl<'a> MessageRun<'a> {
         let (reason, options, recommended, why) = if breaker_open {
             (
                 "breaker",
-                vec![
-                    option(RETRY, "Let the agent try again later"),
-                    option(ABORT_OPTION, "Abort this task"),
-                ],
+                vec![option(RETRY, "Let the agent try again later")],
                 RETRY,
                 "the endpoint's circuit breaker is open after repeated failures and no \
                  fallback is configured or available"
@@ -688,7 +685,13 @@ impl<'a> MessageRun<'a> {
                 what: outcome.message.clone(),
                 why,
                 recommendation: format!("Choose `{recommended}`."),
-                alternatives: options.iter().map(|o| o.label.clone()).collect(),
+                alternatives: options
+                    .iter()
+                    .map(|o| o.label.clone())
+                    .chain(std::iter::once(
+                        "Abort (always available): the agent is told to stop".to_owned(),
+                    ))
+                    .collect(),
                 context: json!({
                     "tool": call.name,
                     "args": call.arguments,
