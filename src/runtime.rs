@@ -280,9 +280,8 @@ impl Runtime {
         let approvals = Arc::new(StoreApprovals::new(Arc::clone(&events)));
         let (escalation_spec, escalation) = escalation_child(approvals, Arc::clone(&sink));
 
-        let endpoints = Arc::new(
-            Endpoints::new(config.dispatch.clone()).map_err(|e| config_error("dispatch", e))?,
-        );
+        let endpoints =
+            Arc::new(Endpoints::new(config.dispatch).map_err(|e| config_error("dispatch", e))?);
         let models = Models::new(
             config.models.clone(),
             Arc::clone(&endpoints),

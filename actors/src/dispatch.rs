@@ -518,8 +518,12 @@ impl Dispatcher {
         let (admission, transition) = health.lock_breaker().allow(started.into_std());
         self.emit_transition(&target.endpoint, transition, ctx);
         if let Admission::Rejected { retry_in } = admission {
+            // Not attempted, but answered: the refusal is the attempt's
+            // outcome in the audit trail.
+            let outcome = rejected_outcome(&target.endpoint, retry_in);
+            self.emit_outcome(target, &outcome, Duration::ZERO, ctx);
             return Attempted {
-                outcome: rejected_outcome(&target.endpoint, retry_in),
+                outcome,
                 refused_by_breaker: true,
             };
         }
@@ -538,6 +542,7 @@ impl Dispatcher {
                 Event::from_outcome(&target.endpoint, EventKind::Shed, &outcome),
                 ctx,
             );
+            self.emit_outcome(target, &outcome, Duration::ZERO, ctx);
             return Attempted {
                 outcome,
                 refused_by_breaker: false,

@@ -1,6 +1,8 @@
 //! The runtime end to end: sessions, the seed's scenarios, chaos, and
 //! crash recovery. One test binary, so the suite links it once.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod chaos;
 mod scenarios;
 mod sessions;

@@ -173,8 +173,11 @@ async fn a_blocked_call_runs_exactly_once_when_approved_and_never_when_denied() 
         lines(&workspace.join("deploys.txt")).is_empty(),
         "ran before approval"
     );
-    let message = runtime.sessions().message(&id).await.unwrap();
-    assert_eq!(message.state, MessageState::WaitingApproval);
+    eventually(WAIT, "the message to wait for the approval", || async {
+        let state = runtime.sessions().message(&id).await.unwrap().state;
+        (state == MessageState::WaitingApproval).then_some(())
+    })
+    .await;
     runtime
         .resolve_approval(&approval.id, Answer::Option(APPROVE.into()), "test")
         .await

@@ -57,7 +57,27 @@ pub async fn ask(runtime: &Runtime, session: &str, text: &str, wait: Duration) -
         .send_and_wait(session, text, wait)
         .await
         .expect("send failed");
-    record.unwrap_or_else(|| panic!("message {id} did not finish within {wait:?}"))
+    match record {
+        Some(record) => record,
+        None => {
+            use hale::actors::store::SessionStore;
+            let message = runtime.sessions().message(&id).await;
+            let journal = runtime.store().journal_entries(session.to_owned()).await;
+            let tree = runtime.tree().await;
+            let started = runtime.sessions().started();
+            eprintln!("tree: {tree:#?}\nstarted: {started:?}");
+            let events = events(runtime, None).await;
+            let events: Vec<String> = events
+                .iter()
+                .map(|e| format!("{} {} {} {}", e.source, e.kind, e.message, e.data))
+                .collect();
+            panic!(
+                "message {id} did not finish within {wait:?}\nmessage: {message:?}\n\
+                 journal: {journal:#?}\nevents:\n{}",
+                events.join("\n")
+            )
+        }
+    }
 }
 
 /// The step outcomes of a scripted reply.

@@ -395,12 +395,14 @@ impl Completion {
 
     fn done(&self, env: &SessionEnv, session: &str, record: &MessageRecord, finished_here: bool) {
         let released = self.release(session, record.seq);
-        self.waiters.complete(record);
+        // The event goes first, so whoever was waiting finds it in the
+        // audit trail.
         if finished_here || released {
             let source = format!("{}/{session}", env.settings.source);
             env.sink.emit(run::message_event(session, &source, record));
             let _ = self.done.send(record.clone());
         }
+        self.waiters.complete(record);
     }
 }
 

@@ -345,14 +345,15 @@ impl<'a> MessageRun<'a> {
             .decisions
             .get(&key)
             .is_some_and(|d| d.option.as_deref() == Some(APPROVE));
+        // Started by an earlier incarnation in this process: still running
+        // or finished, its outcome is the outcome (the restart of a
+        // session does not cancel work, and its intent may not even be
+        // committed yet).
+        if let Some(rx) = self.in_flight.get(self.session, self.message.seq, &key) {
+            let ran = wait_ran(rx).await;
+            return self.settle(call, ran, approved).await;
+        }
         if interrupted {
-            // The call was started by an earlier incarnation. If it is
-            // still running (or finished) in this process, its outcome is
-            // the outcome: the restart of a session does not cancel work.
-            if let Some(rx) = self.in_flight.get(self.session, self.message.seq, &key) {
-                let ran = wait_ran(rx).await;
-                return self.settle(call, ran, approved).await;
-            }
             if !approved && self.progress.escalations.contains_key(&key) {
                 // Blocked and waiting for a human when the session
                 // restarted: resume the wait.
@@ -382,16 +383,8 @@ impl<'a> MessageRun<'a> {
         {
             return Ok(After::Stop(error));
         }
-        if !interrupted {
-            self.journal(Entry::Intent {
-                call: key.clone(),
-                tool: call.name.clone(),
-                args: call.arguments.clone(),
-            })
-            .await?;
-        }
         let _ = self.budget.try_consume();
-        let ran = self.call_tool(call).await;
+        let ran = self.call_tool(call).await?;
         self.settle(call, ran, approved).await
     }
 
@@ -464,14 +457,20 @@ impl<'a> MessageRun<'a> {
     /// the outcome itself, so killing the session actor does not cancel
     /// them: the next incarnation finds the call in [`InFlight`] and
     /// takes its outcome.
-    async fn call_tool(&mut self, call: &ToolCallRequest) -> Ran {
-        if call.name == SWITCH_MODEL {
-            let outcome = self.switch_model(&call.arguments).await;
-            return Ran::unjournaled(outcome, self.budget.remaining());
-        }
-        if !self.agent.allows(&call.name) {
-            let outcome = unknown_tool(&call.name, self.tools.iter().map(|t| t.name.clone()));
-            return Ran::unjournaled(outcome, self.budget.remaining());
+    async fn call_tool(&mut self, call: &ToolCallRequest) -> Result<Ran, SessionError> {
+        let intent = Entry::Intent {
+            call: call.id.clone(),
+            tool: call.name.clone(),
+            args: call.arguments.clone(),
+        };
+        if call.name == SWITCH_MODEL || !self.agent.allows(&call.name) {
+            self.journal(intent).await?;
+            let outcome = if call.name == SWITCH_MODEL {
+                self.switch_model(&call.arguments).await
+            } else {
+                unknown_tool(&call.name, self.tools.iter().map(|t| t.name.clone()))
+            };
+            return Ok(Ran::unjournaled(outcome, self.budget.remaining()));
         }
         let ctx = CallContext {
             session: Some(self.session.to_owned()),
@@ -487,7 +486,23 @@ impl<'a> MessageRun<'a> {
         let session = self.session.to_owned();
         let seq = self.message.seq;
         let call = call.clone();
+        let intent = intent.to_json();
         tokio::spawn(async move {
+            // The intent is journaled by the runner, before the call: a
+            // session killed at any point after the spawn leaves a call
+            // that finishes and records itself; one killed before it leaves
+            // nothing started, and the step is simply taken again.
+            if let Err(e) = store.journal(session.clone(), seq, intent).await {
+                let _ = tx.send(Some(Ran::unjournaled(
+                    ToolOutcome::from_code(
+                        ErrorCode::Internal,
+                        format!("the call was not made: its intent could not be journaled: {e}"),
+                    )
+                    .undelivered(),
+                    budget.remaining(),
+                )));
+                return;
+            }
             let outcome = dispatcher
                 .call(&call.name, call.arguments.clone(), &ctx)
                 .await;
@@ -515,7 +530,7 @@ impl<'a> MessageRun<'a> {
                 budget_left,
             }));
         });
-        wait_ran(rx).await
+        Ok(wait_ran(rx).await)
     }
 
     async fn switch_model(&mut self, args: &Value) -> ToolOutcome {
@@ -581,7 +596,7 @@ impl<'a> MessageRun<'a> {
         let decision = self.escalate(&key, "blocked", request).await?;
         if decision.option.as_deref() == Some(APPROVE) {
             self.env.grants.grant(&call.name, &call.arguments);
-            let ran = self.call_tool(call).await;
+            let ran = self.call_tool(call).await?;
             // A grant the call did not use (it failed before the policy
             // check) must not let a later identical call through.
             self.env.grants.revoke(&call.name, &call.arguments);
@@ -654,13 +669,10 @@ impl<'a> MessageRun<'a> {
         } else {
             (
                 "critical",
-                vec![
-                    option(
-                        PROCEED,
-                        "Proceed: let the agent continue with this decision",
-                    ),
-                    option(ABORT_OPTION, "Abort this task"),
-                ],
+                vec![option(
+                    PROCEED,
+                    "Proceed: let the agent continue with this decision",
+                )],
                 ABORT_OPTION,
                 format!(
                     "{} is classified critical (retryable: {}, recoverable: {}): hale does not \
