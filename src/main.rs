@@ -70,6 +70,27 @@ enum Command {
         #[arg(long, value_name = "MS")]
         exit_after_ms: Option<u64>,
     },
+    /// Drive a runtime in this process: create sessions, send each a
+    /// scripted `exec` plan, wait for every unfinished message (for crash
+    /// tests; run again after a kill to see what was recovered).
+    #[command(hide = true)]
+    Drive {
+        /// The data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Sessions to create.
+        #[arg(long, default_value_t = 0)]
+        sessions: usize,
+        /// Messages per session.
+        #[arg(long, default_value_t = 0)]
+        messages: usize,
+        /// The command of each message (`{s}`, `{m}`: session and message numbers).
+        #[arg(long, default_value = "true")]
+        command: String,
+        /// Seconds to wait for each message.
+        #[arg(long, default_value_t = 120)]
+        wait_secs: u64,
+    },
 }
 
 /// Logs go to stderr: in stdio mode stdout carries the protocol only.
@@ -122,6 +143,23 @@ fn main() -> ExitCode {
                     gap: Duration::from_millis(gap_ms),
                     seed: seed.unwrap_or_else(|| fastrand::u64(..)),
                     verbose,
+                })
+                .await
+            }
+            Command::Drive {
+                data_dir,
+                sessions,
+                messages,
+                command,
+                wait_secs,
+            } => {
+                log_to_stderr();
+                hale::drive::run(hale::drive::DriveOptions {
+                    data_dir,
+                    sessions,
+                    messages,
+                    command,
+                    wait: Duration::from_secs(wait_secs),
                 })
                 .await
             }
