@@ -67,6 +67,8 @@ pub struct RuntimeConfig {
     pub audit: AuditConfig,
     /// Journals of messages finished longer ago than this are compacted.
     pub journal_retention: Duration,
+    /// How often compaction runs.
+    pub compaction_interval: Duration,
     /// Restart intensity of the session supervisor.
     pub session_intensity: (u32, Duration),
     /// The MEMORY.md file (default `<workspace>/memory/MEMORY.md`).
@@ -89,6 +91,7 @@ impl RuntimeConfig {
             learning: LearningConfig::default(),
             audit: AuditConfig::default(),
             journal_retention: Duration::from_secs(7 * 24 * 3600),
+            compaction_interval: Duration::from_secs(60),
             session_intensity: (1000, Duration::from_secs(10)),
             memory_path: None,
             data_dir,
@@ -461,8 +464,13 @@ impl Runtime {
 
     fn spawn_compaction(&self) {
         let weak = Arc::downgrade(&self.inner);
+        let every = self
+            .inner
+            .config
+            .compaction_interval
+            .max(Duration::from_millis(10));
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };

@@ -261,3 +261,73 @@ async fn switch_model_to_a_misspelt_name_lists_the_configured_models() {
     assert!(!of_kind(&events, &EventKind::MessageDone).is_empty());
     runtime.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journals_of_finished_messages_are_compacted_and_the_session_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.journal_retention = Duration::ZERO;
+    config.compaction_interval = Duration::from_millis(50);
+    let runtime = start(config).await;
+    let session = runtime.create_session("default").await.unwrap();
+    let text = plan(json!([step("exec", json!({"command": "echo one"}))]));
+    let first = ask(&runtime, &session, &text, WAIT).await;
+    assert_eq!(first.state, MessageState::Done);
+    eventually(WAIT, "the journal of message 1 to be compacted", || async {
+        let journal = runtime
+            .store()
+            .journal_entries(session.clone())
+            .await
+            .unwrap();
+        journal.iter().all(|r| r.message != first.seq).then_some(())
+    })
+    .await;
+    // The inbox keeps the text and the reply; the next message runs.
+    let kept = runtime.sessions().messages(&session).await.unwrap();
+    assert_eq!(kept[0].reply, first.reply);
+    let second = ask(&runtime, &session, &text, WAIT).await;
+    assert_eq!(steps_of(&second)[0]["status"], "success");
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_that_stays_open_with_no_fallback_is_escalated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    // An MCP server nobody answers for, no backup.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/mcp", dead.local_addr().unwrap());
+    drop(dead);
+    let mut mcp = hale::actors::mcp::McpServerConfig::http("ghost", url);
+    mcp.connect_timeout = Duration::from_millis(200);
+    config.mcp = vec![mcp];
+    config.dispatch.breaker_failures = 2;
+    config.dispatch.breaker_cool_down = Duration::from_secs(60);
+    config.dispatch.retry.max_retry_after = Duration::from_millis(100);
+    let runtime = start(config).await;
+    let session = runtime.create_session("default").await.unwrap();
+    let text = plan(json!([step("ghost__echo", json!({"text": "hi"}))]));
+    let id = runtime.send(&session, &text).await.unwrap();
+    let approval = eventually(WAIT, "the breaker approval", || async {
+        let message = runtime.sessions().message(&id).await.unwrap();
+        assert!(
+            !message.state.is_final(),
+            "finished without escalating: {message:?}"
+        );
+        runtime.approvals(true).await.unwrap().into_iter().next()
+    })
+    .await;
+    assert!(
+        approval.request.diagnosis.why.contains("breaker"),
+        "{:?}",
+        approval.request.diagnosis
+    );
+    runtime
+        .resolve_approval(&approval.id, Answer::Option("retry".into()), "test")
+        .await
+        .unwrap();
+    let record = runtime.sessions().wait(&id, WAIT).await.unwrap().unwrap();
+    let steps = steps_of(&record);
+    assert_eq!(steps[0]["code"], "MCP_SERVER_UNREACHABLE", "{}", steps[0]);
+    runtime.shutdown().await.unwrap();
+}
