@@ -5,10 +5,12 @@
 //! control plane. The supervision semantics live in `hale-supervision`, the
 //! domain vocabulary in `hale-actors`.
 
+pub mod api;
 pub mod config;
 pub mod data_dir;
 pub mod drive;
 pub mod fault_mcp;
+pub mod metrics;
 pub mod runtime;
 pub mod tree_demo;
 

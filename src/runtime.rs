@@ -43,6 +43,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::data_dir::DataDir;
+use crate::metrics::{EventTap, Metrics};
 
 /// Everything the runtime is started from (the resolved `hale.toml`).
 #[derive(Debug, Clone)]
@@ -202,6 +203,7 @@ struct Inner {
     endpoints: Arc<Endpoints>,
     dispatcher: Arc<Dispatcher>,
     sessions: Arc<Sessions>,
+    tap: Arc<EventTap>,
     ready: AtomicBool,
     stopped: AtomicBool,
     config: RuntimeConfig,
@@ -261,7 +263,8 @@ impl Runtime {
         let events: Arc<dyn Store> = Arc::new(store.clone());
         let (audit_spec, audit) = audit_child("audit", Arc::clone(&events), config.audit.clone())
             .map_err(|e| config_error("audit", e))?;
-        let sink: Arc<dyn EventSink> = Arc::new(audit.sink());
+        let tap = Arc::new(EventTap::new(Arc::new(audit.sink())));
+        let sink: Arc<dyn EventSink> = tap.clone();
 
         let memory_config = MemoryConfig::new(
             config
@@ -395,6 +398,7 @@ impl Runtime {
                 endpoints,
                 dispatcher,
                 sessions,
+                tap,
                 ready: AtomicBool::new(false),
                 stopped: AtomicBool::new(false),
                 config,
@@ -499,6 +503,16 @@ impl Runtime {
     /// Whether the tree is up and the journals replayed.
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::SeqCst) && !self.inner.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Counters derived from the event stream (`/metrics`).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.inner.tap.metrics()
+    }
+
+    /// Every event as it is emitted (before it reaches the store).
+    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.inner.tap.subscribe()
     }
 
     /// The store (audit trail, approvals, inboxes and journals).

@@ -265,6 +265,9 @@ pub enum SessionError {
     /// No such message.
     #[error("no message `{0}`")]
     UnknownMessage(String),
+    /// No configured model has this name.
+    #[error("{0}")]
+    UnknownModel(String),
     /// Too many messages are queued; try again later.
     #[error("too many queued messages ({queued} queued, limit {limit}); retry in {} s", retry_after.as_secs())]
     Busy {
@@ -347,6 +350,7 @@ pub struct Sessions {
     supervisor: std::sync::RwLock<Option<SupervisorRef>>,
     completion: Arc<Completion>,
     in_flight: Arc<InFlight>,
+    agent_models: Arc<DashMap<String, String>>,
 }
 
 /// What happens when a message finishes, shared by the handle and the
@@ -434,6 +438,7 @@ impl Sessions {
                 queued_total: AtomicUsize::new(0),
             }),
             in_flight: Arc::new(InFlight::default()),
+            agent_models: Arc::new(DashMap::new()),
         })
     }
 
@@ -685,7 +690,7 @@ impl Sessions {
     ) -> Result<Option<String>, SessionError> {
         let model = match model {
             Some(name) => Some(self.env.models.resolve(name).map_err(|o| {
-                SessionError::Supervisor(format!("{} ({})", o.message, hint_text(&o)))
+                SessionError::UnknownModel(format!("{} ({})", o.message, hint_text(&o)))
             })?),
             None => None,
         };
@@ -698,6 +703,37 @@ impl Sessions {
             return Err(SessionError::UnknownSession(session.to_owned()));
         }
         Ok(model)
+    }
+
+    /// Switches every session of `agent` without a model of its own to
+    /// `model` (`None` restores the agent's chain), from its next message.
+    ///
+    /// # Errors
+    /// Unknown agent or model.
+    pub fn switch_agent_model(
+        &self,
+        agent: &str,
+        model: Option<&str>,
+    ) -> Result<Option<String>, SessionError> {
+        if !self.agents.contains_key(agent) {
+            return Err(SessionError::UnknownAgent {
+                name: agent.to_owned(),
+                known: self.agent_names().join(", "),
+            });
+        }
+        match model {
+            Some(name) => {
+                let model = self.env.models.resolve(name).map_err(|o| {
+                    SessionError::UnknownModel(format!("{} ({})", o.message, hint_text(&o)))
+                })?;
+                self.agent_models.insert(agent.to_owned(), model.clone());
+                Ok(Some(model))
+            }
+            None => {
+                self.agent_models.remove(agent);
+                Ok(None)
+            }
+        }
     }
 
     /// Starts the actors of every session with unfinished messages (after
@@ -756,6 +792,7 @@ impl Sessions {
             address: address.clone(),
             completion: Arc::clone(&self.completion),
             in_flight: Arc::clone(&self.in_flight),
+            agent_models: Arc::clone(&self.agent_models),
         };
         // Insert first so a concurrent caller does not start a twin.
         match self.addresses.entry(id.to_owned()) {
@@ -813,6 +850,7 @@ pub struct SessionArgs {
     address: Address<SessionMsg>,
     completion: Arc<Completion>,
     in_flight: Arc<InFlight>,
+    agent_models: Arc<DashMap<String, String>>,
 }
 
 /// The actor of one session.
@@ -900,7 +938,9 @@ async fn work_inbox(args: &SessionArgs) -> Result<(), SessionError> {
         };
         let journal = store.journal_entries(args.id.clone()).await?;
         let record = store.session(args.id.clone()).await?;
-        let model = record.and_then(|r| r.model);
+        let model = record
+            .and_then(|r| r.model)
+            .or_else(|| args.agent_models.get(&args.agent.name).map(|m| m.clone()));
         let history = history(&messages[..current], &journal);
         let message = messages[current].clone();
         let message_seq = message.seq;

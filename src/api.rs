@@ -1,0 +1,1107 @@
+//! The control-plane HTTP API: what `hale serve` puts in front of a
+//! [`Runtime`].
+//!
+//! Operators and programs drive many concurrent agents through it, so it
+//! must say clearly what went wrong and never fall over on bad input:
+//! every error is `{"error":{"code","message"}}` with the status that fits
+//! (bad JSON, unknown fields, oversized bodies and unknown ids are 4xx,
+//! never a 500), every route but `/metrics` and `/healthz` needs the
+//! bearer token (compared in constant time), and the OpenAPI document is
+//! generated from the same handler annotations the router is built from
+//! (`utoipa-axum`), so the two cannot drift.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::Stream;
+use hale_actors::escalation::{Answer, ApprovalNotice, EscalationError};
+use hale_actors::event::{Event, Level};
+use hale_actors::session::{MessageId, Progress, SessionError};
+use hale_actors::store::{EventFilter, EventQuery, Grep, MessageRecord, MessageState, SessionStore};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::runtime::{Runtime, RuntimeError};
+
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// The longest `?wait=` accepted, in seconds.
+pub const MAX_WAIT_SECS: u64 = 300;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The runtime served.
+    pub runtime: Runtime,
+    /// The bearer token.
+    pub token: Arc<str>,
+    /// Whether `/v1/chaos/kill` is enabled.
+    pub allow_chaos: bool,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("allow_chaos", &self.allow_chaos)
+            .finish_non_exhaustive()
+    }
+}
+
+// ----------------------------------------------------------------- errors
+
+/// An API error: a status and `{"error":{"code","message"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+/// The error body.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable (`not_found`, `bad_request`, ...).
+    pub code: String,
+    /// For humans.
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        });
+        let mut response = (self.status, body).into_response();
+        if let Some(secs) = self.retry_after
+            && let Ok(value) = HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(e: SessionError) -> Self {
+        let message = e.to_string();
+        match e {
+            SessionError::UnknownSession(_) | SessionError::UnknownMessage(_) => {
+                Self::not_found(message)
+            }
+            SessionError::UnknownAgent { .. }
+            | SessionError::BadSessionId(_)
+            | SessionError::BadMessageId(_)
+            | SessionError::UnknownModel(_) => Self::bad_request(message),
+            SessionError::Exists(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            SessionError::Busy { retry_after, .. } => {
+                let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, "busy", message);
+                error.retry_after = Some(retry_after.as_secs().max(1));
+                error
+            }
+            SessionError::Escalation(e) => e.into(),
+            SessionError::Store(_) | SessionError::Supervisor(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                message,
+            ),
+        }
+    }
+}
+
+impl From<EscalationError> for ApiError {
+    fn from(e: EscalationError) -> Self {
+        let message = e.to_string();
+        match e {
+            EscalationError::UnknownApproval(_) => Self::not_found(message),
+            EscalationError::UnknownOption { .. }
+            | EscalationError::InstructionsNotAllowed(_)
+            | EscalationError::InvalidRequest(_) => Self::bad_request(message),
+            EscalationError::AlreadyResolved { .. } => {
+                Self::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            EscalationError::Store(_) | EscalationError::Unavailable => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                message,
+            ),
+        }
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::Session(e) => e.into(),
+            RuntimeError::Escalation(e) => e.into(),
+            RuntimeError::UnknownActor(_) => Self::not_found(e.to_string()),
+            other => Self::internal(other.to_string()),
+        }
+    }
+}
+
+/// `Json` whose rejections are API errors.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let code = match status {
+                    StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+                    _ => "bad_request",
+                };
+                let status = if status.is_client_error() {
+                    status
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                Err(ApiError::new(status, code, rejection.body_text()))
+            }
+        }
+    }
+}
+
+/// `Query` whose rejections are API errors.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(rejection) => {
+                let rejection: QueryRejection = rejection;
+                Err(ApiError::bad_request(rejection.body_text()))
+            }
+        }
+    }
+}
+
+// -------------------------------------------------------------- resources
+
+/// `POST /v1/sessions` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    /// The agent (default `default`).
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// An id of your own (1-64 of `[A-Za-z0-9_-]`); generated if absent.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// A created session.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Created {
+    /// Its id.
+    pub id: String,
+}
+
+/// A session.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionResource {
+    /// Its id.
+    pub id: String,
+    /// Its agent.
+    pub agent: String,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+    /// The model it was switched to, if any.
+    pub model: Option<String>,
+}
+
+/// A session in detail.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionDetail {
+    /// Its id.
+    pub id: String,
+    /// Its agent.
+    pub agent: String,
+    /// When it was created.
+    pub created_at: String,
+    /// The model it was switched to, if any.
+    pub model: Option<String>,
+    /// `idle`, `queued`, `running` or `waiting_approval`.
+    pub state: String,
+    /// Messages in all.
+    pub messages: usize,
+    /// Messages not finished.
+    pub unfinished: usize,
+    /// Tool calls left in the current message's budget.
+    pub budget_left: Option<u32>,
+    /// The agent's budget per message.
+    pub budget: u32,
+    /// The open approval it waits on, if any.
+    pub pending_approval: Option<String>,
+    /// The error of its last failed message, if any.
+    pub last_error: Option<String>,
+}
+
+/// `POST /v1/sessions/{id}/messages` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessage {
+    /// The message.
+    pub text: String,
+}
+
+/// `?wait=` on a send.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WaitParams {
+    /// Seconds to wait for the reply (at most 300).
+    pub wait: Option<u64>,
+}
+
+/// An accepted message.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Accepted {
+    /// Its id (`<session>:<n>`).
+    pub message_id: String,
+}
+
+/// A message.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MessageResource {
+    /// `<session>:<n>`.
+    pub id: String,
+    /// The session.
+    pub session: String,
+    /// The text sent.
+    pub text: String,
+    /// `queued`, `running`, `waiting_approval`, `done` or `failed`.
+    pub status: String,
+    /// The reply, once done.
+    pub reply: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// When it was accepted.
+    pub created_at: String,
+    /// When it finished.
+    pub finished_at: Option<String>,
+}
+
+impl From<MessageRecord> for MessageResource {
+    fn from(r: MessageRecord) -> Self {
+        Self {
+            id: format!("{}:{}", r.session, r.seq),
+            session: r.session,
+            text: r.text,
+            status: r.state.as_str().to_owned(),
+            reply: r.reply,
+            error: r.error,
+            created_at: r.created_at.to_string(),
+            finished_at: r.finished_at.map(|t| t.to_string()),
+        }
+    }
+}
+
+/// `?state=` on the approvals list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalParams {
+    /// `open` for open approvals only.
+    pub state: Option<String>,
+}
+
+/// An approval: request (title, description, diagnosis, options,
+/// recommendation), times, and resolution once decided.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(value_type = Object)]
+pub struct ApprovalResource(pub Value);
+
+/// `POST /v1/approvals/{id}` body: an option or instructions.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Decide {
+    /// An option id (or `abort`).
+    #[serde(default)]
+    pub option: Option<String>,
+    /// Free-text instructions.
+    #[serde(default)]
+    pub instructions: Option<String>,
+}
+
+/// `GET /v1/logs` filters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogParams {
+    /// debug, info, warning, error or critical: that level and above.
+    pub level: Option<String>,
+    /// RFC 3339, or relative (`1h`, `30m`).
+    pub since: Option<String>,
+    /// RFC 3339, or relative.
+    pub until: Option<String>,
+    /// Text to find (smart case).
+    pub grep: Option<String>,
+    /// One session's events.
+    pub session: Option<String>,
+    /// At most this many (default 100, at most 10000).
+    pub limit: Option<usize>,
+}
+
+/// An audit event.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(value_type = Object)]
+pub struct EventResource(pub Value);
+
+/// An actor of the supervision tree.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ActorResource {
+    /// Its stable path (`hale/mcp/weather`).
+    pub id: String,
+    /// supervisor, session, tool, mcp, model, memory, escalation, audit.
+    pub kind: String,
+    /// running, restart_pending, stopped, parked.
+    pub state: String,
+    /// Restarts so far.
+    pub restarts: u64,
+    /// Why it last exited.
+    pub last_exit: Option<String>,
+}
+
+/// An MCP server's report.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(value_type = Object)]
+pub struct McpResource(pub Value);
+
+/// `POST /v1/models/switch` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchModel {
+    /// A session to switch.
+    #[serde(default)]
+    pub session: Option<String>,
+    /// An agent to switch (every session of it without a model of its own).
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// The model (`null` restores the configured chain).
+    pub model: Option<String>,
+}
+
+/// The model now in force.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Switched {
+    /// The model first in the chain from now on (`null`: the configured chain).
+    pub model: Option<String>,
+}
+
+/// `POST /v1/chaos/kill` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Kill {
+    /// An actor id from `/v1/tree`, or `random`.
+    pub target: String,
+    /// With `random`: session, tool, mcp, model, memory, escalation or audit.
+    #[serde(default)]
+    pub kind: Option<String>,
+}
+
+/// What was killed.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Killed {
+    /// The actor id.
+    pub killed: String,
+}
+
+/// `GET /v1/events` filter.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventParams {
+    /// One session's events.
+    pub session: Option<String>,
+}
+
+/// Liveness.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `starting` or `ok`.
+    pub status: String,
+}
+
+// ---------------------------------------------------------------- handlers
+
+fn parse_message_id(id: &str) -> Result<MessageId, ApiError> {
+    id.parse::<MessageId>().map_err(ApiError::from)
+}
+
+/// Creates a session.
+#[utoipa::path(post, path = "/v1/sessions", request_body = CreateSession,
+    responses((status = 201, body = Created), (status = 400, body = ErrorBody)))]
+async fn create_session(
+    State(state): State<ApiState>,
+    ApiJson(body): ApiJson<CreateSession>,
+) -> Result<(StatusCode, Json<Created>), ApiError> {
+    let agent = body.agent.unwrap_or_else(|| "default".to_owned());
+    let id = state.runtime.sessions().create(&agent, body.id).await?;
+    Ok((StatusCode::CREATED, Json(Created { id })))
+}
+
+/// Lists the sessions.
+#[utoipa::path(get, path = "/v1/sessions", responses((status = 200, body = Vec<SessionResource>)))]
+async fn list_sessions(State(state): State<ApiState>) -> Result<Json<Vec<SessionResource>>, ApiError> {
+    let sessions = state.runtime.sessions().list().await?;
+    Ok(Json(
+        sessions
+            .into_iter()
+            .map(|s| SessionResource {
+                id: s.id,
+                agent: s.agent,
+                created_at: s.created_at.to_string(),
+                model: s.model,
+            })
+            .collect(),
+    ))
+}
+
+/// One session: state, budget, pending approval, last error.
+#[utoipa::path(get, path = "/v1/sessions/{id}", params(("id" = String, Path, description = "session id")),
+    responses((status = 200, body = SessionDetail), (status = 404, body = ErrorBody)))]
+async fn get_session(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<SessionDetail>, ApiError> {
+    let sessions = state.runtime.sessions();
+    let record = sessions.get(&id).await?;
+    let messages = sessions.messages(&id).await?;
+    let current = messages.iter().find(|m| !m.state.is_final());
+    let session_state = match current {
+        None => "idle",
+        Some(m) => m.state.as_str(),
+    };
+    let budget_left = match current {
+        Some(m) => {
+            let journal = state
+                .runtime
+                .store()
+                .journal_entries(id.clone())
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            Progress::replay(
+                journal
+                    .iter()
+                    .filter(|r| r.message == m.seq)
+                    .map(|r| r.entry.as_str()),
+            )
+            .budget_left
+        }
+        None => None,
+    };
+    let pending_approval = state
+        .runtime
+        .approvals(true)
+        .await?
+        .into_iter()
+        .find(|a| a.request.requester.as_deref() == Some(id.as_str()))
+        .map(|a| a.id);
+    let last_error = messages
+        .iter()
+        .rev()
+        .find(|m| m.state == MessageState::Failed)
+        .and_then(|m| m.error.clone());
+    let budget = state
+        .runtime
+        .config()
+        .agents
+        .iter()
+        .find(|a| a.name == record.agent)
+        .map_or(0, |a| a.budget);
+    Ok(Json(SessionDetail {
+        id: record.id,
+        agent: record.agent,
+        created_at: record.created_at.to_string(),
+        model: record.model,
+        state: session_state.to_owned(),
+        messages: messages.len(),
+        unfinished: messages.iter().filter(|m| !m.state.is_final()).count(),
+        budget_left,
+        budget,
+        pending_approval,
+        last_error,
+    }))
+}
+
+/// Deletes a session (its rows stay for the audit trail).
+#[utoipa::path(delete, path = "/v1/sessions/{id}", params(("id" = String, Path, description = "session id")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_session(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.runtime.sessions().delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Sends a message; with `?wait=S`, waits up to S seconds for the reply.
+#[utoipa::path(post, path = "/v1/sessions/{id}/messages", request_body = SendMessage,
+    params(("id" = String, Path, description = "session id"), WaitParams),
+    responses((status = 200, body = MessageResource, description = "done within the wait"),
+        (status = 202, body = Accepted, description = "stored; not done (yet)"),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn send_message(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<WaitParams>,
+    ApiJson(body): ApiJson<SendMessage>,
+) -> Result<Response, ApiError> {
+    if let Some(wait) = params.wait
+        && wait > MAX_WAIT_SECS
+    {
+        return Err(ApiError::bad_request(format!(
+            "wait={wait}: at most {MAX_WAIT_SECS} seconds"
+        )));
+    }
+    let message_id = state.runtime.send(&id, &body.text).await?;
+    if let Some(wait) = params.wait.filter(|w| *w > 0) {
+        let done = state
+            .runtime
+            .sessions()
+            .wait(&message_id, Duration::from_secs(wait))
+            .await?;
+        if let Some(record) = done {
+            return Ok((StatusCode::OK, Json(MessageResource::from(record))).into_response());
+        }
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            message_id: message_id.to_string(),
+        }),
+    )
+        .into_response())
+}
+
+/// One message.
+#[utoipa::path(get, path = "/v1/messages/{message_id}",
+    params(("message_id" = String, Path, description = "<session>:<n>")),
+    responses((status = 200, body = MessageResource), (status = 404, body = ErrorBody)))]
+async fn get_message(
+    State(state): State<ApiState>,
+    Path(message_id): Path<String>,
+) -> Result<Json<MessageResource>, ApiError> {
+    let id = parse_message_id(&message_id)?;
+    let record = state.runtime.sessions().message(&id).await?;
+    Ok(Json(record.into()))
+}
+
+/// Approvals (`?state=open` for open ones).
+#[utoipa::path(get, path = "/v1/approvals", params(ApprovalParams),
+    responses((status = 200, body = Vec<ApprovalResource>)))]
+async fn list_approvals(
+    State(state): State<ApiState>,
+    ApiQuery(params): ApiQuery<ApprovalParams>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let open_only = match params.state.as_deref() {
+        None | Some("all") => false,
+        Some("open") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "state={other}: use `open` or `all`"
+            )));
+        }
+    };
+    let approvals = state.runtime.approvals(open_only).await?;
+    Ok(Json(
+        approvals
+            .iter()
+            .map(|a| serde_json::to_value(a).unwrap_or(Value::Null))
+            .collect(),
+    ))
+}
+
+/// Decides an approval with an option (or `abort`) or instructions.
+#[utoipa::path(post, path = "/v1/approvals/{id}", request_body = Decide,
+    params(("id" = String, Path, description = "approval id")),
+    responses((status = 200, body = ApprovalResource), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn decide_approval(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Decide>,
+) -> Result<Json<Value>, ApiError> {
+    let answer = match (body.option, body.instructions) {
+        (Some(option), None) => Answer::Option(option),
+        (None, Some(text)) => Answer::Instructions(text),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of `option` and `instructions`",
+            ));
+        }
+    };
+    let by = headers
+        .get("x-hale-operator")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("api")
+        .to_owned();
+    let resolution = state.runtime.resolve_approval(&id, answer, &by).await?;
+    Ok(Json(serde_json::to_value(resolution).unwrap_or(Value::Null)))
+}
+
+/// The audit trail, newest first.
+#[utoipa::path(get, path = "/v1/logs", params(LogParams),
+    responses((status = 200, body = Vec<EventResource>), (status = 400, body = ErrorBody)))]
+async fn logs(
+    State(state): State<ApiState>,
+    ApiQuery(params): ApiQuery<LogParams>,
+) -> Result<Json<Vec<Event>>, ApiError> {
+    let now = jiff::Timestamp::now();
+    let time = |value: &Option<String>, name: &str| -> Result<Option<jiff::Timestamp>, ApiError> {
+        value
+            .as_deref()
+            .map(|v| {
+                hale_actors::audit::parse_time(v, now)
+                    .map_err(|e| ApiError::bad_request(format!("{name}: {e}")))
+            })
+            .transpose()
+    };
+    let min_level = params
+        .level
+        .as_deref()
+        .map(|l| {
+            l.parse::<Level>()
+                .map_err(|e| ApiError::bad_request(format!("level: {e}")))
+        })
+        .transpose()?;
+    let grep = params
+        .grep
+        .as_deref()
+        .map(|g| Grep::text(g).map_err(|e| ApiError::bad_request(format!("grep: {e}"))))
+        .transpose()?;
+    let limit = params.limit.unwrap_or(100);
+    if limit == 0 || limit > 10_000 {
+        return Err(ApiError::bad_request("limit: between 1 and 10000"));
+    }
+    let query = EventQuery::newest(
+        EventFilter {
+            min_level,
+            since: time(&params.since, "since")?,
+            until: time(&params.until, "until")?,
+            grep,
+            session: params.session,
+            ..EventFilter::default()
+        },
+        limit,
+    );
+    Ok(Json(state.runtime.logs(query).await?))
+}
+
+/// The supervision tree, depth first.
+#[utoipa::path(get, path = "/v1/tree", responses((status = 200, body = Vec<ActorResource>)))]
+async fn tree(State(state): State<ApiState>) -> Result<Json<Vec<ActorResource>>, ApiError> {
+    let nodes = state.runtime.tree().await?;
+    Ok(Json(
+        nodes
+            .into_iter()
+            .map(|n| ActorResource {
+                id: n.id,
+                kind: n.kind,
+                state: n.state,
+                restarts: n.restarts,
+                last_exit: n.last_exit,
+            })
+            .collect(),
+    ))
+}
+
+/// The MCP servers.
+#[utoipa::path(get, path = "/v1/mcp", responses((status = 200, body = Vec<McpResource>)))]
+async fn list_mcp(State(state): State<ApiState>) -> Json<Vec<Value>> {
+    let reports = state.runtime.mcp().list(state.runtime.endpoints()).await;
+    Json(
+        reports
+            .iter()
+            .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
+            .collect(),
+    )
+}
+
+/// Enables, disables or restarts an MCP server.
+#[utoipa::path(post, path = "/v1/mcp/{name}/{action}",
+    params(("name" = String, Path, description = "server"),
+        ("action" = String, Path, description = "enable, disable or restart")),
+    responses((status = 200, body = McpResource), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn manage_mcp(
+    State(state): State<ApiState>,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let mcp = state.runtime.mcp();
+    if !mcp.names().contains(&name) {
+        return Err(ApiError::not_found(format!(
+            "no MCP server `{name}` (configured: {})",
+            mcp.names().join(", ")
+        )));
+    }
+    let result = match action.as_str() {
+        "enable" => mcp.enable(&name).await,
+        "disable" => mcp.disable(&name).await,
+        "restart" => mcp.restart(&name).await,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown action `{other}`: use enable, disable or restart"
+            )));
+        }
+    };
+    result.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()))?;
+    let report = mcp
+        .list(state.runtime.endpoints())
+        .await
+        .into_iter()
+        .find(|r| r.name == name);
+    Ok(Json(serde_json::to_value(report).unwrap_or(Value::Null)))
+}
+
+/// Switches the model of a session or of an agent.
+#[utoipa::path(post, path = "/v1/models/switch", request_body = SwitchModel,
+    responses((status = 200, body = Switched), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn switch_model(
+    State(state): State<ApiState>,
+    ApiJson(body): ApiJson<SwitchModel>,
+) -> Result<Json<Switched>, ApiError> {
+    let sessions = state.runtime.sessions();
+    let model = match (body.session, body.agent) {
+        (Some(session), None) => sessions.switch_model(&session, body.model.as_deref()).await?,
+        (None, Some(agent)) => sessions.switch_agent_model(&agent, body.model.as_deref())?,
+        _ => return Err(ApiError::bad_request("give exactly one of `session` and `agent`")),
+    };
+    Ok(Json(Switched { model }))
+}
+
+const KINDS: &[&str] = &[
+    "session",
+    "tool",
+    "mcp",
+    "model",
+    "memory",
+    "escalation",
+    "audit",
+];
+
+/// Kills an actor (enabled with `hale serve --allow-chaos`).
+#[utoipa::path(post, path = "/v1/chaos/kill", request_body = Kill,
+    responses((status = 200, body = Killed), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn chaos_kill(
+    State(state): State<ApiState>,
+    ApiJson(body): ApiJson<Kill>,
+) -> Result<Json<Killed>, ApiError> {
+    if !state.allow_chaos {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "chaos is disabled; start `hale serve --allow-chaos` to enable it",
+        ));
+    }
+    if let Some(kind) = &body.kind
+        && !KINDS.contains(&kind.as_str())
+    {
+        return Err(ApiError::bad_request(format!(
+            "unknown kind `{kind}`: use one of {}",
+            KINDS.join(", ")
+        )));
+    }
+    let target = if body.target == "random" {
+        let nodes = state.runtime.tree().await?;
+        let candidates: Vec<_> = nodes
+            .into_iter()
+            .filter(|n| n.state == "running")
+            .filter(|n| match &body.kind {
+                Some(kind) => &n.kind == kind,
+                None => KINDS.contains(&n.kind.as_str()),
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Err(ApiError::not_found("no running actor of that kind"));
+        }
+        candidates[fastrand::usize(..candidates.len())].id.clone()
+    } else {
+        body.target
+    };
+    state.runtime.kill(&target).await?;
+    Ok(Json(Killed { killed: target }))
+}
+
+/// Live events (server-sent): `audit`, `approval.opened`,
+/// `approval.resolved`, `message.done`.
+#[utoipa::path(get, path = "/v1/events", params(EventParams),
+    responses((status = 200, content_type = "text/event-stream", description = "server-sent events")))]
+async fn events(
+    State(state): State<ApiState>,
+    ApiQuery(params): ApiQuery<EventParams>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let mut audit = state.runtime.subscribe_events();
+    let mut approvals = state.runtime.subscribe_approvals();
+    let mut done = state.runtime.sessions().subscribe_done();
+    let session = params.session;
+    let stream = async_stream(move |tx| async move {
+        loop {
+            let next = tokio::select! {
+                event = audit.recv() => match event {
+                    Ok(event) => {
+                        if session.is_some() && event.session != session {
+                            continue;
+                        }
+                        sse("audit", &event)
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        sse("lagged", &json!({"missed": n}))
+                    }
+                    Err(_) => return,
+                },
+                notice = approvals.recv() => match notice {
+                    Some(ApprovalNotice::Opened(a)) => {
+                        if session.is_some() && a.request.requester != session {
+                            continue;
+                        }
+                        sse("approval.opened", &a)
+                    }
+                    Some(ApprovalNotice::Resolved(a)) => {
+                        if session.is_some() && a.request.requester != session {
+                            continue;
+                        }
+                        sse("approval.resolved", &a)
+                    }
+                    None => return,
+                },
+                record = done.recv() => match record {
+                    Ok(record) => {
+                        if session.as_ref().is_some_and(|s| s != &record.session) {
+                            continue;
+                        }
+                        sse("message.done", &MessageResource::from(record))
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        sse("lagged", &json!({"missed": n}))
+                    }
+                    Err(_) => return,
+                },
+            };
+            if tx.send(Ok(next)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+fn sse(name: &str, value: &impl Serialize) -> SseEvent {
+    SseEvent::default()
+        .event(name)
+        .data(serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned()))
+}
+
+/// A stream fed by a task: the task ends when the client goes away.
+fn async_stream<F, Fut>(f: F) -> impl Stream<Item = Result<SseEvent, Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<SseEvent, Infallible>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(f(tx));
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}
+
+/// Prometheus metrics (no token needed: counts only).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain", description = "Prometheus text")))]
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let runtime = &state.runtime;
+    let sessions = runtime.sessions().list().await.map_or(0, |s| s.len());
+    let open = runtime.approvals(true).await.map_or(0, |a| a.len());
+    let mut breakers = Vec::new();
+    for report in runtime.mcp().list(runtime.endpoints()).await {
+        for state_name in ["closed", "open", "half_open"] {
+            breakers.push((
+                format!("{{endpoint=\"{}\",state=\"{state_name}\"}}", report.name),
+                if report.breaker == state_name { 1.0 } else { 0.0 },
+            ));
+        }
+    }
+    let text = runtime.metrics().render(&[
+        ("hale_sessions", "Live sessions.", vec![(String::new(), sessions as f64)]),
+        (
+            "hale_sessions_started",
+            "Session actors started.",
+            vec![(String::new(), runtime.sessions().started().len() as f64)],
+        ),
+        (
+            "hale_messages_queued",
+            "Messages accepted and not finished (since start).",
+            vec![(String::new(), runtime.sessions().queued() as f64)],
+        ),
+        ("hale_approvals_open", "Open approvals.", vec![(String::new(), open as f64)]),
+        ("hale_breaker_state", "MCP endpoint breakers (1 = in that state).", breakers),
+    ]);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response()
+}
+
+/// 200 once the tree is up and the journals replayed, 503 before.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health), (status = 503, body = Health)))]
+async fn healthz(State(state): State<ApiState>) -> (StatusCode, Json<Health>) {
+    if state.runtime.is_ready() {
+        (StatusCode::OK, Json(Health { status: "ok".into() }))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "starting".into(),
+            }),
+        )
+    }
+}
+
+// ------------------------------------------------------------------ router
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "hale control plane", version = "1", description = "Sessions, messages, approvals, logs, the supervision tree, MCP servers, models and chaos for a running hale. Every /v1 route needs `Authorization: Bearer <token>` (the token is in the data directory)."),
+    components(schemas(ErrorBody, ErrorDetail))
+)]
+struct ApiDoc;
+
+async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(presented.as_bytes().ct_eq(state.token.as_bytes())) && !presented.is_empty() {
+        next.run(request).await
+    } else {
+        let mut response = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token (see <data dir>/token)",
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        response
+    }
+}
+
+/// The API's router and its OpenAPI document, built from the same
+/// handler annotations.
+pub fn router(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
+    let (v1, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(create_session, list_sessions))
+        .routes(routes!(get_session, delete_session))
+        .routes(routes!(send_message))
+        .routes(routes!(get_message))
+        .routes(routes!(list_approvals))
+        .routes(routes!(decide_approval))
+        .routes(routes!(logs))
+        .routes(routes!(tree))
+        .routes(routes!(list_mcp))
+        .routes(routes!(manage_mcp))
+        .routes(routes!(switch_model))
+        .routes(routes!(chaos_kill))
+        .routes(routes!(events))
+        .split_for_parts();
+    let (open, open_doc) = OpenApiRouter::new()
+        .routes(routes!(metrics))
+        .routes(routes!(healthz))
+        .split_for_parts();
+    doc.merge(open_doc);
+    doc.paths.paths.insert(
+        "/v1/openapi.json".to_owned(),
+        utoipa::openapi::path::PathItem::new(
+            utoipa::openapi::HttpMethod::Get,
+            utoipa::openapi::path::OperationBuilder::new()
+                .summary(Some("This document."))
+                .response("200", utoipa::openapi::Response::new("The OpenAPI 3.1 document")),
+        ),
+    );
+    let served_doc = doc.clone();
+    let v1 = v1
+        .route(
+            "/v1/openapi.json",
+            get(move || {
+                let doc = served_doc.clone();
+                async move { Json(doc) }
+            }),
+        )
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let app = v1
+        .merge(open)
+        .fallback(|| async { ApiError::not_found("no such route; see /v1/openapi.json") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state);
+    (app, doc)
+}
