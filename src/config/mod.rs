@@ -863,10 +863,10 @@ impl Resolver<'_> {
         let mut seen: BTreeMap<String, Range<usize>> = BTreeMap::new();
         for entry in raw {
             let name = entry.name.get_ref().clone();
-            if !valid_name(&name) {
+            if !hale_actors::model::valid_model_name(&name) {
                 return Err(self.invalid(
                     Some(entry.name.span()),
-                    format!("model name \"{name}\" must be non-empty and use only A-Z, a-z, 0-9, `-`, `_` and `.`"),
+                    format!("model name \"{name}\" must use only a-z, 0-9, `.`, `_` and `-`, starting with a letter or digit"),
                 ));
             }
             if let Some(first) = seen.get(&name) {

@@ -21,8 +21,11 @@
 //! restart intensity, approval timeouts and queue limits.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use hale_actors::model::Provider;
+use hale_actors::dispatch::{DispatchConfig, Endpoints};
+use hale_actors::event::NullSink;
+use hale_actors::model::{EnvLookup, ModelConfig, Models, ModelsOptions};
 use hale_actors::session::AgentSpec;
 
 use super::{DEFAULT_SYSTEM_PROMPT, RuntimeConfig};
@@ -34,42 +37,26 @@ impl RuntimeConfig {
     /// models' API keys.
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] at the model's line when a model's
-    /// `api_key_env` names a variable that is not set (the one check the
-    /// file alone cannot make).
+    /// [`ConfigError::Invalid`] at the model's line when the model layer
+    /// refuses a model the file alone could not judge (its `api_key_env`
+    /// names a variable that is not set or holds a key that cannot be
+    /// sent, its `base_url` does not parse).
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
-        Self::from_config_with_env(config, |var| {
-            std::env::var_os(var).is_some_and(|v| !v.is_empty())
-        })
+        Self::from_config_with_env(config, |var| std::env::var(var).ok())
     }
 
-    /// As [`from_config`](Self::from_config), with `has_env(name)` telling
-    /// whether an environment variable is set (non-empty).
+    /// As [`from_config`](Self::from_config), with `env(name)` reading an
+    /// environment variable, so tests do not depend on the real
+    /// environment.
     ///
     /// # Errors
     /// As [`from_config`](Self::from_config).
     pub fn from_config_with_env(
         config: &Config,
-        has_env: impl Fn(&str) -> bool,
+        env: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
     ) -> Result<Self, ConfigError> {
         let models = config.model_configs();
-        for model in &models {
-            if let (Some(var), Provider::Openai | Provider::Anthropic) =
-                (&model.api_key_env, model.provider)
-                && !has_env(var)
-            {
-                return Err(ConfigError::Invalid {
-                    path: config
-                        .path()
-                        .map_or_else(|| PathBuf::from(DEFAULT_FILE), ToOwned::to_owned),
-                    location: config.model_location(&model.name),
-                    message: format!(
-                        "model \"{}\": the API key variable {var} (api_key_env) is not set",
-                        model.name
-                    ),
-                });
-            }
-        }
+        check_models(config, &models, Arc::new(env))?;
         let settings = config.session();
         let mut runtime = Self::new(config.data_dir());
         runtime.builtin = config.builtin_config();
@@ -84,6 +71,49 @@ impl RuntimeConfig {
         runtime.memory_path = Some(config.memory_config().path);
         Ok(runtime)
     }
+}
+
+/// Builds each model's client as [`Runtime::start`](super::Runtime::start)
+/// will (nothing is started and nothing is sent), so what the model layer
+/// refuses fails here, located at the model's entry.
+fn check_models(
+    config: &Config,
+    models: &[ModelConfig],
+    env: EnvLookup,
+) -> Result<(), ConfigError> {
+    let endpoints =
+        Arc::new(
+            Endpoints::new(DispatchConfig::default()).map_err(|e| ConfigError::Invalid {
+                path: shown_path(config),
+                location: None,
+                message: e.to_string(),
+            })?,
+        );
+    for model in models {
+        let options = ModelsOptions {
+            env: Arc::clone(&env),
+            ..ModelsOptions::default()
+        };
+        if let Err(error) = Models::with_options(
+            vec![model.clone()],
+            Arc::clone(&endpoints),
+            Arc::new(NullSink),
+            options,
+        ) {
+            return Err(ConfigError::Invalid {
+                path: shown_path(config),
+                location: config.model_location(&model.name),
+                message: error.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn shown_path(config: &Config) -> PathBuf {
+    config
+        .path()
+        .map_or_else(|| PathBuf::from(DEFAULT_FILE), ToOwned::to_owned)
 }
 
 /// An `[[agents]]` entry as sessions run it; hale's default prompt when

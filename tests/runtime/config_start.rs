@@ -443,6 +443,28 @@ async fn a_bad_config_fails_the_start_with_the_file_and_line() {
         "{shown}"
     );
     assert!(shown.contains("HALE_TEST_KEY_THAT_IS_NEVER_SET"), "{shown}");
+    // A base_url the HTTP client cannot parse, likewise.
+    let path = write_config(
+        dir.path(),
+        "data_dir = \"data\"\n\n\n[[models]]\nname = \"local\"\nprovider = \"openai\"\n\
+         model = \"m\"\nbase_url = \"http://exa mple.com/v1\"\n",
+    );
+    let shown = start_file(&path).await.unwrap_err().to_string();
+    assert!(
+        shown.starts_with(&format!("{}:5:", path.display())),
+        "{shown}"
+    );
+    assert!(shown.contains("local"), "{shown}");
+    // A model name the model layer would refuse is refused at load.
+    let path = write_config(
+        dir.path(),
+        "[[models]]\nname = \"GPT\"\nprovider = \"scripted\"\n",
+    );
+    let shown = start_file(&path).await.unwrap_err().to_string();
+    assert!(
+        shown.starts_with(&format!("{}:2:", path.display())),
+        "{shown}"
+    );
     // Neither start left the data directory locked.
     let runtime = start_file(&write_config(dir.path(), "data_dir = \"data\"\n"))
         .await
@@ -506,7 +528,7 @@ mcp = []
 "#;
     let config =
         Config::from_str_with_env(text, Some(Path::new("/srv/hale/hale.toml")), |_| false).unwrap();
-    let runtime = RuntimeConfig::from_config_with_env(&config, |_| false).unwrap();
+    let runtime = RuntimeConfig::from_config_with_env(&config, |_| None).unwrap();
     assert_eq!(runtime.data_dir, Path::new("/srv/hale/state"));
     assert_eq!(runtime.builtin.workspace_root, Path::new("/srv/hale/work"));
     assert_eq!(
@@ -546,7 +568,7 @@ mcp = []
     // With no file, the default agent has the runtime's default tools.
     let defaults = RuntimeConfig::from_config_with_env(
         &Config::from_str_with_env("", None, |_| false).unwrap(),
-        |_| false,
+        |_| None,
     )
     .unwrap();
     assert_eq!(defaults.agents.len(), 1);
