@@ -223,7 +223,8 @@ struct Inner {
     ready: AtomicBool,
     stopped: AtomicBool,
     config: RuntimeConfig,
-    _data_dir: DataDir,
+    /// Held (and with it the directory's lock) until shutdown.
+    data_dir: std::sync::Mutex<Option<DataDir>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -444,7 +445,7 @@ impl Runtime {
                 ready: AtomicBool::new(false),
                 stopped: AtomicBool::new(false),
                 config,
-                _data_dir: data_dir,
+                data_dir: std::sync::Mutex::new(Some(data_dir)),
             }),
         };
         for branch in ["models", "mcp", "sessions"] {
@@ -688,7 +689,8 @@ impl Runtime {
     }
 
     /// Stops everything in reverse start order (sessions first, the store
-    /// last), flushing the audit trail before the store closes.
+    /// last), flushing the audit trail before the store closes, then
+    /// releases the data directory's lock (another runtime may open it).
     ///
     /// # Errors
     /// The tree or the store did not stop cleanly.
@@ -704,6 +706,15 @@ impl Runtime {
             .await
             .map_err(|e| RuntimeError::Tree(e.to_string()));
         let closed = self.inner.store.close().await;
+        // Everything that used the directory has stopped: release the
+        // lock now, not when the last clone of the handle is dropped.
+        drop(
+            self.inner
+                .data_dir
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
         stopped?;
         closed?;
         Ok(())

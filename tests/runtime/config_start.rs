@@ -487,6 +487,12 @@ async fn a_second_runtime_on_the_same_data_dir_is_refused_as_in_use() {
     );
     assert!(first.is_ready());
     first.shutdown().await.unwrap();
+    // Shut down, the directory is free again, even while a clone of the
+    // old handle is still around.
+    let kept = first.clone();
+    let second = start_file(&path).await.unwrap();
+    assert!(second.is_ready() && !kept.is_ready());
+    second.shutdown().await.unwrap();
 }
 
 #[test]
