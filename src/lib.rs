@@ -6,6 +6,7 @@
 //! domain vocabulary in `hale-actors`.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod data_dir;
 pub mod drive;

@@ -10,7 +10,8 @@
 //! and after their supervisor restarts. Programs embed hale through
 //! [`Runtime`]; `hale serve` puts an HTTP API in front of the same calls.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -42,8 +43,13 @@ use ractor::ActorCell;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::config::{BreakerSettings, Config, ConfigError};
 use crate::data_dir::DataDir;
 use crate::metrics::{EventTap, Metrics};
+
+mod from_config;
+
+pub use from_config::agent_spec;
 
 /// Everything the runtime is started from (the resolved `hale.toml`).
 #[derive(Debug, Clone)]
@@ -54,6 +60,9 @@ pub struct RuntimeConfig {
     pub builtin: BuiltinConfig,
     /// MCP servers.
     pub mcp: Vec<McpServerConfig>,
+    /// Servers with their own circuit breaker (`[mcp.breaker]`), by
+    /// server name; every other endpoint uses `dispatch`'s breaker.
+    pub mcp_breakers: BTreeMap<String, BreakerSettings>,
     /// Model endpoints.
     pub models: Vec<ModelConfig>,
     /// Agents.
@@ -85,8 +94,9 @@ impl RuntimeConfig {
         Self {
             builtin: BuiltinConfig::new(workspace),
             mcp: Vec::new(),
-            models: vec![ModelConfig::scripted("scripted")],
-            agents: vec![default_agent(&["scripted".to_owned()])],
+            mcp_breakers: BTreeMap::new(),
+            models: vec![ModelConfig::scripted(crate::config::SCRIPTED_MODEL)],
+            agents: vec![default_agent(&[crate::config::SCRIPTED_MODEL.to_owned()])],
             dispatch: DispatchConfig::default(),
             sessions: SessionSettings::default(),
             learning: LearningConfig::default(),
@@ -100,7 +110,11 @@ impl RuntimeConfig {
     }
 }
 
-/// The tools every agent has unless it says otherwise.
+/// The tools every agent has unless it says otherwise: the built-in
+/// tools, the runtime's own (`read_logs`, `manage_mcp`, `ask_approval`,
+/// `remember`) and the session's `switch_model`. The one list: `hale.toml`
+/// accepts exactly these names in an agent's `tools`
+/// ([`crate::config::BUILTIN_TOOLS`] is this list).
 pub const DEFAULT_TOOLS: &[&str] = &[
     "exec",
     "read_file",
@@ -116,14 +130,17 @@ pub const DEFAULT_TOOLS: &[&str] = &[
     "switch_model",
 ];
 
+/// The system prompt of an agent that sets none (MEMORY.md and the budget
+/// line follow it).
+pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a careful agent running under hale. Tool results \
+     are structured outcomes: read `status`, `code`, `retryable`, `recoverable` and `hints` before \
+     deciding what to do next.";
+
 /// The `default` agent: every built-in tool, every MCP server, `models`.
 pub fn default_agent(models: &[String]) -> AgentSpec {
     AgentSpec {
-        name: "default".to_owned(),
-        system_prompt: "You are a careful agent running under hale. Tool results are structured \
-                        outcomes: read `status`, `code`, `retryable`, `recoverable` and `hints` \
-                        before deciding what to do next."
-            .to_owned(),
+        name: crate::config::DEFAULT_AGENT.to_owned(),
+        system_prompt: DEFAULT_SYSTEM_PROMPT.to_owned(),
         models: models.to_vec(),
         tools: DEFAULT_TOOLS.iter().map(|t| (*t).to_owned()).collect(),
         mcp: vec!["*".to_owned()],
@@ -137,6 +154,10 @@ pub enum RuntimeError {
     /// The data directory could not be opened (or is in use).
     #[error(transparent)]
     DataDir(#[from] crate::data_dir::DataDirError),
+    /// `hale.toml` cannot be used; the message reads
+    /// `hale.toml:12:3: what is wrong`.
+    #[error(transparent)]
+    ConfigFile(#[from] ConfigError),
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] hale_actors::store::StoreError),
@@ -207,7 +228,8 @@ struct Inner {
     ready: AtomicBool,
     stopped: AtomicBool,
     config: RuntimeConfig,
-    _data_dir: DataDir,
+    /// Held (and with it the directory's lock) until shutdown.
+    data_dir: std::sync::Mutex<Option<DataDir>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -244,7 +266,8 @@ impl Runtime {
     /// A data directory in use, a store that cannot open, a misconfigured
     /// part, a tree that cannot start.
     pub async fn start(config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        let data_dir = DataDir::open(&config.data_dir)?;
+        let data_dir =
+            DataDir::open_with_workspace(&config.data_dir, &config.builtin.workspace_root)?;
         let store = SqliteStore::open(StoreConfig::new(data_dir.db_path())).await?;
         match Self::start_tree(config, data_dir, store.clone()).await {
             Ok(runtime) => Ok(runtime),
@@ -253,6 +276,27 @@ impl Runtime {
                 Err(e)
             }
         }
+    }
+
+    /// Loads `hale.toml` (`path`, or `./hale.toml` when `None` and it
+    /// exists, else the defaults; see [`Config::load`]) and starts a
+    /// runtime from it.
+    ///
+    /// # Errors
+    /// [`RuntimeError::ConfigFile`] (file, line and column) for a config
+    /// that cannot be used; then as [`start`](Self::start).
+    pub async fn start_from_file(path: Option<&Path>) -> Result<Self, RuntimeError> {
+        let config = Config::load(path)?;
+        Self::start_from_config(&config).await
+    }
+
+    /// Starts a runtime from a loaded `hale.toml`
+    /// ([`RuntimeConfig::from_config`]).
+    ///
+    /// # Errors
+    /// As [`RuntimeConfig::from_config`], then as [`start`](Self::start).
+    pub async fn start_from_config(config: &Config) -> Result<Self, RuntimeError> {
+        Self::start(RuntimeConfig::from_config(config)?).await
     }
 
     async fn start_tree(
@@ -286,8 +330,14 @@ impl Runtime {
         let approvals = Arc::new(StoreApprovals::new(Arc::clone(&events)));
         let (escalation_spec, escalation) = escalation_child(approvals, Arc::clone(&sink));
 
-        let endpoints =
-            Arc::new(Endpoints::new(config.dispatch).map_err(|e| config_error("dispatch", e))?);
+        let mut endpoints =
+            Endpoints::new(config.dispatch).map_err(|e| config_error("dispatch", e))?;
+        for (server, breaker) in &config.mcp_breakers {
+            endpoints = endpoints
+                .with_breaker(server.clone(), breaker.failures, breaker.cool_down)
+                .map_err(|e| config_error("mcp", format!("{server}: breaker: {e}")))?;
+        }
+        let endpoints = Arc::new(endpoints);
         let models = Models::new(
             config.models.clone(),
             Arc::clone(&endpoints),
@@ -402,7 +452,7 @@ impl Runtime {
                 ready: AtomicBool::new(false),
                 stopped: AtomicBool::new(false),
                 config,
-                _data_dir: data_dir,
+                data_dir: std::sync::Mutex::new(Some(data_dir)),
             }),
         };
         for branch in ["models", "mcp", "sessions"] {
@@ -661,7 +711,8 @@ impl Runtime {
     }
 
     /// Stops everything in reverse start order (sessions first, the store
-    /// last), flushing the audit trail before the store closes.
+    /// last), flushing the audit trail before the store closes, then
+    /// releases the data directory's lock (another runtime may open it).
     ///
     /// # Errors
     /// The tree or the store did not stop cleanly.
@@ -677,6 +728,15 @@ impl Runtime {
             .await
             .map_err(|e| RuntimeError::Tree(e.to_string()));
         let closed = self.inner.store.close().await;
+        // Everything that used the directory has stopped: release the
+        // lock now, not when the last clone of the handle is dropped.
+        drop(
+            self.inner
+                .data_dir
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
         stopped?;
         closed?;
         Ok(())

@@ -179,6 +179,13 @@ impl EndpointHealth {
         self.lock_breaker().state()
     }
 
+    /// The breaker's settings: the consecutive failures that open it and
+    /// how long it stays open.
+    pub fn breaker_settings(&self) -> (u32, Duration) {
+        let breaker = self.lock_breaker();
+        (breaker.failures(), breaker.cool_down())
+    }
+
     /// Opens the breaker now for a full cool-down (see
     /// [`CircuitBreaker::trip`]); calls fail fast or go to a fallback.
     pub fn force_open(&self) {

@@ -52,20 +52,11 @@ pub const DEFAULT_AGENT: &str = "default";
 /// The commented template `hale init` writes.
 pub const TEMPLATE: &str = include_str!("template.toml");
 
-/// The built-in tools an agent may list in `tools`.
-pub const BUILTIN_TOOLS: &[&str] = &[
-    "exec",
-    "read_file",
-    "write_file",
-    "edit_file",
-    "glob",
-    "grep",
-    "web_fetch",
-    "remember",
-    "ask_approval",
-    "read_logs",
-    "manage_mcp",
-];
+/// The tools an agent may list in `tools` by name, and what an agent
+/// that omits `tools` gets: [`crate::runtime::DEFAULT_TOOLS`], the one
+/// list (the built-in tools, `read_logs`, `manage_mcp`, `ask_approval`,
+/// `remember` and `switch_model`).
+pub const BUILTIN_TOOLS: &[&str] = crate::runtime::DEFAULT_TOOLS;
 
 /// Where in the file something is: 1-based line and column (in
 /// characters).
@@ -250,6 +241,10 @@ pub struct Config {
     models: Vec<ModelConfig>,
     agents: Vec<AgentConfig>,
     warnings: Vec<ConfigWarning>,
+    /// Whether `tools.workspace` was set (else it follows the data dir).
+    workspace_set: bool,
+    /// Where each `[[models]]` entry's `name` is.
+    model_locations: BTreeMap<String, Location>,
 }
 
 impl Config {
@@ -328,6 +323,25 @@ impl Config {
     /// The data directory (`data_dir`, default `./.hale`).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// This configuration with its data directory replaced by `dir` (a
+    /// command line's `--data-dir`; relative to the current directory,
+    /// not to the file). The workspace moves with it to
+    /// `<dir>/workspace` unless `tools.workspace` sets it.
+    #[must_use]
+    pub fn with_data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = dir.into();
+        if !self.workspace_set {
+            self.builtin.workspace_root = self.data_dir.join(crate::data_dir::WORKSPACE_DIR);
+        }
+        self
+    }
+
+    /// Where the `[[models]]` entry `name` is in the file (`None` for the
+    /// models hale adds itself).
+    pub fn model_location(&self, name: &str) -> Option<Location> {
+        self.model_locations.get(name).copied()
     }
 
     /// The directory the file tools and `exec` are confined to
@@ -517,7 +531,14 @@ impl Resolver<'_> {
         let (mcp, breakers) = self.mcp(&raw.mcp)?;
         let models = self.models(&raw.models, has_env)?;
         let agents = self.agents(&raw.agents, &models, &mcp, &session)?;
+        let model_locations = raw
+            .models
+            .iter()
+            .filter_map(|m| Some((m.name.get_ref().clone(), self.at(m.name.span())?)))
+            .collect();
         Ok(Config {
+            workspace_set: raw.tools.workspace.is_some(),
+            model_locations,
             path: None,
             data_dir,
             builtin,
@@ -842,10 +863,10 @@ impl Resolver<'_> {
         let mut seen: BTreeMap<String, Range<usize>> = BTreeMap::new();
         for entry in raw {
             let name = entry.name.get_ref().clone();
-            if !valid_name(&name) {
+            if !hale_actors::model::valid_model_name(&name) {
                 return Err(self.invalid(
                     Some(entry.name.span()),
-                    format!("model name \"{name}\" must be non-empty and use only A-Z, a-z, 0-9, `-`, `_` and `.`"),
+                    format!("model name \"{name}\" must use only a-z, 0-9, `.`, `_` and `-`, starting with a letter or digit"),
                 ));
             }
             if let Some(first) = seen.get(&name) {

@@ -5,6 +5,7 @@
 
 mod chaos;
 mod crash;
+mod config_start;
 mod scenarios;
 mod sessions;
 mod support;

@@ -50,7 +50,7 @@ pub use anthropic::AnthropicClient;
 pub use http::{CONNECT_TIMEOUT, MAX_REPLY_BYTES};
 pub use models::{
     ChainStep, DEFAULT_READY_WAIT, EnvLookup, MODEL_ENDPOINT_PREFIX, ModelError, Models,
-    ModelsOptions, REPLY_SLACK, endpoint_name, step_after_failure,
+    ModelsOptions, REPLY_SLACK, endpoint_name, step_after_failure, valid_model_name,
 };
 pub use openai::OpenAiClient;
 pub use scripted::{ScriptedModel, scripted_reply};

@@ -246,7 +246,10 @@ pub fn step_after_failure(
     ChainStep::NextModel
 }
 
-fn valid_name(name: &str) -> bool {
+/// Whether `name` can name a model: lower-case letters, digits, `.`, `_`
+/// and `-`, starting with a letter or digit (it becomes the endpoint
+/// `model/<name>` and an actor id).
+pub fn valid_model_name(name: &str) -> bool {
     let mut bytes = name.bytes();
     bytes
         .next()
@@ -283,7 +286,7 @@ impl Models {
         let mut entries = BTreeMap::new();
         for config in configs {
             let name = config.name.clone();
-            if !valid_name(&name) {
+            if !valid_model_name(&name) {
                 return Err(ModelError::InvalidName(name));
             }
             if entries.contains_key(&name) {
@@ -796,10 +799,10 @@ mod tests {
     #[test]
     fn names_are_checked() {
         for good in ["gpt", "gpt-4o-mini", "claude.sonnet_4", "0x"] {
-            assert!(valid_name(good), "{good}");
+            assert!(valid_model_name(good), "{good}");
         }
         for bad in ["", "-x", "GPT", "a b", "a/b", ".x"] {
-            assert!(!valid_name(bad), "{bad}");
+            assert!(!valid_model_name(bad), "{bad}");
         }
     }
 }
