@@ -26,7 +26,9 @@ use futures_util::Stream;
 use hale_actors::escalation::{Answer, ApprovalNotice, EscalationError};
 use hale_actors::event::{Event, Level};
 use hale_actors::session::{MessageId, Progress, SessionError};
-use hale_actors::store::{EventFilter, EventQuery, Grep, MessageRecord, MessageState, SessionStore};
+use hale_actors::store::{
+    EventFilter, EventQuery, Grep, MessageRecord, MessageState, SessionStore,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
@@ -146,11 +148,9 @@ impl From<SessionError> for ApiError {
                 error
             }
             SessionError::Escalation(e) => e.into(),
-            SessionError::Store(_) | SessionError::Supervisor(_) => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                message,
-            ),
+            SessionError::Store(_) | SessionError::Supervisor(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
         }
     }
 }
@@ -166,11 +166,9 @@ impl From<EscalationError> for ApiError {
             EscalationError::AlreadyResolved { .. } => {
                 Self::new(StatusCode::CONFLICT, "conflict", message)
             }
-            EscalationError::Store(_) | EscalationError::Unavailable => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                message,
-            ),
+            EscalationError::Store(_) | EscalationError::Unavailable => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
         }
     }
 }
@@ -506,7 +504,9 @@ async fn create_session(
 
 /// Lists the sessions.
 #[utoipa::path(get, path = "/v1/sessions", responses((status = 200, body = Vec<SessionResource>)))]
-async fn list_sessions(State(state): State<ApiState>) -> Result<Json<Vec<SessionResource>>, ApiError> {
+async fn list_sessions(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<SessionResource>>, ApiError> {
     let sessions = state.runtime.sessions().list().await?;
     Ok(Json(
         sessions
@@ -702,7 +702,9 @@ async fn decide_approval(
         .unwrap_or("api")
         .to_owned();
     let resolution = state.runtime.resolve_approval(&id, answer, &by).await?;
-    Ok(Json(serde_json::to_value(resolution).unwrap_or(Value::Null)))
+    Ok(Json(
+        serde_json::to_value(resolution).unwrap_or(Value::Null),
+    ))
 }
 
 /// The audit trail, newest first.
@@ -810,7 +812,13 @@ async fn manage_mcp(
             )));
         }
     };
-    result.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()))?;
+    result.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
+    })?;
     let report = mcp
         .list(state.runtime.endpoints())
         .await
@@ -829,9 +837,17 @@ async fn switch_model(
 ) -> Result<Json<Switched>, ApiError> {
     let sessions = state.runtime.sessions();
     let model = match (body.session, body.agent) {
-        (Some(session), None) => sessions.switch_model(&session, body.model.as_deref()).await?,
+        (Some(session), None) => {
+            sessions
+                .switch_model(&session, body.model.as_deref())
+                .await?
+        }
         (None, Some(agent)) => sessions.switch_agent_model(&agent, body.model.as_deref())?,
-        _ => return Err(ApiError::bad_request("give exactly one of `session` and `agent`")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of `session` and `agent`",
+            ));
+        }
     };
     Ok(Json(Switched { model }))
 }
@@ -983,12 +999,20 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         for state_name in ["closed", "open", "half_open"] {
             breakers.push((
                 format!("{{endpoint=\"{}\",state=\"{state_name}\"}}", report.name),
-                if report.breaker == state_name { 1.0 } else { 0.0 },
+                if report.breaker == state_name {
+                    1.0
+                } else {
+                    0.0
+                },
             ));
         }
     }
     let text = runtime.metrics().render(&[
-        ("hale_sessions", "Live sessions.", vec![(String::new(), sessions as f64)]),
+        (
+            "hale_sessions",
+            "Live sessions.",
+            vec![(String::new(), sessions as f64)],
+        ),
         (
             "hale_sessions_started",
             "Session actors started.",
@@ -999,21 +1023,30 @@ async fn metrics(State(state): State<ApiState>) -> Response {
             "Messages accepted and not finished (since start).",
             vec![(String::new(), runtime.sessions().queued() as f64)],
         ),
-        ("hale_approvals_open", "Open approvals.", vec![(String::new(), open as f64)]),
-        ("hale_breaker_state", "MCP endpoint breakers (1 = in that state).", breakers),
+        (
+            "hale_approvals_open",
+            "Open approvals.",
+            vec![(String::new(), open as f64)],
+        ),
+        (
+            "hale_breaker_state",
+            "MCP endpoint breakers (1 = in that state).",
+            breakers,
+        ),
     ]);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        text,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// 200 once the tree is up and the journals replayed, 503 before.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health), (status = 503, body = Health)))]
 async fn healthz(State(state): State<ApiState>) -> (StatusCode, Json<Health>) {
     if state.runtime.is_ready() {
-        (StatusCode::OK, Json(Health { status: "ok".into() }))
+        (
+            StatusCode::OK,
+            Json(Health {
+                status: "ok".into(),
+            }),
+        )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -1028,7 +1061,11 @@ async fn healthz(State(state): State<ApiState>) -> (StatusCode, Json<Health>) {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "hale control plane", version = "1", description = "Sessions, messages, approvals, logs, the supervision tree, MCP servers, models and chaos for a running hale. Every /v1 route needs `Authorization: Bearer <token>` (the token is in the data directory)."),
+    info(
+        title = "hale control plane",
+        version = "1",
+        description = "Sessions, messages, approvals, logs, the supervision tree, MCP servers, models and chaos for a running hale. Every /v1 route needs `Authorization: Bearer <token>` (the token is in the data directory)."
+    ),
     components(schemas(ErrorBody, ErrorDetail))
 )]
 struct ApiDoc;
@@ -1085,7 +1122,10 @@ pub fn router(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
             utoipa::openapi::HttpMethod::Get,
             utoipa::openapi::path::OperationBuilder::new()
                 .summary(Some("This document."))
-                .response("200", utoipa::openapi::Response::new("The OpenAPI 3.1 document")),
+                .response(
+                    "200",
+                    utoipa::openapi::Response::new("The OpenAPI 3.1 document"),
+                ),
         ),
     );
     let served_doc = doc.clone();

@@ -13,6 +13,7 @@ pub mod drive;
 pub mod fault_mcp;
 pub mod metrics;
 pub mod runtime;
+pub mod serve;
 pub mod tree_demo;
 
 pub use hale_actors as actors;

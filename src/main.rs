@@ -70,6 +70,17 @@ enum Command {
         #[arg(long, value_name = "MS")]
         exit_after_ms: Option<u64>,
     },
+    /// Run the runtime and its HTTP API until SIGINT/SIGTERM.
+    Serve {
+        #[command(flatten)]
+        config: hale::cli::ConfigArgs,
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        listen: SocketAddr,
+        /// Enable `POST /v1/chaos/kill`.
+        #[arg(long)]
+        allow_chaos: bool,
+    },
     /// Drive a runtime in this process: create sessions, send each a
     /// scripted `exec` plan, wait for every unfinished message (for crash
     /// tests; run again after a kill to see what was recovered).
@@ -143,6 +154,20 @@ fn main() -> ExitCode {
                     gap: Duration::from_millis(gap_ms),
                     seed: seed.unwrap_or_else(|| fastrand::u64(..)),
                     verbose,
+                })
+                .await
+            }
+            Command::Serve {
+                config,
+                listen,
+                allow_chaos,
+            } => {
+                log_to_stderr();
+                hale::serve::run(hale::serve::ServeOptions {
+                    config,
+                    listen,
+                    allow_chaos,
+                    drain: Duration::from_secs(10),
                 })
                 .await
             }

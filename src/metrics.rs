@@ -21,6 +21,7 @@ use tokio::sync::broadcast;
 #[derive(Debug, Default)]
 pub struct Metrics {
     tool_calls: DashMap<String, AtomicU64>,
+    model_calls: DashMap<String, AtomicU64>,
     retries: AtomicU64,
     fallbacks: AtomicU64,
     restarts: AtomicU64,
@@ -53,7 +54,13 @@ impl Metrics {
                         .unwrap_or("success")
                         .to_owned(),
                 };
-                Self::bump(&self.tool_calls, &code);
+                // Model endpoints report their turns with the same kind,
+                // under `model/<name>`.
+                if event.source.starts_with("model/") {
+                    Self::bump(&self.model_calls, &code);
+                } else {
+                    Self::bump(&self.tool_calls, &code);
+                }
             }
             EventKind::Retry => {
                 self.retries.fetch_add(1, Ordering::Relaxed);
@@ -131,6 +138,19 @@ impl Metrics {
             self.tool_calls()
                 .into_iter()
                 .map(|(code, n)| (format!("{{code=\"{}\"}}", escape(&code)), n))
+                .collect(),
+        );
+        counter(
+            "hale_model_calls_total",
+            "Model turns (each attempt), by outcome code.",
+            self.model_calls
+                .iter()
+                .map(|e| {
+                    (
+                        format!("{{code=\"{}\"}}", escape(e.key())),
+                        e.value().load(Ordering::Relaxed),
+                    )
+                })
                 .collect(),
         );
         counter(
@@ -258,7 +278,11 @@ mod tests {
         );
         assert_eq!(inner.len(), 2);
         assert_eq!(tap.metrics().retries(), 1);
-        let text = tap.metrics().render(&[("hale_sessions", "Live sessions.", vec![(String::new(), 3.0)])]);
+        let text = tap.metrics().render(&[(
+            "hale_sessions",
+            "Live sessions.",
+            vec![(String::new(), 3.0)],
+        )]);
         assert!(text.contains("hale_retries_total 1"));
         assert!(text.contains("hale_messages_finished_total{state=\"done\"} 1"));
         assert!(text.contains("# TYPE hale_sessions gauge\nhale_sessions 3"));

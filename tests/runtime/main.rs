@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod chaos;
-mod crash;
 mod config_start;
+mod crash;
 mod scenarios;
 mod sessions;
 mod support;
