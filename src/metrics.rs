@@ -17,6 +17,9 @@ use dashmap::DashMap;
 use hale_actors::event::{Event, EventKind, EventSink, Level};
 use tokio::sync::broadcast;
 
+/// A gauge to render: name, help, and (labels, value) samples.
+pub type Gauge<'a> = (&'a str, &'a str, Vec<(String, f64)>);
+
 /// Counters derived from events.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -123,7 +126,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of these counters plus the gauges
     /// given (name, help, value).
-    pub fn render(&self, gauges: &[(&str, &str, Vec<(String, f64)>)]) -> String {
+    pub fn render(&self, gauges: &[Gauge<'_>]) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, samples: Vec<(String, u64)>| {
             let _ = writeln!(out, "# HELP {name} {help}");

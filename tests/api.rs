@@ -1,0 +1,613 @@
+//! The HTTP API over real HTTP on a free loopback port: auth, every
+//! endpoint, validation errors as 4xx JSON, backpressure, server-sent
+//! events, and the OpenAPI document against the routes actually served.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use hale::actors::builtin::BlockRule;
+use hale::api::{ApiState, router};
+use hale::runtime::{Runtime, RuntimeConfig};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+struct Api {
+    base: String,
+    client: Client,
+    runtime: Runtime,
+    _dir: tempfile::TempDir,
+}
+
+impl Api {
+    async fn start(allow_chaos: bool, tweak: impl FnOnce(&mut RuntimeConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = RuntimeConfig::new(dir.path().join("data"));
+        tweak(&mut config);
+        let runtime = Runtime::start(config).await.unwrap();
+        let (app, _doc) = router(ApiState {
+            runtime: runtime.clone(),
+            token: TOKEN.into(),
+            allow_chaos,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            base,
+            client: Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            runtime,
+            _dir: dir,
+        }
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = self.request(method, path);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+}
+
+fn assert_error(status: StatusCode, body: &Value, expected: StatusCode) {
+    assert_eq!(status, expected, "{body}");
+    assert!(
+        body["error"]["code"].is_string() && body["error"]["message"].is_string(),
+        "errors are {{\"error\":{{\"code\",\"message\"}}}}: {body}"
+    );
+}
+
+fn plan(command: &str) -> String {
+    json!({"steps": [{"tool": "exec", "args": {"command": command}}], "reply": "ok"}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_the_right_token_are_refused_but_health_and_metrics_are_open() {
+    let api = Api::start(false, |_| {}).await;
+    let url = format!("{}/v1/sessions", api.base);
+    let none = api.client.get(&url).send().await.unwrap();
+    assert_eq!(none.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = none.json_body().await;
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let wrong = api
+        .client
+        .get(&url)
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let almost = api
+        .client
+        .get(&url)
+        .bearer_auth(&TOKEN[..63])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(almost.status(), StatusCode::UNAUTHORIZED);
+    for open in ["/healthz", "/metrics"] {
+        let response = api
+            .client
+            .get(format!("{}{open}", api.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{open}");
+    }
+    api.runtime.shutdown().await.unwrap();
+}
+
+trait JsonBody {
+    async fn json_body(self) -> Value;
+}
+
+impl JsonBody for reqwest::Response {
+    async fn json_body(self) -> Value {
+        serde_json::from_str(&self.text().await.unwrap()).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_messages_round_trip_and_bad_input_is_a_4xx_json_error() {
+    let api = Api::start(false, |_| {}).await;
+    let (status, created) = api
+        .call(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"agent": "default"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, list) = api.call(Method::GET, "/v1/sessions", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == id.as_str())
+    );
+
+    // Waited: 200 with the message resource.
+    let (status, message) = api
+        .call(
+            Method::POST,
+            &format!("/v1/sessions/{id}/messages?wait=20"),
+            Some(json!({"text": plan("echo hi")})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{message}");
+    assert_eq!(message["status"], "done");
+    for field in [
+        "id",
+        "session",
+        "text",
+        "reply",
+        "error",
+        "created_at",
+        "finished_at",
+    ] {
+        assert!(message.get(field).is_some(), "{field} missing: {message}");
+    }
+    // Not waited: 202, then the resource by id.
+    let (status, accepted) = api
+        .call(
+            Method::POST,
+            &format!("/v1/sessions/{id}/messages"),
+            Some(json!({"text": "hello"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let message_id = accepted["message_id"].as_str().unwrap().to_owned();
+    let mut done = false;
+    for _ in 0..200 {
+        let (status, m) = api
+            .call(Method::GET, &format!("/v1/messages/{message_id}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        if m["status"] == "done" {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(done);
+    let (status, detail) = api
+        .call(Method::GET, &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(detail["state"], "idle");
+    assert_eq!(detail["messages"], 2);
+    assert_eq!(detail["budget"], 50);
+
+    // Validation: each a 4xx JSON error, never a 500.
+    let raw = api
+        .request(Method::POST, "/v1/sessions")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    let status = raw.status();
+    assert_error(status, &raw.json_body().await, StatusCode::BAD_REQUEST);
+    let (status, body) = api
+        .call(Method::POST, "/v1/sessions", Some(json!({"agnt": "x"})))
+        .await;
+    assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["error"]["message"].as_str().unwrap().contains("agnt"));
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"agent": "nobody"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST);
+    let big = "x".repeat(hale::api::MAX_BODY_BYTES + 1);
+    let (status, body) = api
+        .call(
+            Method::POST,
+            &format!("/v1/sessions/{id}/messages"),
+            Some(json!({"text": big})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE);
+    let (status, body) = api
+        .call(
+            Method::POST,
+            &format!("/v1/sessions/{id}/messages?wait=301"),
+            Some(json!({"text": "x"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST);
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/sessions/nope/messages",
+            Some(json!({"text": "x"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND);
+    let (status, body) = api.call(Method::GET, "/v1/messages/garbage", None).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST);
+    let (status, body) = api.call(Method::GET, "/v1/messages/nope:9", None).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND);
+    let (status, body) = api.call(Method::GET, "/v1/logs?level=loud", None).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST);
+    let (status, body) = api
+        .call(Method::GET, "/v1/logs?since=yesterdayish", None)
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST);
+    let (status, body) = api.call(Method::GET, "/v1/logs?colour=red", None).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST);
+
+    // Logs, tree, MCP, models, chaos (disabled here).
+    let (status, logs) = api
+        .call(
+            Method::GET,
+            &format!("/v1/logs?session={id}&limit=5&level=info"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let logs = logs.as_array().unwrap();
+    assert!(!logs.is_empty() && logs.len() <= 5);
+    assert!(logs.iter().all(|e| e["session"] == id.as_str()));
+    let (status, tree) = api.call(Method::GET, "/v1/tree", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        tree.as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == format!("hale/sessions/{id}"))
+    );
+    let (status, mcp) = api.call(Method::GET, "/v1/mcp", None).await;
+    assert_eq!((status, mcp), (StatusCode::OK, json!([])));
+    let (status, body) = api.call(Method::POST, "/v1/mcp/ghost/restart", None).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND);
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/models/switch",
+            Some(json!({"session": id, "model": "scriptd"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("scripted"),
+        "{body}"
+    );
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/models/switch",
+            Some(json!({"session": id, "model": "scripted"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["model"].clone()),
+        (StatusCode::OK, json!("scripted"))
+    );
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/models/switch",
+            Some(json!({"agent": "default", "model": null})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/chaos/kill",
+            Some(json!({"target": "random"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN);
+
+    let (status, _) = api
+        .call(Method::DELETE, &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = api
+        .call(Method::GET, &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND);
+
+    let metrics = api
+        .client
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("hale_messages_finished_total{state=\"done\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hale_tool_calls_total{code=\"success\"} 1"),
+        "{metrics}"
+    );
+    api.runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_are_listed_and_decided_and_backpressure_answers_429() {
+    let api = Api::start(true, |config| {
+        config
+            .builtin
+            .exec
+            .blocked
+            .push(BlockRule::new("^deploy", "deploys need a human"));
+        config.sessions.max_queued_per_session = 1;
+    })
+    .await;
+    let (_, created) = api
+        .call(Method::POST, "/v1/sessions", Some(json!({})))
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, _) = api
+        .call(
+            Method::POST,
+            &format!("/v1/sessions/{id}/messages"),
+            Some(json!({"text": plan("deploy now")})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // The first message waits for a human, so the inbox is full.
+    let response = api
+        .request(Method::POST, &format!("/v1/sessions/{id}/messages"))
+        .header("content-type", "application/json")
+        .body(json!({"text": "more"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key("retry-after"));
+
+    let mut open = Value::Null;
+    for _ in 0..500 {
+        let (status, list) = api
+            .call(Method::GET, "/v1/approvals?state=open", None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        if let Some(first) = list.as_array().and_then(|l| l.first()) {
+            open = first.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let approval = open["id"].as_str().expect("an open approval").to_owned();
+    let (status, detail) = api
+        .call(Method::GET, &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(detail["pending_approval"], approval.as_str(), "{detail}");
+    let (status, body) = api
+        .call(
+            Method::POST,
+            &format!("/v1/approvals/{approval}"),
+            Some(json!({"option": "maybe"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST);
+    let (status, body) = api
+        .call(
+            Method::POST,
+            &format!("/v1/approvals/{approval}"),
+            Some(json!({})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST);
+    let (status, body) = api
+        .call(
+            Method::POST,
+            &format!("/v1/approvals/{approval}"),
+            Some(json!({"option": "deny"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The same decision again is idempotent; a different one conflicts.
+    let (status, _) = api
+        .call(
+            Method::POST,
+            &format!("/v1/approvals/{approval}"),
+            Some(json!({"option": "deny"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = api
+        .call(
+            Method::POST,
+            &format!("/v1/approvals/{approval}"),
+            Some(json!({"option": "approve"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT);
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/approvals/999999",
+            Some(json!({"option": "deny"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND);
+    let (status, all) = api.call(Method::GET, "/v1/approvals", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(all.as_array().unwrap().len(), 1);
+
+    // Chaos is enabled on this server.
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/chaos/kill",
+            Some(json!({"target": "random", "kind": "tool"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["killed"].as_str().unwrap().starts_with("hale/tools/"));
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/chaos/kill",
+            Some(json!({"target": "random", "kind": "planet"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST);
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/chaos/kill",
+            Some(json!({"target": "hale/nothing"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND);
+    api.runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stream_audit_and_message_done_live() {
+    let api = Api::start(false, |_| {}).await;
+    let (_, created) = api
+        .call(Method::POST, "/v1/sessions", Some(json!({})))
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let mut stream = api
+        .request(Method::GET, &format!("/v1/events?session={id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let (status, _) = api
+        .call(
+            Method::POST,
+            &format!("/v1/sessions/{id}/messages"),
+            Some(json!({"text": plan("echo live")})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !seen.contains("event: message.done") {
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .expect("no message.done event in time")
+            .unwrap()
+            .expect("stream ended");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("event: audit"), "{seen}");
+    assert!(!seen.contains("\"session\":\"other\""));
+    api.runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_exactly_the_routes_served() {
+    let api = Api::start(true, |_| {}).await;
+    let (status, doc) = api.call(Method::GET, "/v1/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    assert!(doc["info"]["title"].is_string());
+    let paths = doc["paths"].as_object().unwrap();
+    let mut documented = Vec::new();
+    for (path, item) in paths {
+        for method in ["get", "post", "delete", "put", "patch"] {
+            if let Some(operation) = item.get(method) {
+                assert!(
+                    operation["responses"].is_object(),
+                    "{method} {path} has responses"
+                );
+                documented.push((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    let expected = [
+        ("POST", "/v1/sessions"),
+        ("GET", "/v1/sessions"),
+        ("GET", "/v1/sessions/{id}"),
+        ("DELETE", "/v1/sessions/{id}"),
+        ("POST", "/v1/sessions/{id}/messages"),
+        ("GET", "/v1/messages/{message_id}"),
+        ("GET", "/v1/approvals"),
+        ("POST", "/v1/approvals/{id}"),
+        ("GET", "/v1/logs"),
+        ("GET", "/v1/tree"),
+        ("GET", "/v1/mcp"),
+        ("POST", "/v1/mcp/{name}/{action}"),
+        ("POST", "/v1/models/switch"),
+        ("POST", "/v1/chaos/kill"),
+        ("GET", "/v1/events"),
+        ("GET", "/v1/openapi.json"),
+        ("GET", "/metrics"),
+        ("GET", "/healthz"),
+    ];
+    let mut want: Vec<(String, String)> = expected
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    want.sort();
+    documented.sort();
+    assert_eq!(documented, want);
+    // Every documented operation is served (answers something other than
+    // the router's fallback), and paths that are not documented are not.
+    for (method, path) in &documented {
+        if path == "/v1/events" {
+            continue; // a stream: checked in its own test
+        }
+        let concrete = path
+            .replace("{id}", "x")
+            .replace("{message_id}", "x:1")
+            .replace("{name}", "x")
+            .replace("{action}", "restart");
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let (status, body) = api.call(method.clone(), &concrete, Some(json!({}))).await;
+        let fallback = body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no such route"));
+        assert!(
+            !fallback && status != StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {concrete}: {status} {body}"
+        );
+    }
+    for path in ["/v1/nothing", "/v1/sessions/x/y/z", "/v2/sessions"] {
+        let (status, body) = api.call(Method::GET, path, None).await;
+        assert_error(status, &body, StatusCode::NOT_FOUND);
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("no such route")
+        );
+    }
+    api.runtime.shutdown().await.unwrap();
+}
