@@ -403,6 +403,8 @@ pub struct LogParams {
     pub session: Option<String>,
     /// At most this many (default 100, at most 10000).
     pub limit: Option<usize>,
+    /// One kind of event (`tool_outcome`, `retry`, `message_done`, ...).
+    pub kind: Option<String>,
 }
 
 /// An audit event.
@@ -748,6 +750,11 @@ async fn logs(
             until: time(&params.until, "until")?,
             grep,
             session: params.session,
+            kind: params
+                .kind
+                .map(|k| serde_json::from_value(Value::String(k)))
+                .transpose()
+                .map_err(|e| ApiError::bad_request(format!("kind: {e}")))?,
             ..EventFilter::default()
         },
         limit,

@@ -70,6 +70,103 @@ enum Command {
         #[arg(long, value_name = "MS")]
         exit_after_ms: Option<u64>,
     },
+    /// List sessions.
+    Sessions {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Create a session.
+    New {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The agent.
+        #[arg(long, default_value = "default")]
+        agent: String,
+    },
+    /// Send a message to a session.
+    Send {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The session id.
+        session: String,
+        /// The message (a scripted plan, or text for a model).
+        text: String,
+        /// Wait up to this many seconds for the reply (at most 300).
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
+    },
+    /// List open approvals.
+    Approvals {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Decided ones too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Decide an approval.
+    Approve {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The approval id.
+        id: String,
+        /// The option (or `abort`).
+        option: Option<String>,
+        /// Free-text instructions instead of an option.
+        #[arg(long, conflicts_with = "option")]
+        instructions: Option<String>,
+    },
+    /// Read the audit trail.
+    Logs {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// debug, info, warning, error or critical: that level and above.
+        #[arg(long)]
+        level: Option<String>,
+        /// RFC 3339 or relative (`1h`, `30m`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Text to find.
+        #[arg(long)]
+        grep: Option<String>,
+        /// One session.
+        #[arg(long)]
+        session: Option<String>,
+        /// How many past events.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Keep printing new events.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Show the supervision tree.
+    Tree {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List MCP servers, or enable/disable/restart one.
+    Mcp {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// enable, disable or restart.
+        #[arg(value_parser = ["enable", "disable", "restart"], requires = "name")]
+        action: Option<String>,
+        /// The server.
+        name: Option<String>,
+    },
+    /// Kill random actors of a server started with --allow-chaos.
+    Chaos {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Kills per second (`50/s` or `50`).
+        #[arg(long, default_value = "10/s")]
+        rate: String,
+        /// How long (`30s`, `2m`).
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        /// Only actors of this kind (session, tool, mcp, model, memory, escalation, audit).
+        #[arg(long)]
+        kind: Option<String>,
+    },
     /// Run the runtime and its HTTP API until SIGINT/SIGTERM.
     Serve {
         #[command(flatten)]
@@ -102,6 +199,26 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         wait_secs: u64,
     },
+}
+
+/// Where the API is, how to authenticate, how to print.
+#[derive(Debug, Clone, clap::Args)]
+struct ApiArgs {
+    /// The API's base URL.
+    #[arg(long, env = "HALE_URL", default_value = "http://127.0.0.1:7878")]
+    url: String,
+    /// The server's data directory (for its token; or set HALE_TOKEN).
+    #[arg(long, value_name = "DIR", default_value = ".hale")]
+    data_dir: PathBuf,
+    /// Print the API's JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ApiArgs {
+    fn client(&self) -> anyhow::Result<hale::client::Client> {
+        hale::client::Client::new(&self.url, &self.data_dir, self.json)
+    }
 }
 
 /// Logs go to stderr: in stdio mode stdout carries the protocol only.
@@ -156,6 +273,64 @@ fn main() -> ExitCode {
                     verbose,
                 })
                 .await
+            }
+            Command::Sessions { api } => api.client()?.sessions().await,
+            Command::New { api, agent } => api.client()?.new_session(&agent).await,
+            Command::Send {
+                api,
+                session,
+                text,
+                wait,
+            } => api.client()?.send(&session, &text, wait).await,
+            Command::Approvals { api, all } => api.client()?.approvals(all).await,
+            Command::Approve {
+                api,
+                id,
+                option,
+                instructions,
+            } => {
+                api.client()?
+                    .approve(&id, option.as_deref(), instructions.as_deref())
+                    .await
+            }
+            Command::Logs {
+                api,
+                level,
+                since,
+                grep,
+                session,
+                limit,
+                follow,
+            } => {
+                api.client()?
+                    .logs(&hale::client::LogFilter {
+                        level,
+                        since,
+                        grep,
+                        session,
+                        limit,
+                        follow,
+                    })
+                    .await
+            }
+            Command::Tree { api } => api.client()?.tree().await,
+            Command::Mcp { api, action, name } => {
+                let action = match (&action, &name) {
+                    (Some(a), Some(n)) => Some((a.as_str(), n.as_str())),
+                    _ => None,
+                };
+                api.client()?.mcp(action).await
+            }
+            Command::Chaos {
+                api,
+                rate,
+                duration,
+                kind,
+            } => {
+                let rate = hale::client::parse_rate(&rate)?;
+                let duration = hale::config::parse_duration(&duration)
+                    .map_err(|e| anyhow::anyhow!("--duration: {e}"))?;
+                api.client()?.chaos(rate, duration, kind.as_deref()).await
             }
             Command::Serve {
                 config,
