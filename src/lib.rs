@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod data_dir;
+pub mod demo;
 pub mod drive;
 pub mod fault_mcp;
 pub mod runtime;
