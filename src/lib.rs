@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod data_dir;
+pub mod demo;
 pub mod drive;
 pub mod fault_mcp;
 pub mod metrics;

@@ -26,8 +26,24 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Show the supervision tree surviving kills, panics, a crash loop and a give-up.
+    /// Run the seed's four self-healing scenarios against real faults
+    /// (a timeout, a dead MCP server, "already exists", a denied
+    /// destructive command) and show what hale did and learned.
     Demo {
+        /// Answer the approval of scenario 4 yourself (on stdin).
+        #[arg(long)]
+        interactive: bool,
+        /// Keep the temporary data directory and print its path.
+        #[arg(long)]
+        keep: bool,
+        /// Also print every audit event of each scenario.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Show the supervision tree surviving kills, panics, a crash loop and
+    /// a give-up (placeholder actors; the demo that came before `demo`).
+    #[command(hide = true)]
+    TreeDemo {
         /// Random faults to inject.
         #[arg(long, default_value_t = 200)]
         faults: usize,
@@ -261,6 +277,18 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Init { .. } => Ok(()),
             Command::Demo {
+                interactive,
+                keep,
+                verbose,
+            } => {
+                hale::demo::run(hale::demo::DemoOptions {
+                    interactive,
+                    keep,
+                    verbose,
+                })
+                .await
+            }
+            Command::TreeDemo {
                 faults,
                 gap_ms,
                 seed,

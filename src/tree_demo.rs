@@ -1,8 +1,8 @@
-//! The interim `hale demo`: a supervision tree shaped like hale's target tree
+//! `hale tree-demo` (hidden; the interim `hale demo` before the real one in
+//! [`crate::demo`]): a supervision tree shaped like hale's target tree
 //! surviving a burst of kills and panics.
 //!
-//! Until the sessions, tools and MCP actors exist, the demo shows the part
-//! that does: the OTP supervisors. Every node of the tree is a placeholder
+//! It shows the OTP supervisors alone. Every node of the tree is a placeholder
 //! worker that answers a ping; the demo kills and panics random workers and
 //! supervisors, drives one MCP child into a crash loop so that it is parked
 //! and probed while its siblings keep serving, and makes one subtree exceed
@@ -230,7 +230,7 @@ pub async fn run(options: TreeDemoOptions) -> Result<()> {
         give_ups: AtomicU64::new(0),
         parks: AtomicU64::new(0),
     });
-    println!("hale demo (interim): a supervision tree shaped like hale's, under fire");
+    println!("hale tree-demo: a supervision tree shaped like hale's, under fire");
     println!("  the sessions, tools and MCP actors are placeholders until they exist;");
     println!("  what is real here is the OTP supervision that will carry them.\n");
     let (root, root_task) = SupervisorRef::start(tree(&timeline)?)
