@@ -154,12 +154,14 @@ impl IncidentLearning {
         if disabled {
             text.push_str(&format!("; {endpoint} disabled"));
         }
+        // The lesson says how bad it was; the latest error itself (often a
+        // path or an address that means nothing next session) stays in
+        // the incident event.
         if errors > 0 {
-            text.push_str(&format!(" ({errors} warnings/errors in the audit trail"));
-            if let Some(last) = &last {
-                text.push_str(&format!(", latest: {}", clip(last, 120)));
-            }
-            text.push(')');
+            text.push_str(&format!(
+                " ({errors} warnings/errors about it in the audit trail in the last {})",
+                window_text(self.config.logs_window)
+            ));
         }
         self.sink.emit(
             Event::new(
@@ -174,7 +176,7 @@ impl IncidentLearning {
                 "tool": tool,
                 "fell_back_to": to,
                 "recent_errors": errors,
-                "latest_error": last,
+                "latest_error": last.as_deref().map(|l| clip(l, 500)),
                 "disabled": disabled,
             })),
         );
@@ -183,6 +185,17 @@ impl IncidentLearning {
         {
             let _ = memory.remember(incident_lesson(text)).await;
         }
+    }
+}
+
+fn window_text(window: std::time::Duration) -> String {
+    let secs = window.as_secs();
+    if secs % 3600 == 0 && secs > 0 {
+        format!("{} h", secs / 3600)
+    } else if secs % 60 == 0 && secs > 0 {
+        format!("{} min", secs / 60)
+    } else {
+        format!("{secs} s")
     }
 }
 
