@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod chaos;
 mod config_start;
 mod crash;
 mod scenarios;

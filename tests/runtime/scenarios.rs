@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-const WAIT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_1_web_fetch_times_out_once_then_succeeds_after_a_retry() {

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::support::*;
 
-const WAIT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_runs_every_step_through_the_tool_layer_and_replies_with_the_outcomes() {
