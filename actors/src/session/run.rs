@@ -134,6 +134,10 @@ async fn wait_ran(mut rx: watch::Receiver<Option<Ran>>) -> Ran {
     }
 }
 
+/// How many times a turn whose whole chain failed retryably is asked
+/// again before the message fails.
+const MODEL_TURN_TRIES: u32 = 5;
+
 /// What a decided escalation asks the loop to do.
 enum After {
     /// Go on (the decision is in the conversation).
@@ -245,7 +249,7 @@ impl<'a> MessageRun<'a> {
         loop {
             let reply = match self.progress.turns.get(&turn) {
                 Some(reply) => reply.clone(),
-                None => match self.ask_model(&system).await {
+                None => match self.ask_model_patiently(&system).await {
                     Ok(reply) => {
                         self.journal(Entry::Turn {
                             turn,
@@ -308,6 +312,31 @@ impl<'a> MessageRun<'a> {
             }
         }
         system
+    }
+
+    /// A turn, asked again while the chain's failure is retryable (an
+    /// endpoint restarting, rate limits): a model turn has no side effect,
+    /// so asking again is always safe, and a message should not fail
+    /// because its model was down for a moment.
+    async fn ask_model_patiently(&self, system: &str) -> Result<ModelReply, ToolOutcome> {
+        let mut pause = Duration::from_millis(100);
+        let mut tries = 0;
+        loop {
+            match self.ask_model(system).await {
+                Err(outcome) if outcome.retryable && tries < MODEL_TURN_TRIES => {
+                    tries += 1;
+                    tokio::time::sleep(
+                        outcome
+                            .retry_after
+                            .unwrap_or(pause)
+                            .min(Duration::from_secs(5)),
+                    )
+                    .await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn ask_model(&self, system: &str) -> Result<ModelReply, ToolOutcome> {
