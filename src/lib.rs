@@ -5,6 +5,7 @@
 //! control plane. The supervision semantics live in `hale-supervision`, the
 //! domain vocabulary in `hale-actors`.
 
+pub mod bench;
 pub mod config;
 pub mod data_dir;
 pub mod fault_mcp;
