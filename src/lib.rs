@@ -6,6 +6,7 @@
 //! domain vocabulary in `hale-actors`.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -215,6 +215,12 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         wait_secs: u64,
     },
+    /// Measure the runtime end to end (figures in BENCHMARKS.md).
+    #[command(hide = true)]
+    Bench {
+        #[command(subcommand)]
+        bench: BenchCommand,
+    },
 }
 
 /// Where the API is, how to authenticate, how to print.
@@ -235,6 +241,50 @@ impl ApiArgs {
     fn client(&self) -> anyhow::Result<hale::client::Client> {
         hale::client::Client::new(&self.url, &self.data_dir, self.json)
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Messages per second through sessions (scripted model, read_file),
+    /// against the same tool call made directly through the dispatcher.
+    Sessions {
+        /// Sequential rounds (each runs every variant on a fresh session).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Messages per variant per round.
+        #[arg(long, default_value_t = 200)]
+        messages: usize,
+        /// Sessions working at once in the concurrent phase.
+        #[arg(long, default_value_t = 100)]
+        sessions: usize,
+        /// Messages each of those sessions sends, one after the other.
+        #[arg(long, default_value_t = 20)]
+        per_session: usize,
+        /// Messages to one long session (0: skip that phase).
+        #[arg(long, default_value_t = 500)]
+        long: usize,
+        /// Parent of the temporary data directory (default: the temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// RSS per idle session: create N sessions, report VmRSS before and after.
+    Idle {
+        /// How many to create.
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// Creations in flight at once.
+        #[arg(long, default_value_t = 128)]
+        concurrency: usize,
+        /// Send each session one plain message first (so each has worked and gone idle).
+        #[arg(long)]
+        message: bool,
+        /// `sessions`, or `actors` (bare ractor actors, for comparison).
+        #[arg(long, default_value = "sessions")]
+        kind: hale::bench::IdleKind,
+        /// Parent of the temporary data directory (default: the temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Logs go to stderr: in stdio mode stdout carries the protocol only.
@@ -418,6 +468,49 @@ fn main() -> ExitCode {
                 })
                 .await
                 .map_err(anyhow::Error::from)
+            }
+            Command::Bench { bench } => {
+                log_to_stderr();
+                // Run on a worker thread, where hale's own callers live.
+                let task = tokio::spawn(async move {
+                    match bench {
+                        BenchCommand::Sessions {
+                            rounds,
+                            messages,
+                            sessions,
+                            per_session,
+                            long,
+                            dir,
+                        } => {
+                            hale::bench::sessions(hale::bench::SessionsOptions {
+                                rounds,
+                                messages,
+                                sessions,
+                                per_session,
+                                long,
+                                dir,
+                            })
+                            .await
+                        }
+                        BenchCommand::Idle {
+                            sessions,
+                            concurrency,
+                            message,
+                            kind,
+                            dir,
+                        } => {
+                            hale::bench::idle(hale::bench::IdleOptions {
+                                count: sessions,
+                                concurrency,
+                                message,
+                                kind,
+                                dir,
+                            })
+                            .await
+                        }
+                    }
+                });
+                task.await.map_err(anyhow::Error::from).and_then(|r| r)
             }
         }
     });
