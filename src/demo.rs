@@ -186,6 +186,8 @@ struct Demo {
     api_hits: Arc<AtomicUsize>,
     /// While this file exists the `weather` server cannot start.
     weather_down: PathBuf,
+    /// With `--interactive`: how to reach the demo's API (`hale approve`).
+    control: Option<(String, PathBuf)>,
 }
 
 /// Runs the demo; see the module docs.
@@ -264,6 +266,34 @@ async fn run_in(dir: &Path, options: DemoOptions, style: Style, started: Instant
         started.elapsed().as_millis()
     )));
 
+    // With --interactive, the control-plane API runs too, so the approval
+    // can be answered with `hale approve` from another terminal.
+    let mut control = None;
+    let mut control_server = None;
+    if options.interactive {
+        let data_dir = runtime.config().data_dir.clone();
+        let token = crate::serve::ensure_token(&data_dir.join("token"))?;
+        let (app, _doc) = crate::api::router(crate::api::ApiState {
+            runtime: runtime.clone(),
+            token: Arc::from(token.as_str()),
+            allow_chaos: false,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the demo's control-plane API")?;
+        let url = format!(
+            "http://{}",
+            listener.local_addr().context("the API's address")?
+        );
+        say(&style.dim(&format!(
+            "  control-plane API on {url} (token in {})",
+            data_dir.display()
+        )));
+        control_server = Some(tokio::spawn(
+            async move { axum::serve(listener, app).await },
+        ));
+        control = Some((url, data_dir));
+    }
     let demo = Demo {
         runtime: runtime.clone(),
         options,
@@ -271,8 +301,12 @@ async fn run_in(dir: &Path, options: DemoOptions, style: Style, started: Instant
         api_url,
         api_hits: hits,
         weather_down,
+        control,
     };
     let result = demo.scenarios().await;
+    if let Some(control_server) = control_server {
+        control_server.abort();
+    }
     let stopped = runtime.shutdown().await;
     server.abort();
     result?;
@@ -565,8 +599,11 @@ exit 1"#,
             let _ = tokio::time::timeout(Duration::from_millis(50), notices.recv()).await;
         };
         self.show_approval(&approval);
+        let mut decided_elsewhere = false;
         let choice = if self.options.interactive {
-            self.ask_operator(&approval).await
+            let (choice, elsewhere) = self.ask_operator(&approval).await;
+            decided_elsewhere = elsewhere;
+            choice
         } else {
             let label = approval_option_label(&approval, ABORT_OPTION);
             say(&format!(
@@ -577,10 +614,12 @@ exit 1"#,
             ));
             ABORT_OPTION.to_owned()
         };
-        self.runtime
-            .resolve_approval(&approval.id, Answer::Option(choice.clone()), "operator")
-            .await
-            .context("answering the approval")?;
+        if !decided_elsewhere {
+            self.runtime
+                .resolve_approval(&approval.id, Answer::Option(choice.clone()), "operator")
+                .await
+                .context("answering the approval")?;
+        }
         let record = self
             .runtime
             .sessions()
@@ -658,7 +697,36 @@ exit 1"#,
         }
     }
 
-    async fn ask_operator(&self, approval: &Approval) -> String {
+    /// The operator's choice, and whether it was made elsewhere (`hale
+    /// approve` over the API) rather than on stdin.
+    async fn ask_operator(&self, approval: &Approval) -> (String, bool) {
+        if let Some((url, data_dir)) = &self.control {
+            say(&format!(
+                "  answer here, or from another terminal:\n    hale approve {} <option> --url {url} --data-dir {}",
+                approval.id,
+                data_dir.display()
+            ));
+        }
+        let typed = self.ask_stdin(approval);
+        tokio::pin!(typed);
+        loop {
+            tokio::select! {
+                choice = &mut typed => return (choice, false),
+                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if let Ok(current) = self.runtime.approvals(false).await
+                        && let Some(found) = current.into_iter().find(|a| a.id == approval.id)
+                        && let Some(resolution) = found.resolution
+                    {
+                        let choice = resolution.option.unwrap_or_else(|| ABORT_OPTION.to_owned());
+                        say(&format!("\n  decided elsewhere by {}: {choice}", resolution.by));
+                        return (choice, true);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn ask_stdin(&self, approval: &Approval) -> String {
         let recommended = approval
             .request
             .recommended

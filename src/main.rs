@@ -514,6 +514,9 @@ fn main() -> ExitCode {
             }
         }
     });
+    // A read of stdin still pending (an operator who never answered) must
+    // not keep the process alive: blocking tasks get a moment, no more.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

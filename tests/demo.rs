@@ -141,3 +141,64 @@ fn unknown_subcommand_is_a_usage_error() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no-such-command"));
 }
+
+#[test]
+fn hale_demo_interactive_can_be_answered_with_hale_approve_from_another_terminal() {
+    use std::io::{BufRead, BufReader};
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_hale"))
+        .args(["demo", "--interactive"])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn hale demo");
+    // stdin stays open and silent: the answer comes over the API.
+    let stdin = demo.stdin.take();
+    let stdout = demo.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut output = String::new();
+    let command = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no `hale approve` hint in time:\n{output}"));
+        output.push_str(&line);
+        output.push('\n');
+        if let Some(at) = line.find("hale approve ") {
+            break line[at..].replace("<option>", "proceed");
+        }
+    };
+    let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    let approve = Command::new(env!("CARGO_BIN_EXE_hale"))
+        .args(&args)
+        .output()
+        .expect("run hale approve");
+    assert!(
+        approve.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&approve.stderr)
+    );
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        output.push_str(&line);
+        output.push('\n');
+    }
+    drop(stdin);
+    let status = demo.wait().expect("wait for the demo");
+    assert!(status.success(), "{output}");
+    assert_contains(
+        &output,
+        &[
+            "decided elsewhere by api: proceed",
+            "escalated and decided: `proceed`",
+            "demo finished",
+        ],
+    );
+}
