@@ -857,11 +857,6 @@ impl Actor for SessionActor {
             SessionMsg::Wake if state.running => state.again = true,
             SessionMsg::Wake => start_worker(&myself, state),
             SessionMsg::Idle => {
-                // Sending `Idle` is the worker's last act, so nothing is
-                // left to abort: letting its task go now frees it when it
-                // returns, instead of holding the finished task (about
-                // 0.9 KiB) in the set until the next message.
-                state.worker.detach_all();
                 state.running = false;
                 if std::mem::take(&mut state.again) {
                     start_worker(&myself, state);
