@@ -27,14 +27,26 @@ impl Server {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
+        // One MCP server (the binary's own fault-mcp), from a hale.toml.
+        let config = dir.path().join("hale.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[mcp]]\nname = \"echo\"\ncommand = {:?}\nargs = [\"fault-mcp\", \"--name\", \"echo\"]\n",
+                hale().display().to_string()
+            ),
+        )
+        .unwrap();
         let mut child = Command::new(hale())
             .args([
                 "serve",
                 "--listen",
                 "127.0.0.1:0",
                 "--allow-chaos",
-                "--data-dir",
+                "--config",
             ])
+            .arg(&config)
+            .arg("--data-dir")
             .arg(&data)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -180,7 +192,47 @@ fn every_command_works_against_a_running_server_with_json_and_exit_codes() {
             .iter()
             .any(|n| n["id"] == format!("hale/sessions/{id}"))
     );
-    assert_eq!(server.json(&["mcp", "--json"]), json!([]));
+    let mcp = server.json(&["mcp", "--json"]);
+    assert_eq!(mcp[0]["name"], "echo", "{mcp}");
+    for action in ["disable", "enable", "restart"] {
+        let done = server.json(&["mcp", action, "echo", "--json"]);
+        assert_eq!(done["name"], "echo", "{action}: {done}");
+    }
+    let table = server.cli(&["mcp"]);
+    assert!(String::from_utf8_lossy(&table.stdout).starts_with("NAME"));
+
+    // logs --follow prints new events as they happen.
+    let mut follow = Command::new(hale())
+        .args(["logs", "--follow", "--json", "--limit", "1", "--session", &id, "--url", &server.url, "--data-dir"])
+        .arg(&server.data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let followed = BufReader::new(follow.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in followed.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = server.cli(&["send", &id, &plan("echo followed"), "--json"]);
+    assert!(sent.status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut saw_done = false;
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+        let event: Value = serde_json::from_str(&line).unwrap();
+        if event["kind"] == "message_done" && event["session"] == id.as_str() {
+            saw_done = true;
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(saw_done, "logs --follow showed the message finishing");
     assert_eq!(server.json(&["approvals", "--json"]), json!([]));
     let logs = server.cli(&["logs", "--json", "--session", &id, "--limit", "5"]);
     assert!(logs.status.success());
