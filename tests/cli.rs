@@ -203,7 +203,18 @@ fn every_command_works_against_a_running_server_with_json_and_exit_codes() {
 
     // logs --follow prints new events as they happen.
     let mut follow = Command::new(hale())
-        .args(["logs", "--follow", "--json", "--limit", "1", "--session", &id, "--url", &server.url, "--data-dir"])
+        .args([
+            "logs",
+            "--follow",
+            "--json",
+            "--limit",
+            "1",
+            "--session",
+            &id,
+            "--url",
+            &server.url,
+            "--data-dir",
+        ])
         .arg(&server.data)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -223,7 +234,9 @@ fn every_command_works_against_a_running_server_with_json_and_exit_codes() {
     assert!(sent.status.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let mut saw_done = false;
-    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+    while let Ok(line) =
+        rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
         let event: Value = serde_json::from_str(&line).unwrap();
         if event["kind"] == "message_done" && event["session"] == id.as_str() {
             saw_done = true;
