@@ -429,6 +429,17 @@ impl<'a> MessageRun<'a> {
         if ran.outcome.status == Status::Blocked && !approved {
             return self.blocked(call, ran.outcome).await;
         }
+        if ran.outcome.status == Status::Blocked && !ran.journaled {
+            // Approved before a restart, but what finished is the original
+            // blocked run (the successor came between the decision and the
+            // approved run). A blocked call never ran, so this is its first
+            // run, with the grant the human gave.
+            self.env.grants.grant(&call.name, &call.arguments);
+            let approved_run = self.call_tool(call).await?;
+            self.env.grants.revoke(&call.name, &call.arguments);
+            self.keep(call, &approved_run).await?;
+            return self.after_outcome(call, &approved_run.outcome).await;
+        }
         self.keep(call, &ran).await?;
         self.after_outcome(call, &ran.outcome).await
     }
