@@ -434,14 +434,23 @@ impl<'a> MessageRun<'a> {
             // blocked run (the successor came between the decision and the
             // approved run). A blocked call never ran, so this is its first
             // run, with the grant the human gave.
-            self.env.grants.grant(&call.name, &call.arguments);
-            let approved_run = self.call_tool(call).await?;
-            self.env.grants.revoke(&call.name, &call.arguments);
+            let approved_run = self.run_approved(call).await?;
             self.keep(call, &approved_run).await?;
             return self.after_outcome(call, &approved_run.outcome).await;
         }
         self.keep(call, &ran).await?;
         self.after_outcome(call, &ran.outcome).await
+    }
+
+    /// Runs a blocked call a human approved: once, through a one-shot grant
+    /// its policy honours. A grant the call did not use (it failed before
+    /// the policy check) is withdrawn, so a later identical call is not let
+    /// through.
+    async fn run_approved(&mut self, call: &ToolCallRequest) -> Result<Ran, SessionError> {
+        self.env.grants.grant(&call.name, &call.arguments);
+        let ran = self.call_tool(call).await;
+        self.env.grants.revoke(&call.name, &call.arguments);
+        ran
     }
 
     /// Records a finished call's outcome in the progress, journaling it
@@ -635,11 +644,7 @@ impl<'a> MessageRun<'a> {
         };
         let decision = self.escalate(&key, "blocked", request).await?;
         if decision.option.as_deref() == Some(APPROVE) {
-            self.env.grants.grant(&call.name, &call.arguments);
-            let ran = self.call_tool(call).await?;
-            // A grant the call did not use (it failed before the policy
-            // check) must not let a later identical call through.
-            self.env.grants.revoke(&call.name, &call.arguments);
+            let ran = self.run_approved(call).await?;
             self.learn_decision(call, "blocked by policy", &decision)
                 .await;
             self.keep(call, &ran).await?;
