@@ -166,6 +166,9 @@ impl From<EscalationError> for ApiError {
             EscalationError::AlreadyResolved { .. } => {
                 Self::new(StatusCode::CONFLICT, "conflict", message)
             }
+            EscalationError::TooManyOpen { .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
+            }
             EscalationError::Store(_) | EscalationError::Unavailable => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             }
@@ -698,15 +701,50 @@ async fn decide_approval(
             ));
         }
     };
-    let by = headers
-        .get("x-hale-operator")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("api")
-        .to_owned();
+    let by = operator_claim(headers.get(OPERATOR_HEADER))?;
     let resolution = state.runtime.resolve_approval(&id, answer, &by).await?;
     Ok(Json(
         serde_json::to_value(resolution).unwrap_or(Value::Null),
     ))
+}
+
+/// The header naming who decides an approval. The token authenticates;
+/// the name is only the operator's claim, recorded with the decision.
+const OPERATOR_HEADER: &str = "x-hale-operator";
+/// The longest operator name accepted.
+const MAX_OPERATOR_LEN: usize = 64;
+
+/// Who decides, as recorded: the operator's claim from `x-hale-operator`
+/// (at most 64 characters of letters, digits, space and `._@+-`), or
+/// `api` without one. Anything else is refused rather than cleaned, so
+/// the audit trail never records a name the operator did not send.
+///
+/// # Errors
+/// 400 naming the rule the header broke.
+fn operator_claim(header: Option<&axum::http::HeaderValue>) -> Result<String, ApiError> {
+    let Some(header) = header else {
+        return Ok("api".to_owned());
+    };
+    let bad = |why: &str| ApiError::bad_request(format!("header `{OPERATOR_HEADER}`: {why}"));
+    let name = header
+        .to_str()
+        .map_err(|_| bad("not visible ASCII text"))?
+        .trim();
+    if name.is_empty() {
+        return Err(bad("empty"));
+    }
+    if name.len() > MAX_OPERATOR_LEN {
+        return Err(bad(&format!("longer than {MAX_OPERATOR_LEN} characters")));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || " ._@+-".contains(c))
+    {
+        return Err(bad(
+            "use only letters, digits, spaces and `._@+-` in an operator name",
+        ));
+    }
+    Ok(name.to_owned())
 }
 
 /// The audit trail, newest first.
@@ -1151,4 +1189,36 @@ pub fn router(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);
     (app, doc)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn the_operator_claim_is_validated_not_cleaned() {
+        assert_eq!(operator_claim(None).unwrap(), "api");
+        let ok = HeaderValue::from_static("alice.ops@example.com");
+        assert_eq!(operator_claim(Some(&ok)).unwrap(), "alice.ops@example.com");
+        for bad in [
+            "",
+            "   ",
+            "timeout\u{7f}",
+            "a;rm -rf",
+            "<script>",
+            "tab\there",
+        ] {
+            let Ok(value) = HeaderValue::from_str(bad) else {
+                continue;
+            };
+            assert!(operator_claim(Some(&value)).is_err(), "{bad:?} accepted");
+        }
+        let long = HeaderValue::from_str(&"a".repeat(65)).unwrap();
+        assert!(operator_claim(Some(&long)).is_err());
+        let latin1 = HeaderValue::from_bytes(b"caf\xe9").unwrap();
+        assert!(operator_claim(Some(&latin1)).is_err());
+    }
 }

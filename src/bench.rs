@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use hale_actors::dispatch::CallContext;
+use hale_actors::dispatch::ToolContext;
 use hale_actors::outcome::Status;
 use hale_actors::store::{MessageRecord, MessageState};
 use serde_json::{Value, json};
@@ -234,7 +234,7 @@ async fn direct_call(runtime: &Runtime) -> anyhow::Result<()> {
         .call(
             "read_file",
             json!({ "path": FILE }),
-            &CallContext::default(),
+            &ToolContext::default(),
         )
         .await;
     if outcome.status != Status::Success {

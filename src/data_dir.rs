@@ -7,9 +7,15 @@
 //!   hale.db              the store (events, approvals, sessions)
 //!   token                the HTTP API token
 //!   pgroups/<pgid>       one record per live child process group
+//!   memory/MEMORY.md     the lessons (only the memory actor writes it)
 //!   workspace/           where the file tools and exec work
-//!     memory/MEMORY.md   the lessons
 //! ```
+//!
+//! MEMORY.md is outside the workspace on purpose: its text goes into
+//! every session's system prompt, so the agent (whose `exec` and file
+//! tools reach the whole workspace) must not be able to rewrite it. An
+//! older data directory kept it at `workspace/memory/MEMORY.md`;
+//! [`migrate_memory`] moves it once at start.
 //!
 //! Two hale processes on one directory would corrupt nothing in SQLite,
 //! but they would each reap the other's children and fight over
@@ -98,7 +104,7 @@ impl DataDir {
         Self::open_with_workspace(root, workspace)
     }
 
-    /// Creates `path` (and `workspace`, `workspace/memory/`) if missing,
+    /// Creates `path` (and `workspace`, `memory/`) if missing,
     /// takes the exclusive lock, then reaps the process groups a crashed
     /// predecessor left (see the module docs); [`reaped`](Self::reaped)
     /// lists them.
@@ -151,7 +157,7 @@ impl DataDir {
         record_pid.map_err(io_err(format!("cannot write {}", lock_path.display())))?;
         for dir in [
             workspace.clone(),
-            workspace.join("memory"),
+            root.join("memory"),
             root.join(PGROUPS_DIR),
         ] {
             fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
@@ -201,10 +207,10 @@ impl DataDir {
         &self.workspace
     }
 
-    /// The memory file, `workspace/memory/MEMORY.md`.
+    /// The memory file, `<data_dir>/memory/MEMORY.md`, outside the
+    /// workspace.
     pub fn memory_path(&self) -> PathBuf {
-        self.workspace
-            .join(hale_actors::memory::DEFAULT_MEMORY_PATH)
+        self.root.join(hale_actors::memory::DEFAULT_MEMORY_PATH)
     }
 
     /// The process-group ledger, to hand to the spawn sites.
@@ -439,4 +445,47 @@ mod tests {
         assert!(start > 0);
         assert_eq!(proc_stat(u32::MAX), None);
     }
+}
+
+/// What [`migrate_memory`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemoryMigration {
+    /// No MEMORY.md at the old place: nothing to do.
+    Nothing,
+    /// The old file was moved to the new place.
+    Moved,
+    /// Both exist: the new one is kept and the old one left where it is
+    /// (the agent can change it, so it is not merged in).
+    BothExist,
+}
+
+/// Moves a MEMORY.md left in the workspace by an older hale (`legacy`) to
+/// its place outside the workspace (`to`), once, so an upgrade keeps its
+/// lessons. The move is a rename, or a synced copy and a removal when the
+/// two are on different file systems; the new file is 0600.
+///
+/// # Errors
+/// The I/O error of the step that failed; the old file is then untouched.
+pub fn migrate_memory(legacy: &Path, to: &Path) -> io::Result<MemoryMigration> {
+    if legacy == to || !legacy.is_file() {
+        return Ok(MemoryMigration::Nothing);
+    }
+    if to.exists() {
+        return Ok(MemoryMigration::BothExist);
+    }
+    if let Some(dir) = to.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    if fs::rename(legacy, to).is_err() {
+        let text = fs::read(legacy)?;
+        let mut file = OpenOptions::new().write(true).create_new(true).open(to)?;
+        file.write_all(&text)?;
+        file.sync_all()?;
+        fs::remove_file(legacy)?;
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(to, fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(MemoryMigration::Moved)
 }

@@ -310,12 +310,21 @@ impl Runtime {
         let tap = Arc::new(EventTap::new(Arc::new(audit.sink())));
         let sink: Arc<dyn EventSink> = tap.clone();
 
-        let memory_config = MemoryConfig::new(
-            config
-                .memory_path
-                .clone()
-                .unwrap_or_else(|| data_dir.memory_path()),
+        let memory_path = config
+            .memory_path
+            .clone()
+            .unwrap_or_else(|| data_dir.memory_path());
+        let legacy_memory = config
+            .builtin
+            .workspace_root
+            .join(hale_actors::memory::DEFAULT_MEMORY_PATH);
+        report_memory_migration(
+            &*sink,
+            &legacy_memory,
+            &memory_path,
+            crate::data_dir::migrate_memory(&legacy_memory, &memory_path),
         );
+        let memory_config = MemoryConfig::new(memory_path);
         let (memory_spec, memory_handles) = memory_supervisor(
             "hale/memory",
             &[("MEMORY.md".to_owned(), memory_config)],
@@ -352,6 +361,7 @@ impl Runtime {
 
         let mut builtin = config.builtin.clone();
         builtin.exec.recorder = data_dir.ledger().hook();
+        builtin.memory = Some(memory.clone());
         let grants = builtin.grants.clone();
         let tools = builtin_tools(&builtin).map_err(|e| config_error("tools", e))?;
         let (tools_spec, tool_handles) = tools_supervisor("hale/tools", tools, Arc::clone(&sink));
@@ -366,7 +376,9 @@ impl Runtime {
             Arc::clone(&mcp),
             Arc::clone(&endpoints),
         )));
-        owned.push(Arc::new(AskApproval::new(escalation.clone())));
+        owned.push(Arc::new(
+            AskApproval::new(escalation.clone()).with_max_open(config.sessions.max_open_questions),
+        ));
         owned.push(Arc::new(Remember::new(memory.clone())));
         for tool in owned {
             registry
@@ -816,4 +828,58 @@ async fn walk(
         }
     }
     Ok(())
+}
+
+/// Tells the audit trail (and the log) what the move of an old
+/// workspace MEMORY.md did; a failed move leaves the old file and starts
+/// with the new one.
+fn report_memory_migration(
+    sink: &dyn EventSink,
+    legacy: &std::path::Path,
+    to: &std::path::Path,
+    result: std::io::Result<crate::data_dir::MemoryMigration>,
+) {
+    use crate::data_dir::MemoryMigration;
+    use hale_actors::event::{Event, EventKind, Level};
+    let (level, message) = match result {
+        Ok(MemoryMigration::Nothing) => return,
+        Ok(MemoryMigration::Moved) => (
+            Level::Warning,
+            format!(
+                "moved MEMORY.md out of the workspace: {} -> {} (only the memory actor writes it now)",
+                legacy.display(),
+                to.display()
+            ),
+        ),
+        Ok(MemoryMigration::BothExist) => (
+            Level::Warning,
+            format!(
+                "{} is ignored: the memory file is {} (outside the workspace); merge by hand with `remember` if it holds lessons",
+                legacy.display(),
+                to.display()
+            ),
+        ),
+        Err(e) => (
+            Level::Error,
+            format!(
+                "could not move {} to {}: {e}; starting with the memory at {}",
+                legacy.display(),
+                to.display(),
+                to.display()
+            ),
+        ),
+    };
+    tracing::warn!("{message}");
+    sink.emit(
+        Event::new(
+            level,
+            "hale/memory/MEMORY.md",
+            EventKind::MemoryWrite,
+            message,
+        )
+        .with_data(serde_json::json!({
+            "migrated_from": legacy.display().to_string(),
+            "to": to.display().to_string(),
+        })),
+    );
 }

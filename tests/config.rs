@@ -57,7 +57,7 @@ fn no_file_means_every_default() {
     assert_eq!(config.workspace_root(), Path::new("./.hale/workspace"));
     assert_eq!(
         config.memory_config().path,
-        PathBuf::from("./.hale/workspace/memory/MEMORY.md")
+        PathBuf::from("./.hale/memory/MEMORY.md")
     );
     assert_eq!(config.store_config().path, PathBuf::from("./.hale/hale.db"));
     assert_eq!(config.session(), &SessionSettings::default());
@@ -283,6 +283,7 @@ fn a_full_example_maps_to_the_actor_configs() {
             memory_prompt_bytes: 8192,
             journal_retention: Duration::from_secs(36 * 3600),
             learn_from_incidents: false,
+            max_open_questions: 3,
         }
     );
     let retention = config.audit_config().retention;

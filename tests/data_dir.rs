@@ -132,8 +132,8 @@ fn open_lays_out_the_directory() {
     assert_eq!(data.db_path(), root.join("hale.db"));
     assert_eq!(data.token_path(), root.join("token"));
     assert_eq!(data.workspace(), root.join("workspace"));
-    assert_eq!(data.memory_path(), root.join("workspace/memory/MEMORY.md"));
-    assert!(root.join("workspace/memory").is_dir());
+    assert_eq!(data.memory_path(), root.join("memory/MEMORY.md"));
+    assert!(root.join("memory").is_dir());
     assert!(root.join(PGROUPS_DIR).is_dir());
     assert!(data.reaped().is_empty());
     let lock = std::fs::read_to_string(root.join("lock")).unwrap();
@@ -291,7 +291,7 @@ async fn exec_records_its_group_while_it_runs() {
             // The record is written just after the spawn: wait for it.
             "echo $$; for i in $(seq 100); do ls {0} | grep -q . && break; sleep 0.05; done; cat {0}/*",
             pgroups.display()
-        )}))
+        )}), &hale::actors::ToolContext::default())
         .await;
     assert!(!outcome.is_failure(), "{outcome:?}");
     let stdout = outcome.data["stdout"].as_str().unwrap().to_owned();

@@ -12,11 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
-use hale_actors::dispatch::{
-    CallContext, DispatchConfig, Dispatcher, Endpoints, RegistryRouter, Router,
-};
+use hale_actors::dispatch::{DispatchConfig, Dispatcher, Endpoints, RegistryRouter, Router};
 use hale_actors::tool_actor::{ToolHandle, tool_child};
-use hale_actors::{BoxFuture, NullSink, Tool, ToolOutcome, ToolRegistry, ToolSpec};
+use hale_actors::{BoxFuture, NullSink, Tool, ToolContext, ToolOutcome, ToolRegistry, ToolSpec};
 use hale_supervision::{SupervisorRef, SupervisorSpec};
 use serde_json::{Value, json};
 
@@ -28,7 +26,7 @@ impl Tool for Echo {
     fn spec(&self) -> &ToolSpec {
         &self.spec
     }
-    fn call(&self, args: Value) -> BoxFuture<'_, ToolOutcome> {
+    fn call<'a>(&'a self, args: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
         Box::pin(async move { ToolOutcome::success(args) })
     }
 }
@@ -108,7 +106,13 @@ impl Setup {
 
     async fn direct(&self) -> Duration {
         let started = Instant::now();
-        let outcome = self.direct.call(json!({ "text": "hi" })).await;
+        let outcome = self
+            .direct
+            .call(
+                json!({ "text": "hi" }),
+                &hale_actors::ToolContext::default(),
+            )
+            .await;
         let took = started.elapsed();
         assert!(outcome.is_success());
         took
@@ -124,13 +128,19 @@ impl Setup {
 
     async fn actor(&self) -> Duration {
         let started = Instant::now();
-        let outcome = self.actor.call(json!({ "text": "hi" })).await;
+        let outcome = self
+            .actor
+            .call(
+                json!({ "text": "hi" }),
+                &hale_actors::ToolContext::default(),
+            )
+            .await;
         let took = started.elapsed();
         assert!(outcome.is_success());
         took
     }
 
-    async fn policy_only(&self, ctx: &CallContext) -> Duration {
+    async fn policy_only(&self, ctx: &ToolContext) -> Duration {
         let started = Instant::now();
         let outcome = self
             .policy_only
@@ -141,7 +151,7 @@ impl Setup {
         took
     }
 
-    async fn dispatched(&self, ctx: &CallContext) -> Duration {
+    async fn dispatched(&self, ctx: &ToolContext) -> Duration {
         let started = Instant::now();
         let outcome = self
             .dispatcher
@@ -164,15 +174,15 @@ fn runtime() -> tokio::runtime::Runtime {
 fn criterion_tool_call(c: &mut Criterion) {
     let rt = runtime();
     let setup = rt.block_on(Setup::start());
-    let ctx = CallContext::default();
+    let ctx = ToolContext::default();
     let mut group = c.benchmark_group("echo_tool_call");
     group.bench_function("direct", |b| {
         b.to_async(&rt)
-            .iter(|| setup.direct.call(json!({ "text": "hi" })))
+            .iter(|| setup.direct.call(json!({ "text": "hi" }), &ctx))
     });
     group.bench_function("tool_actor", |b| {
         b.to_async(&rt)
-            .iter(|| setup.actor.call(json!({ "text": "hi" })))
+            .iter(|| setup.actor.call(json!({ "text": "hi" }), &ctx))
     });
     group.bench_function("raw_ractor_call", |b| {
         b.to_async(&rt).iter(|| setup.raw.call(|reply| reply, None))
@@ -201,7 +211,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// worker, where hale's sessions (actors) make their calls.
 async fn rotated_blocks(from: &str) {
     let setup = Setup::start().await;
-    let ctx = CallContext::default();
+    let ctx = ToolContext::default();
     for _ in 0..2000 {
         setup.direct().await;
         setup.actor().await;

@@ -37,10 +37,11 @@ use crate::outcome::ToolOutcome;
 use crate::recovery::FallbackChain;
 use crate::recovery::{
     Admission, AttemptBudget, BreakerError, BreakerState, BudgetError, CallState, ChunkError,
-    ChunkPolicy, CircuitBreaker, ConcurrencyCap, IterationBudget, Next, RetryBudget, RetryConfig,
-    RetryPolicy, RetryPolicyError, Transition, UnlimitedIterations, classify_phase,
-    counts_against_endpoint, may_reissue, next_step, rejected_outcome, should_chunk,
+    ChunkPolicy, CircuitBreaker, ConcurrencyCap, Next, RetryBudget, RetryConfig, RetryPolicy,
+    RetryPolicyError, Transition, classify_phase, counts_against_endpoint, may_reissue, next_step,
+    rejected_outcome, should_chunk,
 };
+pub use crate::tool::ToolContext;
 use crate::tool::{Tool, ToolRegistry, ToolSpec, call_guarded, unknown_tool};
 
 /// One place a call can go: a tool and the endpoint whose shared recovery
@@ -299,38 +300,6 @@ impl Endpoints {
     }
 }
 
-/// Who a call is for, and the budget of the message it serves.
-#[derive(Clone)]
-pub struct CallContext {
-    /// The session, for the audit trail.
-    pub session: Option<String>,
-    /// The session's iteration budget; retries and fallbacks charge it.
-    pub iterations: Arc<dyn IterationBudget>,
-    /// The id of the call in its session's journal, recorded in every
-    /// event of the call (`data.call`) so the audit trail and the journal
-    /// can be joined.
-    pub call: Option<String>,
-}
-
-impl Default for CallContext {
-    fn default() -> Self {
-        Self {
-            session: None,
-            iterations: Arc::new(UnlimitedIterations),
-            call: None,
-        }
-    }
-}
-
-impl std::fmt::Debug for CallContext {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CallContext")
-            .field("session", &self.session)
-            .field("call", &self.call)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Carries the recovery policy out for every tool call. Cheap to share
 /// behind an `Arc`; every method takes `&self`.
 pub struct Dispatcher {
@@ -405,7 +374,7 @@ impl Dispatcher {
     /// Dropping the future abandons the call: an attempt in flight is
     /// dropped with it (its tool decides what that means), and nothing is
     /// retried afterwards.
-    pub async fn call(&self, name: &str, args: Value, ctx: &CallContext) -> ToolOutcome {
+    pub async fn call(&self, name: &str, args: Value, ctx: &ToolContext) -> ToolOutcome {
         let Some(targets) = self.route(name) else {
             return unknown_tool(name, self.names());
         };
@@ -517,7 +486,7 @@ impl Dispatcher {
         health: &EndpointHealth,
         args: Value,
         first_on_target: bool,
-        ctx: &CallContext,
+        ctx: &ToolContext,
     ) -> Attempted {
         // One reading of the clock before and one after the call serve
         // every decision of the attempt.
@@ -576,6 +545,10 @@ impl Dispatcher {
             );
         }
         let timeout = self.settings().attempt_timeout;
+        let attempt_ctx = ctx.for_attempt(started + timeout);
+        // Whatever ends the attempt (an answer, the deadline, the caller
+        // dropping this future), the tool is told to stop.
+        let _cancel_on_exit = attempt_ctx.cancel.clone().drop_guard();
         let (watch, overdue) = self.watchdog.watch(started + timeout);
         let overdue = async {
             if overdue.await.is_err() {
@@ -585,7 +558,7 @@ impl Dispatcher {
         };
         let outcome = tokio::select! {
             biased;
-            outcome = call_guarded(&*target.tool, args) => outcome,
+            outcome = call_guarded(&*target.tool, args, &attempt_ctx) => outcome,
             () = overdue => ToolOutcome::timeout(format!(
                 "`{name}` did not finish within {} ms; the attempt was abandoned",
                 timeout.as_millis()
@@ -618,7 +591,7 @@ impl Dispatcher {
         health: &EndpointHealth,
         args: &Value,
         too_large: ToolOutcome,
-        ctx: &CallContext,
+        ctx: &ToolContext,
     ) -> ToolOutcome {
         let Some(total) = too_large.data.get("total_bytes").and_then(Value::as_u64) else {
             return too_large;
@@ -694,7 +667,7 @@ impl Dispatcher {
         }
     }
 
-    fn emit_fallback(&self, from: &Target, to: &Target, outcome: &ToolOutcome, ctx: &CallContext) {
+    fn emit_fallback(&self, from: &Target, to: &Target, outcome: &ToolOutcome, ctx: &ToolContext) {
         self.emit(
             Event::new(
                 Level::Warning,
@@ -717,7 +690,7 @@ impl Dispatcher {
         );
     }
 
-    fn emit_transition(&self, endpoint: &str, transition: Option<Transition>, ctx: &CallContext) {
+    fn emit_transition(&self, endpoint: &str, transition: Option<Transition>, ctx: &ToolContext) {
         if let Some(t) = transition {
             let level = if t.to == BreakerState::Open {
                 Level::Error
@@ -750,7 +723,7 @@ impl Dispatcher {
         target: &Target,
         outcome: &ToolOutcome,
         took: Duration,
-        ctx: &CallContext,
+        ctx: &ToolContext,
     ) {
         let name = &target.tool.spec().name;
         let took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
@@ -786,7 +759,7 @@ impl Dispatcher {
         }
     }
 
-    fn emit(&self, mut event: Event, ctx: &CallContext) {
+    fn emit(&self, mut event: Event, ctx: &ToolContext) {
         if let Some(session) = &ctx.session {
             event = event.with_session(session.clone());
         }

@@ -32,6 +32,6 @@ pub use catalog::{Classification, ErrorCode};
 pub use event::{Event, EventKind, EventSink, Level, MemorySink, NullSink, UnknownLevel};
 pub use outcome::{Hint, HintKind, Severity, Status, ToolOutcome};
 pub use tool::{
-    BoxFuture, RegistryError, Tool, ToolRegistry, ToolSpec, call_guarded, closest_first,
-    unknown_tool,
+    BoxFuture, RegistryError, Tool, ToolContext, ToolRegistry, ToolSpec, call_guarded,
+    closest_first, unknown_tool,
 };

@@ -19,8 +19,12 @@ use std::task::{Context, Poll};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
 use crate::catalog::ErrorCode;
 use crate::outcome::{Hint, HintKind, ToolOutcome};
+use crate::recovery::{IterationBudget, UnlimitedIterations};
 
 /// A boxed, sendable future; the return type of [`Tool::call`], so the
 /// trait stays object-safe without an async-trait dependency.
@@ -86,6 +90,88 @@ impl ToolSpec {
     }
 }
 
+/// Who is calling a tool, for which message and step, and until when.
+///
+/// The runtime builds it; nothing in it comes from the agent's arguments.
+/// That is the point: a tool that needs to know the caller (the approval
+/// gates, `ask_approval`, grants) reads it here, so an agent cannot claim
+/// to be another session or another step by writing a field. The
+/// dispatcher narrows the deadline and gives every attempt its own cancel
+/// signal, which fires when the dispatcher abandons the attempt.
+#[derive(Clone)]
+pub struct ToolContext {
+    /// The session the call serves; `None` for calls outside any session
+    /// (benchmarks, the operator's own tools).
+    pub session: Option<String>,
+    /// The sequence number of the inbound message the call serves.
+    pub message: Option<u64>,
+    /// The id of the call in its session's journal (the step), recorded in
+    /// every event of the call (`data.call`) so the audit trail and the
+    /// journal can be joined.
+    pub call: Option<String>,
+    /// When the caller stops waiting; a tool should not run past it.
+    pub deadline: Option<Instant>,
+    /// Fires when the caller gives up on the call (the attempt was
+    /// abandoned or the caller went away): a tool stops its work.
+    pub cancel: CancellationToken,
+    /// The session's iteration budget; retries and fallbacks charge it.
+    pub iterations: Arc<dyn IterationBudget>,
+}
+
+impl Default for ToolContext {
+    fn default() -> Self {
+        Self {
+            session: None,
+            message: None,
+            call: None,
+            deadline: None,
+            cancel: CancellationToken::new(),
+            iterations: Arc::new(UnlimitedIterations),
+        }
+    }
+}
+
+impl std::fmt::Debug for ToolContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolContext")
+            .field("session", &self.session)
+            .field("message", &self.message)
+            .field("call", &self.call)
+            .field("deadline", &self.deadline)
+            .field("cancelled", &self.cancel.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ToolContext {
+    /// A context for a call of `session`'s message `message`, step `call`.
+    pub fn for_step(session: impl Into<String>, message: u64, call: impl Into<String>) -> Self {
+        Self {
+            session: Some(session.into()),
+            message: Some(message),
+            call: Some(call.into()),
+            ..Self::default()
+        }
+    }
+
+    /// The same caller, for one attempt that must end by `deadline`: the
+    /// earlier of the two deadlines, and a cancel signal of its own that
+    /// also fires when the caller's does.
+    pub fn for_attempt(&self, deadline: Instant) -> Self {
+        Self {
+            deadline: Some(self.deadline.map_or(deadline, |d| d.min(deadline))),
+            cancel: self.cancel.child_token(),
+            ..self.clone()
+        }
+    }
+
+    /// How long is left before the deadline (`None`: no deadline).
+    pub fn remaining(&self) -> Option<std::time::Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+}
+
 /// Something an agent can call.
 ///
 /// Contract: `call` never panics at its caller and never fails outside the
@@ -96,8 +182,9 @@ pub trait Tool: Send + Sync + 'static {
     /// The tool's description.
     fn spec(&self) -> &ToolSpec;
 
-    /// Runs the tool with a JSON arguments object.
-    fn call(&self, args: Value) -> BoxFuture<'_, ToolOutcome>;
+    /// Runs the tool with a JSON arguments object, for the caller `ctx`
+    /// describes. Who is calling comes from `ctx`, never from `args`.
+    fn call<'a>(&'a self, args: Value, ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome>;
 }
 
 /// Why a tool could not be registered.
@@ -176,12 +263,12 @@ impl ToolRegistry {
     /// every registered name, closest (by edit distance) first. A panic in
     /// the tool yields `INTERNAL`. An `INTERRUPTED` outcome is re-read with
     /// the tool's idempotency (see [`ToolOutcome::for_idempotency`]).
-    pub async fn call(&self, name: &str, args: Value) -> ToolOutcome {
+    pub async fn call(&self, name: &str, args: Value, ctx: &ToolContext) -> ToolOutcome {
         // Clone the Arc out so the lock is not held across the await.
         let Some(tool) = self.get(name) else {
             return unknown_tool(name, self.names());
         };
-        call_guarded(&*tool, args).await
+        call_guarded(&*tool, args, ctx).await
     }
 
     fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Arc<dyn Tool>>> {
@@ -201,9 +288,9 @@ impl ToolRegistry {
 /// Everything that runs a tool (the registry, the tool actors) goes
 /// through here, so the "a call always yields an outcome" rule holds even
 /// for a buggy tool.
-pub async fn call_guarded(tool: &dyn Tool, args: Value) -> ToolOutcome {
+pub async fn call_guarded(tool: &dyn Tool, args: Value, ctx: &ToolContext) -> ToolOutcome {
     let idempotent = tool.spec().idempotent;
-    let outcome = match catch_unwind(AssertUnwindSafe(|| tool.call(args))) {
+    let outcome = match catch_unwind(AssertUnwindSafe(|| tool.call(args, ctx))) {
         Ok(future) => CatchUnwind(future).await,
         Err(payload) => Err(payload),
     };

@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 
 use crate::catalog::ErrorCode;
 use crate::outcome::ToolOutcome;
-use crate::tool::{BoxFuture, Tool, ToolSpec, call_guarded};
+use crate::tool::{BoxFuture, Tool, ToolContext, ToolSpec, call_guarded};
 
 /// How long a call waits for a restarting tool actor before it is
 /// answered `SERVICE_UNAVAILABLE` (undelivered, so recovery may retry).
@@ -65,6 +65,8 @@ pub enum ToolMsg {
     Call {
         /// The JSON arguments object.
         args: Value,
+        /// Who calls, for which step, until when.
+        ctx: Box<ToolContext>,
         /// Raised when the actor starts the call.
         taken: Taken,
         /// Where the outcome goes.
@@ -116,13 +118,18 @@ impl Actor for ToolActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            ToolMsg::Call { args, taken, reply } => {
+            ToolMsg::Call {
+                args,
+                ctx,
+                taken,
+                reply,
+            } => {
                 taken.mark();
                 // Reap finished calls so the set does not grow with history.
                 while state.calls.try_join_next().is_some() {}
                 let tool = Arc::clone(&state.tool);
                 state.calls.spawn(async move {
-                    let outcome = call_guarded(&*tool, args).await;
+                    let outcome = call_guarded(&*tool, args, &ctx).await;
                     // The caller may have timed out and gone; that is its
                     // business.
                     let _ = reply.send(outcome);
@@ -166,7 +173,7 @@ impl ToolHandle {
         self
     }
 
-    async fn forward(&self, args: Value) -> ToolOutcome {
+    async fn forward(&self, args: Value, ctx: &ToolContext) -> ToolOutcome {
         let name = &self.spec.name;
         let mut actor = self.address.live(self.ready_wait).await;
         // A message the actor never took (it died first, dropping its
@@ -180,6 +187,7 @@ impl ToolHandle {
             let taken = Taken::new();
             let message = ToolMsg::Call {
                 args: args.clone(),
+                ctx: Box::new(ctx.clone()),
                 taken: taken.clone(),
                 reply: tx.into(),
             };
@@ -224,8 +232,8 @@ impl Tool for ToolHandle {
         &self.spec
     }
 
-    fn call(&self, args: Value) -> BoxFuture<'_, ToolOutcome> {
-        Box::pin(self.forward(args))
+    fn call<'a>(&'a self, args: Value, ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
+        Box::pin(self.forward(args, ctx))
     }
 }
 

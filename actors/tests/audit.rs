@@ -177,6 +177,7 @@ async fn read_logs_answers_the_seeds_question() {
         .call(
             "read_logs",
             json!({ "level": "ERROR", "since": "1h", "grep": "weather-mcp" }),
+            &hale_actors::ToolContext::default(),
         )
         .await;
     assert_eq!(outcome.status, Status::Success, "{outcome:?}");
@@ -197,6 +198,7 @@ async fn read_logs_answers_the_seeds_question() {
         .call(
             "read_logs",
             json!({ "level": "error", "since": "1h", "grep": "weather-mcp", "limit": 2 }),
+            &hale_actors::ToolContext::default(),
         )
         .await;
     assert_eq!(cut.data["count"], 2);
@@ -212,7 +214,13 @@ async fn read_logs_answers_the_seeds_question() {
         (json!({ "lvl": "error" }), "lvl"),
         (json!("error"), "arguments"),
     ] {
-        let bad = registry.call("read_logs", args.clone()).await;
+        let bad = registry
+            .call(
+                "read_logs",
+                args.clone(),
+                &hale_actors::ToolContext::default(),
+            )
+            .await;
         assert_eq!(bad.code, Some(ErrorCode::InvalidInput), "{args}: {bad:?}");
         assert!(
             bad.message.contains(&format!("`{field}`")),
@@ -221,12 +229,22 @@ async fn read_logs_answers_the_seeds_question() {
         );
         assert_eq!(bad.data["field"], field);
     }
-    let typo = registry.call("read_logs", json!({ "lvl": "error" })).await;
+    let typo = registry
+        .call(
+            "read_logs",
+            json!({ "lvl": "error" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert_eq!(typo.hints[0].suggestions[0], "level");
 
     // A grep that is not a regex is searched as text, and says so.
     let text = registry
-        .call("read_logs", json!({ "grep": "weather-mcp(" }))
+        .call(
+            "read_logs",
+            json!({ "grep": "weather-mcp(" }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert!(text.is_success(), "{text:?}");
     assert_eq!(text.data["count"], 0);

@@ -15,7 +15,11 @@ fn exec_in(root: &Path) -> Exec {
 }
 
 async fn run(tool: &Exec, command: &str) -> ToolOutcome {
-    tool.call(json!({ "command": command })).await
+    tool.call(
+        json!({ "command": command }),
+        &hale_actors::ToolContext::default(),
+    )
+    .await
 }
 
 /// Whether `pid` is still a running process. A killed process that was
@@ -142,10 +146,13 @@ async fn timeout_kills_the_whole_group() {
     let tool = exec_in(dir.path());
     let started = Instant::now();
     let outcome = tool
-        .call(json!({
-            "command": "sleep 60 & echo $! > bg.pid; echo $$ > sh.pid; echo started; sleep 60",
-            "timeout_ms": 500,
-        }))
+        .call(
+            json!({
+                "command": "sleep 60 & echo $! > bg.pid; echo $$ > sh.pid; echo started; sleep 60",
+                "timeout_ms": 500,
+            }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     let elapsed = started.elapsed();
     assert!(elapsed < Duration::from_millis(500 + 2000), "{elapsed:?}");
@@ -179,7 +186,10 @@ async fn requested_timeout_is_clamped_to_the_maximum() {
     let tool = Exec::new(config).unwrap();
     let started = Instant::now();
     let outcome = tool
-        .call(json!({ "command": "sleep 30", "timeout_ms": 60_000 }))
+        .call(
+            json!({ "command": "sleep 30", "timeout_ms": 60_000 }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(outcome.status, Status::Timeout);
@@ -211,10 +221,14 @@ async fn dropping_the_call_kills_the_group() {
     let dir = TempDir::new().unwrap();
     let tool = exec_in(dir.path());
     let pid_file = dir.path().join("bg.pid");
-    let call = tool.call(json!({
-        "command": "sleep 60 & echo $! > bg.pid; sleep 60",
-        "timeout_ms": 30_000,
-    }));
+    let ctx = hale_actors::ToolContext::default();
+    let call = tool.call(
+        json!({
+            "command": "sleep 60 & echo $! > bg.pid; sleep 60",
+            "timeout_ms": 30_000,
+        }),
+        &ctx,
+    );
     // Give the command time to start its background child, then give up.
     let cut = tokio::time::timeout(Duration::from_secs(1), call).await;
     assert!(cut.is_err(), "the call should still be running");
@@ -357,7 +371,9 @@ async fn bad_arguments_name_the_field() {
         (json!({ "cmd": "true", "command": "true" }), "cmd"),
         (json!("true"), "command"),
     ] {
-        let outcome = tool.call(args.clone()).await;
+        let outcome = tool
+            .call(args.clone(), &hale_actors::ToolContext::default())
+            .await;
         assert_eq!(outcome.code, Some(ErrorCode::InvalidInput), "{args}");
         assert!(
             outcome.message.contains(&format!("`{field}`")),

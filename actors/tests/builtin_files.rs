@@ -159,11 +159,21 @@ async fn read_file_refuses_paths_outside_the_root() {
     let f = Fixture::new();
     let tool = f.read_file();
     for path in escapes(&f) {
-        let outcome = tool.call(json!({ "path": path })).await;
+        let outcome = tool
+            .call(
+                json!({ "path": path }),
+                &hale_actors::ToolContext::default(),
+            )
+            .await;
         assert_refused(&outcome, &path);
         assert!(!outcome.data.to_string().contains("top secret"));
     }
-    let dir = tool.call(json!({ "path": "escape_dir" })).await;
+    let dir = tool
+        .call(
+            json!({ "path": "escape_dir" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert_refused(&dir, "escape_dir");
 }
 
@@ -177,7 +187,10 @@ async fn write_file_refuses_paths_outside_the_root() {
     paths.push("escape_dir/deeper/new.txt".to_owned());
     for path in paths {
         let outcome = tool
-            .call(json!({ "path": path, "content": "overwritten" }))
+            .call(
+                json!({ "path": path, "content": "overwritten" }),
+                &hale_actors::ToolContext::default(),
+            )
             .await;
         assert_refused(&outcome, &path);
     }
@@ -199,7 +212,10 @@ async fn write_file_refuses_dotdot_after_a_missing_directory() {
     let f = Fixture::new();
     let outcome = f
         .write_file()
-        .call(json!({ "path": "new/../../x.txt", "content": "x" }))
+        .call(
+            json!({ "path": "new/../../x.txt", "content": "x" }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert_code(&outcome, ErrorCode::PermissionDenied);
     assert!(!f.path("new").exists());
@@ -213,7 +229,10 @@ async fn write_file_refuses_a_dangling_symlink_pointing_outside() {
     symlink(&target, f.path("dangling.txt")).unwrap();
     let outcome = f
         .write_file()
-        .call(json!({ "path": "dangling.txt", "content": "x" }))
+        .call(
+            json!({ "path": "dangling.txt", "content": "x" }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert_refused(&outcome, "dangling.txt");
     assert!(!target.exists());
@@ -225,7 +244,10 @@ async fn edit_file_refuses_paths_outside_the_root() {
     let tool = f.edit_file();
     for path in escapes(&f) {
         let outcome = tool
-            .call(json!({ "path": path, "old_text": "top", "new_text": "no" }))
+            .call(
+                json!({ "path": path, "old_text": "top", "new_text": "no" }),
+                &hale_actors::ToolContext::default(),
+            )
             .await;
         assert_refused(&outcome, &path);
     }
@@ -243,11 +265,21 @@ async fn glob_refuses_paths_outside_the_root() {
     paths.push("escape_dir".to_owned());
     paths.push(f.outside.path().to_str().unwrap().to_owned());
     for path in paths {
-        let outcome = tool.call(json!({ "pattern": "**/*", "path": path })).await;
+        let outcome = tool
+            .call(
+                json!({ "pattern": "**/*", "path": path }),
+                &hale_actors::ToolContext::default(),
+            )
+            .await;
         assert_refused(&outcome, &path);
     }
     // A walk of the root does not list what the symlinks lead to.
-    let all = tool.call(json!({ "pattern": "**/*" })).await;
+    let all = tool
+        .call(
+            json!({ "pattern": "**/*" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert!(all.is_success(), "{all:?}");
     let listed = strings(&all.data["matches"]);
     assert!(
@@ -264,12 +296,20 @@ async fn grep_refuses_paths_outside_the_root() {
     paths.push("escape_dir".to_owned());
     for path in paths {
         let outcome = tool
-            .call(json!({ "pattern": "secret", "path": path }))
+            .call(
+                json!({ "pattern": "secret", "path": path }),
+                &hale_actors::ToolContext::default(),
+            )
             .await;
         assert_refused(&outcome, &path);
     }
     // Searching the whole root does not read through the symlinks.
-    let all = tool.call(json!({ "pattern": "top secret" })).await;
+    let all = tool
+        .call(
+            json!({ "pattern": "top secret" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert!(all.is_success(), "{all:?}");
     assert_eq!(all.data["matches"], json!([]));
 }
@@ -278,14 +318,23 @@ async fn grep_refuses_paths_outside_the_root() {
 async fn symlinks_inside_the_root_are_followed() {
     let f = Fixture::new();
     symlink(f.path("src/lib.rs"), f.path("lib_link.rs")).unwrap();
-    let read = f.read_file().call(json!({ "path": "lib_link.rs" })).await;
+    let read = f
+        .read_file()
+        .call(
+            json!({ "path": "lib_link.rs" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert!(read.is_success(), "{read:?}");
     assert_eq!(read.data["path"], "src/lib.rs");
 
     // Writing through the link writes its target and keeps the link.
     let written = f
         .write_file()
-        .call(json!({ "path": "lib_link.rs", "content": "pub fn run() {}\n" }))
+        .call(
+            json!({ "path": "lib_link.rs", "content": "pub fn run() {}\n" }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert!(written.is_success(), "{written:?}");
     assert_eq!(written.data["path"], "src/lib.rs");
@@ -300,7 +349,10 @@ async fn symlinks_inside_the_root_are_followed() {
     let absolute = f.path("src/main.rs");
     let read = f
         .read_file()
-        .call(json!({ "path": absolute.to_str().unwrap() }))
+        .call(
+            json!({ "path": absolute.to_str().unwrap() }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert!(read.is_success(), "{read:?}");
     assert_eq!(read.data["path"], "src/main.rs");
@@ -311,27 +363,42 @@ async fn symlinks_inside_the_root_are_followed() {
 #[tokio::test]
 async fn misspelt_paths_suggest_the_right_one() {
     let f = Fixture::new();
-    let read = f.read_file().call(json!({ "path": "src/mian.rs" })).await;
+    let read = f
+        .read_file()
+        .call(
+            json!({ "path": "src/mian.rs" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert_code(&read, ErrorCode::NotFound);
     assert_eq!(first_suggestion(&read), "src/main.rs");
 
     let edit = f
         .edit_file()
-        .call(json!({ "path": "src/mian.rs", "old_text": "a", "new_text": "b" }))
+        .call(
+            json!({ "path": "src/mian.rs", "old_text": "a", "new_text": "b" }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert_code(&edit, ErrorCode::NotFound);
     assert_eq!(first_suggestion(&edit), "src/main.rs");
 
     let grep = f
         .grep()
-        .call(json!({ "pattern": "fn", "path": "src/mian.rs" }))
+        .call(
+            json!({ "pattern": "fn", "path": "src/mian.rs" }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert_code(&grep, ErrorCode::NotFound);
     assert_eq!(first_suggestion(&grep), "src/main.rs");
 
     let glob = f
         .glob()
-        .call(json!({ "pattern": "*.rs", "path": "scr" }))
+        .call(
+            json!({ "pattern": "*.rs", "path": "scr" }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert_code(&glob, ErrorCode::NotFound);
     assert_eq!(first_suggestion(&glob), "src");
@@ -369,7 +436,12 @@ async fn read_file_reads_byte_ranges() {
     write(f.root(), "abc.txt", "abcdefghij");
     let tool = f.read_file();
 
-    let whole = tool.call(json!({ "path": "abc.txt" })).await;
+    let whole = tool
+        .call(
+            json!({ "path": "abc.txt" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert!(whole.is_success(), "{whole:?}");
     assert_eq!(
         whole.data,
@@ -380,7 +452,10 @@ async fn read_file_reads_byte_ranges() {
     );
 
     let middle = tool
-        .call(json!({ "path": "abc.txt", "offset": 2, "limit": 3 }))
+        .call(
+            json!({ "path": "abc.txt", "offset": 2, "limit": 3 }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert_eq!(middle.data["content"], "cde");
     assert_eq!(middle.data["offset"], 2);
@@ -388,12 +463,20 @@ async fn read_file_reads_byte_ranges() {
     assert_eq!(middle.data["eof"], false);
 
     let tail = tool
-        .call(json!({ "path": "abc.txt", "offset": 7, "limit": 100 }))
+        .call(
+            json!({ "path": "abc.txt", "offset": 7, "limit": 100 }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert_eq!(tail.data["content"], "hij");
     assert_eq!(tail.data["eof"], true);
 
-    let past = tool.call(json!({ "path": "abc.txt", "offset": 50 })).await;
+    let past = tool
+        .call(
+            json!({ "path": "abc.txt", "offset": 50 }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert!(past.is_success());
     assert_eq!(past.data["content"], "");
     assert_eq!(past.data["bytes"], 0);
@@ -406,7 +489,12 @@ async fn read_file_over_the_limit_is_file_too_large() {
     write(f.root(), "big.txt", "x".repeat(1000));
     let tool = ReadFile::new(f.ws.clone(), ReadFileConfig { max_bytes: 100 });
 
-    let whole = tool.call(json!({ "path": "big.txt" })).await;
+    let whole = tool
+        .call(
+            json!({ "path": "big.txt" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert_code(&whole, ErrorCode::FileTooLarge);
     assert_eq!(
         whole.data,
@@ -415,17 +503,32 @@ async fn read_file_over_the_limit_is_file_too_large() {
     assert!(whole.message.contains("offset") && whole.message.contains("limit"));
     assert!(whole.recoverable);
 
-    let big_limit = tool.call(json!({ "path": "big.txt", "limit": 500 })).await;
+    let big_limit = tool
+        .call(
+            json!({ "path": "big.txt", "limit": 500 }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert_code(&big_limit, ErrorCode::FileTooLarge);
     assert_eq!(big_limit.data["total_bytes"], 1000);
 
-    let part = tool.call(json!({ "path": "big.txt", "limit": 100 })).await;
+    let part = tool
+        .call(
+            json!({ "path": "big.txt", "limit": 100 }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert!(part.is_success(), "{part:?}");
     assert_eq!(part.data["bytes"], 100);
     assert_eq!(part.data["eof"], false);
 
     // The last 100 bytes fit without a limit.
-    let rest = tool.call(json!({ "path": "big.txt", "offset": 900 })).await;
+    let rest = tool
+        .call(
+            json!({ "path": "big.txt", "offset": 900 }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert!(rest.is_success(), "{rest:?}");
     assert_eq!(rest.data["eof"], true);
 }
@@ -438,7 +541,10 @@ async fn read_in_parts(tool: &ReadFile, path: &str, limit: u64) -> (String, usiz
     for calls in 1.. {
         assert!(calls < 1_000_000, "read loop does not progress");
         let outcome = tool
-            .call(json!({ "path": path, "offset": offset, "limit": limit }))
+            .call(
+                json!({ "path": path, "offset": offset, "limit": limit }),
+                &hale_actors::ToolContext::default(),
+            )
             .await;
         assert!(outcome.is_success(), "{outcome:?}");
         assert_eq!(outcome.data["lossy"], false, "a read split a character");
@@ -482,7 +588,13 @@ async fn multibyte_file_read_in_parts_reassembles_exactly() {
 async fn read_file_flags_invalid_utf8_as_lossy() {
     let f = Fixture::new();
     write(f.root(), "bin.dat", [b'f', 0xff, b'g']);
-    let outcome = f.read_file().call(json!({ "path": "bin.dat" })).await;
+    let outcome = f
+        .read_file()
+        .call(
+            json!({ "path": "bin.dat" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert!(outcome.is_success(), "{outcome:?}");
     assert_eq!(outcome.data["content"], "f\u{fffd}g");
     assert_eq!(outcome.data["lossy"], true);
@@ -493,22 +605,41 @@ async fn read_file_flags_invalid_utf8_as_lossy() {
 async fn read_file_rejects_directories_and_bad_arguments() {
     let f = Fixture::new();
     let tool = f.read_file();
-    let dir = tool.call(json!({ "path": "src" })).await;
+    let dir = tool
+        .call(
+            json!({ "path": "src" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert_code(&dir, ErrorCode::InvalidInput);
     assert!(dir.message.contains("directory"));
 
-    let missing = tool.call(json!({})).await;
+    let missing = tool
+        .call(json!({}), &hale_actors::ToolContext::default())
+        .await;
     assert_code(&missing, ErrorCode::InvalidInput);
     assert!(missing.message.contains("path"), "{}", missing.message);
 
-    let typo = tool.call(json!({ "path": "README.md", "offest": 1 })).await;
+    let typo = tool
+        .call(
+            json!({ "path": "README.md", "offest": 1 }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert_code(&typo, ErrorCode::InvalidInput);
     assert!(typo.message.contains("offest"), "{}", typo.message);
 
-    let negative = tool.call(json!({ "path": "README.md", "limit": -1 })).await;
+    let negative = tool
+        .call(
+            json!({ "path": "README.md", "limit": -1 }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert_code(&negative, ErrorCode::InvalidInput);
 
-    let empty = tool.call(json!({ "path": "" })).await;
+    let empty = tool
+        .call(json!({ "path": "" }), &hale_actors::ToolContext::default())
+        .await;
     assert_code(&empty, ErrorCode::InvalidInput);
 }
 
@@ -522,7 +653,10 @@ async fn edit_file_replaces_exactly_one_occurrence() {
     let tool = f.edit_file();
 
     let missing = tool
-        .call(json!({ "path": "edit.txt", "old_text": "four", "new_text": "4" }))
+        .call(
+            json!({ "path": "edit.txt", "old_text": "four", "new_text": "4" }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert_code(&missing, ErrorCode::NotFound);
     assert!(
@@ -533,21 +667,30 @@ async fn edit_file_replaces_exactly_one_occurrence() {
     assert_eq!(f.read("edit.txt"), original);
 
     let ambiguous = tool
-        .call(json!({ "path": "edit.txt", "old_text": "two", "new_text": "2" }))
+        .call(
+            json!({ "path": "edit.txt", "old_text": "two", "new_text": "2" }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert_code(&ambiguous, ErrorCode::Ambiguous);
     assert_eq!(ambiguous.data["matches"], 2);
     assert_eq!(f.read("edit.txt"), original);
 
     let done = tool
-        .call(json!({ "path": "edit.txt", "old_text": "two three", "new_text": "2 three" }))
+        .call(
+            json!({ "path": "edit.txt", "old_text": "two three", "new_text": "2 three" }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert!(done.is_success(), "{done:?}");
     assert_eq!(done.data, json!({ "path": "edit.txt", "replaced": 1 }));
     assert_eq!(f.read("edit.txt"), "one two 2 three\n");
 
     let empty = tool
-        .call(json!({ "path": "edit.txt", "old_text": "", "new_text": "x" }))
+        .call(
+            json!({ "path": "edit.txt", "old_text": "", "new_text": "x" }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert_code(&empty, ErrorCode::InvalidInput);
     assert!(!tool.spec().idempotent);
@@ -559,7 +702,10 @@ async fn edit_file_counts_overlapping_matches() {
     write(f.root(), "a.txt", "aaa");
     let outcome = f
         .edit_file()
-        .call(json!({ "path": "a.txt", "old_text": "aa", "new_text": "b" }))
+        .call(
+            json!({ "path": "a.txt", "old_text": "aa", "new_text": "b" }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert_code(&outcome, ErrorCode::Ambiguous);
     assert_eq!(outcome.data["matches"], 2);
@@ -573,7 +719,10 @@ async fn write_file_creates_directories_and_leaves_no_temporary_files() {
     let f = Fixture::new();
     let tool = f.write_file();
     let outcome = tool
-        .call(json!({ "path": "new/deep/file.txt", "content": "héllo\n" }))
+        .call(
+            json!({ "path": "new/deep/file.txt", "content": "héllo\n" }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert!(outcome.is_success(), "{outcome:?}");
     assert_eq!(
@@ -588,15 +737,26 @@ async fn write_file_creates_directories_and_leaves_no_temporary_files() {
     assert_eq!(names, ["file.txt"]);
 
     let refused = tool
-        .call(json!({ "path": "other/file.txt", "content": "x", "create_dirs": false }))
+        .call(
+            json!({ "path": "other/file.txt", "content": "x", "create_dirs": false }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert_code(&refused, ErrorCode::NotFound);
     assert!(!f.path("other").exists());
 
-    let dir = tool.call(json!({ "path": "src", "content": "x" })).await;
+    let dir = tool
+        .call(
+            json!({ "path": "src", "content": "x" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert_code(&dir, ErrorCode::InvalidInput);
     let slash = tool
-        .call(json!({ "path": "newdir/", "content": "x" }))
+        .call(
+            json!({ "path": "newdir/", "content": "x" }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert_code(&slash, ErrorCode::InvalidInput);
     assert!(!f.path("newdir").exists());
@@ -608,7 +768,10 @@ async fn write_file_replaces_content_and_keeps_permissions() {
     fs::set_permissions(f.path("README.md"), fs::Permissions::from_mode(0o640)).unwrap();
     let outcome = f
         .write_file()
-        .call(json!({ "path": "README.md", "content": "short" }))
+        .call(
+            json!({ "path": "README.md", "content": "short" }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert!(outcome.is_success(), "{outcome:?}");
     assert_eq!(f.read("README.md"), "short");
@@ -646,7 +809,10 @@ async fn write_file_is_atomic_for_concurrent_readers() {
     for i in 0..40 {
         let content = if i % 2 == 0 { &b } else { &a };
         let outcome = tool
-            .call(json!({ "path": "race.txt", "content": content }))
+            .call(
+                json!({ "path": "race.txt", "content": content }),
+                &hale_actors::ToolContext::default(),
+            )
             .await;
         assert!(outcome.is_success(), "{outcome:?}");
     }
@@ -676,7 +842,12 @@ fn search_fixture() -> Fixture {
 async fn glob_lists_matching_files_sorted() {
     let f = search_fixture();
     let tool = f.glob();
-    let all_rs = tool.call(json!({ "pattern": "**/*.rs" })).await;
+    let all_rs = tool
+        .call(
+            json!({ "pattern": "**/*.rs" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert!(all_rs.is_success(), "{all_rs:?}");
     assert_eq!(
         all_rs.data,
@@ -687,16 +858,34 @@ async fn glob_lists_matching_files_sorted() {
     );
 
     // `*` stays within one directory; `path` scopes the search.
-    let top = tool.call(json!({ "pattern": "*.md" })).await;
+    let top = tool
+        .call(
+            json!({ "pattern": "*.md" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert_eq!(strings(&top.data["matches"]), ["README.md"]);
-    let in_src = tool.call(json!({ "pattern": "*.rs", "path": "src" })).await;
+    let in_src = tool
+        .call(
+            json!({ "pattern": "*.rs", "path": "src" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert_eq!(
         strings(&in_src.data["matches"]),
         ["src/lib.rs", "src/main.rs", "src/util.rs"]
     );
 
     // Ignored and hidden files are not listed.
-    let everything = strings(&tool.call(json!({ "pattern": "**" })).await.data["matches"]);
+    let everything = strings(
+        &tool
+            .call(
+                json!({ "pattern": "**" }),
+                &hale_actors::ToolContext::default(),
+            )
+            .await
+            .data["matches"],
+    );
     assert!(everything.contains(&"Cargo.toml".to_owned()));
     for hidden in [
         "target/debug/gen.rs",
@@ -707,7 +896,12 @@ async fn glob_lists_matching_files_sorted() {
         assert!(!everything.contains(&hidden.to_owned()), "{hidden} listed");
     }
 
-    let none = tool.call(json!({ "pattern": "**/*.py" })).await;
+    let none = tool
+        .call(
+            json!({ "pattern": "**/*.py" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert!(none.is_success());
     assert_eq!(none.data["matches"], json!([]));
     assert!(tool.spec().idempotent);
@@ -717,16 +911,29 @@ async fn glob_lists_matching_files_sorted() {
 async fn glob_rejects_invalid_patterns_and_file_paths() {
     let f = Fixture::new();
     let tool = f.glob();
-    let bad = tool.call(json!({ "pattern": "src/[" })).await;
+    let bad = tool
+        .call(
+            json!({ "pattern": "src/[" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert_code(&bad, ErrorCode::InvalidInput);
     assert!(bad.message.contains("src/["));
 
     let file = tool
-        .call(json!({ "pattern": "*", "path": "README.md" }))
+        .call(
+            json!({ "pattern": "*", "path": "README.md" }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert_code(&file, ErrorCode::InvalidInput);
 
-    let absolute = tool.call(json!({ "pattern": "/etc/*" })).await;
+    let absolute = tool
+        .call(
+            json!({ "pattern": "/etc/*" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert_code(&absolute, ErrorCode::InvalidInput);
 }
 
@@ -740,13 +947,23 @@ async fn glob_over_the_cap_is_partial() {
             ..GlobConfig::default()
         },
     );
-    let outcome = tool.call(json!({ "pattern": "**/*.rs" })).await;
+    let outcome = tool
+        .call(
+            json!({ "pattern": "**/*.rs" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert_eq!(outcome.status, Status::Partial, "{outcome:?}");
     assert_eq!(outcome.data["truncated"], true);
     assert_eq!(outcome.data["matches"].as_array().unwrap().len(), 2);
     assert!(!outcome.message.is_empty());
 
-    let exact = tool.call(json!({ "pattern": "src/{lib,main}.rs" })).await;
+    let exact = tool
+        .call(
+            json!({ "pattern": "src/{lib,main}.rs" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert!(exact.is_success(), "{exact:?}");
     assert_eq!(exact.data["truncated"], false);
 }
@@ -757,7 +974,12 @@ async fn glob_over_the_cap_is_partial() {
 async fn grep_finds_matching_lines() {
     let f = search_fixture();
     let tool = f.grep();
-    let outcome = tool.call(json!({ "pattern": "fn main" })).await;
+    let outcome = tool
+        .call(
+            json!({ "pattern": "fn main" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert!(outcome.is_success(), "{outcome:?}");
     // Not the ignored, hidden or binary files.
     assert_eq!(
@@ -768,7 +990,12 @@ async fn grep_finds_matching_lines() {
         })
     );
 
-    let runs = tool.call(json!({ "pattern": r"demo::run\(\)" })).await;
+    let runs = tool
+        .call(
+            json!({ "pattern": r"demo::run\(\)" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     let found: Vec<(String, u64)> = runs.data["matches"]
         .as_array()
         .unwrap()
@@ -785,15 +1012,26 @@ async fn grep_finds_matching_lines() {
         [("src/main.rs".to_owned(), 2), ("tests/it.rs".to_owned(), 3)]
     );
 
-    let sensitive = tool.call(json!({ "pattern": "hello" })).await;
+    let sensitive = tool
+        .call(
+            json!({ "pattern": "hello" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert_eq!(sensitive.data["matches"].as_array().unwrap().len(), 1);
     let insensitive = tool
-        .call(json!({ "pattern": "hello", "case_insensitive": true }))
+        .call(
+            json!({ "pattern": "hello", "case_insensitive": true }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert_eq!(insensitive.data["matches"].as_array().unwrap().len(), 2);
 
     let only_md = tool
-        .call(json!({ "pattern": "hello", "case_insensitive": true, "glob": "*.md" }))
+        .call(
+            json!({ "pattern": "hello", "case_insensitive": true, "glob": "*.md" }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert_eq!(
         only_md.data["matches"],
@@ -801,7 +1039,10 @@ async fn grep_finds_matching_lines() {
     );
 
     let one_file = tool
-        .call(json!({ "pattern": "fn", "path": "src/util.rs" }))
+        .call(
+            json!({ "pattern": "fn", "path": "src/util.rs" }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert_eq!(
         one_file.data["matches"],
@@ -813,16 +1054,29 @@ async fn grep_finds_matching_lines() {
 async fn grep_rejects_invalid_patterns() {
     let f = Fixture::new();
     let tool = f.grep();
-    let regex = tool.call(json!({ "pattern": "(unclosed" })).await;
+    let regex = tool
+        .call(
+            json!({ "pattern": "(unclosed" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert_code(&regex, ErrorCode::InvalidInput);
     assert!(regex.message.contains("pattern"));
 
-    let glob = tool.call(json!({ "pattern": "fn", "glob": "*.[" })).await;
+    let glob = tool
+        .call(
+            json!({ "pattern": "fn", "glob": "*.[" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert_code(&glob, ErrorCode::InvalidInput);
     assert!(glob.message.contains("glob"));
 
     let zero = tool
-        .call(json!({ "pattern": "fn", "max_matches": 0 }))
+        .call(
+            json!({ "pattern": "fn", "max_matches": 0 }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert_code(&zero, ErrorCode::InvalidInput);
 }
@@ -833,7 +1087,10 @@ async fn grep_over_the_cap_is_partial() {
     write(f.root(), "many.txt", "hit\n".repeat(5));
     let tool = f.grep();
     let capped = tool
-        .call(json!({ "pattern": "hit", "max_matches": 2 }))
+        .call(
+            json!({ "pattern": "hit", "max_matches": 2 }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert_eq!(capped.status, Status::Partial, "{capped:?}");
     assert_eq!(capped.data["truncated"], true);
@@ -846,7 +1103,10 @@ async fn grep_over_the_cap_is_partial() {
     assert_eq!(lines, [1, 2]);
 
     let exact = tool
-        .call(json!({ "pattern": "hit", "max_matches": 5 }))
+        .call(
+            json!({ "pattern": "hit", "max_matches": 5 }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert!(exact.is_success(), "{exact:?}");
     assert_eq!(exact.data["matches"].as_array().unwrap().len(), 5);
@@ -860,7 +1120,10 @@ async fn grep_over_the_cap_is_partial() {
         },
     );
     let bounded = small
-        .call(json!({ "pattern": "hit", "max_matches": 100 }))
+        .call(
+            json!({ "pattern": "hit", "max_matches": 100 }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert_eq!(bounded.status, Status::Partial);
     assert_eq!(bounded.data["matches"].as_array().unwrap().len(), 3);
@@ -874,7 +1137,13 @@ async fn grep_clips_long_lines() {
         "long.js",
         format!("{}needle{}\n", "x".repeat(300), "y".repeat(900)),
     );
-    let outcome = f.grep().call(json!({ "pattern": "needle" })).await;
+    let outcome = f
+        .grep()
+        .call(
+            json!({ "pattern": "needle" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     let text = outcome.data["matches"][0]["text"].as_str().unwrap();
     assert_eq!(text.chars().count(), 501);
     assert!(text.ends_with('…'));

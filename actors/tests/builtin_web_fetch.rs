@@ -106,7 +106,8 @@ fn default_fetcher() -> WebFetch {
 }
 
 async fn fetch(tool: &WebFetch, url: &str) -> ToolOutcome {
-    tool.call(json!({ "url": url })).await
+    tool.call(json!({ "url": url }), &hale_actors::ToolContext::default())
+        .await
 }
 
 #[tokio::test]
@@ -141,7 +142,10 @@ async fn request_carries_the_user_agent_and_extra_headers() {
         ..WebFetchConfig::default()
     });
     let outcome = tool
-        .call(json!({ "url": server.url, "headers": { "X-Probe": "42" } }))
+        .call(
+            json!({ "url": server.url, "headers": { "X-Probe": "42" } }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert!(outcome.is_success(), "{outcome:?}");
     assert_eq!(outcome.data["body"], "");
@@ -286,7 +290,9 @@ async fn bad_urls_and_arguments_are_invalid_input() {
         ),
     ];
     for (args, expected) in cases {
-        let outcome = tool.call(args.clone()).await;
+        let outcome = tool
+            .call(args.clone(), &hale_actors::ToolContext::default())
+            .await;
         assert_eq!(outcome.code, Some(ErrorCode::InvalidInput), "{args}");
         assert!(!outcome.retryable);
         assert!(

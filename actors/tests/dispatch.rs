@@ -14,12 +14,11 @@ use axum::routing::get;
 use hale_actors::builtin::{
     Exec, ExecConfig, ReadFile, ReadFileConfig, WebFetch, WebFetchConfig, Workspace,
 };
-use hale_actors::dispatch::{
-    CallContext, DispatchConfig, Dispatcher, Endpoints, RegistryRouter, Router,
-};
+use hale_actors::dispatch::{DispatchConfig, Dispatcher, Endpoints, RegistryRouter, Router};
 use hale_actors::recovery::{FallbackChain, RetryConfig};
 use hale_actors::{
-    BoxFuture, ErrorCode, EventKind, MemorySink, Tool, ToolOutcome, ToolRegistry, ToolSpec,
+    BoxFuture, ErrorCode, EventKind, MemorySink, Tool, ToolContext, ToolOutcome, ToolRegistry,
+    ToolSpec,
 };
 use serde_json::{Value, json};
 
@@ -98,7 +97,7 @@ async fn web_fetch_waits_out_retry_after_then_succeeds() {
 
     let started = Instant::now();
     let outcome = dispatcher
-        .call("web_fetch", json!({ "url": url }), &CallContext::default())
+        .call("web_fetch", json!({ "url": url }), &ToolContext::default())
         .await;
     let took = started.elapsed();
 
@@ -148,7 +147,7 @@ async fn exec_that_failed_after_starting_runs_exactly_once() {
         ..DispatchConfig::default()
     };
     let (dispatcher, sink) = dispatcher(vec![exec_in(dir.path())], config, vec![]);
-    let ctx = CallContext::default();
+    let ctx = ToolContext::default();
 
     // A command whose stderr says "connection refused": the catalog calls
     // that retryable, and before-effect for a direct peer; but the command
@@ -218,7 +217,7 @@ async fn exec_refused_by_an_open_breaker_is_retried_and_runs_once() {
         .call(
             "exec",
             json!({ "command": "echo run >> runs" }),
-            &CallContext::default(),
+            &ToolContext::default(),
         )
         .await;
     assert!(outcome.is_success(), "{outcome:?}");
@@ -272,7 +271,7 @@ async fn a_storm_of_callers_sends_no_more_retries_than_the_budget() {
         let url = url.clone();
         calls.spawn(async move {
             dispatcher
-                .call("web_fetch", json!({ "url": url }), &CallContext::default())
+                .call("web_fetch", json!({ "url": url }), &ToolContext::default())
                 .await
         });
     }
@@ -326,14 +325,19 @@ async fn an_oversized_file_is_read_completely_in_chunks() {
     let (dispatcher, sink) = dispatcher(vec![read.clone()], config, vec![]);
 
     // Directly, the tool refuses.
-    let direct = read.call(json!({ "path": "big.txt" })).await;
+    let direct = read
+        .call(
+            json!({ "path": "big.txt" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert_eq!(direct.code, Some(ErrorCode::FileTooLarge));
 
     let outcome = dispatcher
         .call(
             "read_file",
             json!({ "path": "big.txt" }),
-            &CallContext::default(),
+            &ToolContext::default(),
         )
         .await;
     assert!(outcome.is_success(), "{outcome:?}");
@@ -357,7 +361,7 @@ async fn an_oversized_file_is_read_completely_in_chunks() {
         .call(
             "read_file",
             json!({ "path": "big.txt" }),
-            &CallContext::default(),
+            &ToolContext::default(),
         )
         .await;
     assert_eq!(partial.status, hale_actors::Status::Partial, "{partial:?}");
@@ -391,7 +395,7 @@ impl Tool for Failing {
     fn spec(&self) -> &ToolSpec {
         &self.spec
     }
-    fn call(&self, _args: Value) -> BoxFuture<'_, ToolOutcome> {
+    fn call<'a>(&'a self, _args: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let outcome = ToolOutcome::from_code(self.code.clone(), "nope");
         Box::pin(async move { outcome })
@@ -408,7 +412,7 @@ impl Tool for Working {
     fn spec(&self) -> &ToolSpec {
         &self.spec
     }
-    fn call(&self, args: Value) -> BoxFuture<'_, ToolOutcome> {
+    fn call<'a>(&'a self, args: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move { ToolOutcome::success(args) })
     }
@@ -436,7 +440,7 @@ async fn breaker_opens_and_the_fallback_serves_within_the_same_call() {
         config,
         vec![FallbackChain::new(["primary", "backup"]).unwrap()],
     );
-    let ctx = CallContext::default();
+    let ctx = ToolContext::default();
 
     // First call: two failures on the primary (the retry included) open
     // its breaker, and the same call is served by the backup.
@@ -485,7 +489,7 @@ async fn attempts_are_bounded_per_call_with_the_history_returned() {
     };
     let (dispatcher, _) = dispatcher(vec![flaky.clone()], config, vec![]);
     let outcome = dispatcher
-        .call("flaky", json!({}), &CallContext::default())
+        .call("flaky", json!({}), &ToolContext::default())
         .await;
     assert_eq!(
         outcome.code,
@@ -504,7 +508,7 @@ async fn unknown_tool_names_come_back_with_the_closest_first() {
         vec![],
     );
     let outcome = dispatcher
-        .call("raed_file", json!({}), &CallContext::default())
+        .call("raed_file", json!({}), &ToolContext::default())
         .await;
     assert_eq!(outcome.code, Some(ErrorCode::NotFound));
     assert_eq!(outcome.hints[0].suggestions[0], "read_file");
@@ -535,7 +539,7 @@ impl Tool for Hanging {
     fn spec(&self) -> &ToolSpec {
         &self.spec
     }
-    fn call(&self, _args: Value) -> BoxFuture<'_, ToolOutcome> {
+    fn call<'a>(&'a self, _args: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
         Box::pin(std::future::pending())
     }
 }
@@ -554,7 +558,7 @@ async fn a_tool_without_its_own_timeout_is_cut_off_by_the_backstop() {
     // Bounded, so a broken backstop fails the test instead of hanging it.
     let outcome = tokio::time::timeout(
         Duration::from_secs(10),
-        dispatcher.call("hang", json!({}), &CallContext::default()),
+        dispatcher.call("hang", json!({}), &ToolContext::default()),
     )
     .await
     .expect("the backstop never cut the hung attempt off");
@@ -596,7 +600,7 @@ async fn an_endpoint_with_its_own_breaker_trips_at_its_own_threshold() {
     let dispatcher = Dispatcher::new(routers, Arc::new(endpoints), Arc::new(MemorySink::new()));
     for name in ["strict", "lenient"] {
         let outcome = dispatcher
-            .call(name, json!({}), &CallContext::default())
+            .call(name, json!({}), &ToolContext::default())
             .await;
         assert!(outcome.is_failure());
     }

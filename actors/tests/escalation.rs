@@ -7,11 +7,22 @@ use std::time::{Duration, Instant};
 
 use hale_actors::escalation::{
     ABORT, Answer, ApprovalNotice, ApprovalOption, ApprovalRequest, Diagnosis, Escalation,
-    EscalationError, FileApprovalStore, MemoryApprovalStore, escalation_child,
+    EscalationError, FileApprovalStore, Gate, MemoryApprovalStore, Origin, escalation_child,
 };
 use hale_actors::{EventKind, MemorySink, Severity};
 use hale_supervision::{ChildId, SupervisorRef, SupervisorSpec};
-use serde_json::json;
+use serde_json::{Value, json};
+
+/// The call a test approval is opened for, as the runtime's gates do.
+fn gate() -> Gate {
+    Gate::new(
+        "session-1",
+        1,
+        "1:call-1",
+        "exec",
+        &json!({"command": "migrate"}),
+    )
+}
 
 fn request(timeout: Duration, default: Option<&str>) -> ApprovalRequest {
     ApprovalRequest {
@@ -63,7 +74,7 @@ async fn open_list_resolve_and_wait() {
     let (supervisor, escalation, sink) = start(Arc::new(MemoryApprovalStore::new())).await;
     let mut notices = escalation.subscribe();
     let approval = escalation
-        .open(request(Duration::from_secs(60), None))
+        .open_gate(request(Duration::from_secs(60), None), gate())
         .await
         .unwrap();
     assert!(approval.is_open());
@@ -103,7 +114,7 @@ async fn open_list_resolve_and_wait() {
 async fn resolving_twice_unknown_ids_and_options() {
     let (supervisor, escalation, _) = start(Arc::new(MemoryApprovalStore::new())).await;
     let approval = escalation
-        .open(request(Duration::from_secs(60), None))
+        .open_gate(request(Duration::from_secs(60), None), gate())
         .await
         .unwrap();
     let first = escalation
@@ -135,7 +146,7 @@ async fn resolving_twice_unknown_ids_and_options() {
     assert!(escalation.wait("apr-nope").await.is_err());
 
     let other = escalation
-        .open(request(Duration::from_secs(60), None))
+        .open_gate(request(Duration::from_secs(60), None), gate())
         .await
         .unwrap();
     let bad = escalation
@@ -159,7 +170,7 @@ async fn resolving_twice_unknown_ids_and_options() {
     let mut invalid = request(Duration::from_secs(60), Some("nope"));
     invalid.title = "x".into();
     assert!(matches!(
-        escalation.open(invalid).await,
+        escalation.open_gate(invalid, gate()).await,
         Err(EscalationError::InvalidRequest(_))
     ));
     assert_eq!(escalation.list(false).await.unwrap().len(), 2);
@@ -170,11 +181,11 @@ async fn resolving_twice_unknown_ids_and_options() {
 async fn deadlines_take_the_default_or_fail_closed() {
     let (supervisor, escalation, _) = start(Arc::new(MemoryApprovalStore::new())).await;
     let with_default = escalation
-        .open(request(Duration::from_millis(200), Some("skip")))
+        .open_gate(request(Duration::from_millis(200), Some("skip")), gate())
         .await
         .unwrap();
     let without = escalation
-        .open(request(Duration::from_millis(200), None))
+        .open_gate(request(Duration::from_millis(200), None), gate())
         .await
         .unwrap();
     let started = Instant::now();
@@ -201,7 +212,7 @@ async fn an_open_approval_survives_the_actors_kill() {
     let store = Arc::new(FileApprovalStore::open(dir.path()).unwrap());
     let (supervisor, escalation, _) = start(store).await;
     let approval = escalation
-        .open(request(Duration::from_secs(60), None))
+        .open_gate(request(Duration::from_secs(60), None), gate())
         .await
         .unwrap();
     let waiter = {
@@ -277,7 +288,7 @@ async fn child_process_opens_an_approval() {
     let store = Arc::new(FileApprovalStore::open(dir).unwrap());
     let (_supervisor, escalation, _) = start(store).await;
     let approval = escalation
-        .open(request(Duration::from_secs(600), None))
+        .open_gate(request(Duration::from_secs(600), None), gate())
         .await
         .unwrap();
     println!("OPENED {}", approval.id);
@@ -299,7 +310,8 @@ async fn an_open_approval_survives_a_process_kill_and_its_waiter_is_answered() {
     let open = escalation.list(true).await.unwrap();
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].id, id);
-    assert_eq!(open[0].request.requester.as_deref(), Some("session-7"));
+    // The gate names the session; it, not the request, says who asks.
+    assert_eq!(open[0].request.requester.as_deref(), Some("session-1"));
     // The restarted requester finds its approval and waits again.
     let waiter = {
         let escalation = escalation.clone();
@@ -326,7 +338,7 @@ async fn a_deadline_that_passed_while_down_fails_closed_at_the_next_start() {
     let store = Arc::new(FileApprovalStore::open(dir.path()).unwrap());
     let (supervisor, escalation, _) = start(store).await;
     let approval = escalation
-        .open(request(Duration::from_millis(300), None))
+        .open_gate(request(Duration::from_millis(300), None), gate())
         .await
         .unwrap();
     // The whole tree goes away before the deadline...
@@ -346,27 +358,34 @@ async fn a_deadline_that_passed_while_down_fails_closed_at_the_next_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ask_approval_waits_for_the_human() {
-    use hale_actors::Tool;
     use hale_actors::escalation::AskApproval;
+    use hale_actors::{Tool, ToolContext};
 
     let (supervisor, escalation, _) = start(Arc::new(MemoryApprovalStore::new())).await;
     let tool = AskApproval::new(escalation.clone());
     let mut notices = escalation.subscribe();
     let call = tokio::spawn(async move {
-        tool.call(json!({
-            "title": "Delete the staging database?",
-            "description": "The agent wants to drop `staging`.",
-            "options": [{ "id": "drop", "label": "Drop it" }, { "id": "keep", "label": "Keep it" }],
-            "recommended": "keep",
-            "severity": "critical",
-            "session": "session-9"
-        }))
+        let ctx = ToolContext::for_step("session-9", 4, "4:call-2");
+        tool.call(
+            json!({
+                "title": "Delete the staging database?",
+                "description": "The agent wants to drop `staging`.",
+                "options": [{ "id": "drop", "label": "Drop it" }, { "id": "keep", "label": "Keep it" }],
+                "recommended": "keep",
+                "severity": "critical"
+            }),
+            &ctx,
+        )
         .await
     });
     let Some(ApprovalNotice::Opened(opened)) = notices.recv().await else {
         panic!("no opened notice");
     };
+    // The session comes from the context; the question is the agent's and
+    // bound to no call.
     assert_eq!(opened.request.requester.as_deref(), Some("session-9"));
+    assert_eq!(opened.origin, Origin::Agent);
+    assert_eq!(opened.gate, None);
     escalation
         .resolve(&opened.id, Answer::Option("keep".into()), "ops")
         .await
@@ -376,14 +395,142 @@ async fn ask_approval_waits_for_the_human() {
     assert_eq!(outcome.data["option"], "keep");
     assert_eq!(outcome.data["by"], "ops");
 
+    let ctx = ToolContext::for_step("session-9", 5, "5:call-1");
     let bad = AskApproval::new(escalation.clone())
-        .call(json!({ "title": "x", "description": "y", "options": [], "default_on_timeout": "z" }))
+        .call(
+            json!({ "title": "x", "description": "y", "options": [] }),
+            &ctx,
+        )
         .await;
     assert_eq!(
         bad.code,
         Some(hale_actors::ErrorCode::InvalidInput),
         "{bad:?}"
     );
+    supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_question_names_no_session_and_its_timeout_picks_no_option() {
+    use hale_actors::escalation::AskApproval;
+    use hale_actors::{Tool, ToolContext};
+
+    let (supervisor, escalation, _) = start(Arc::new(MemoryApprovalStore::new())).await;
+    let tool = AskApproval::new(escalation.clone());
+    let ctx = ToolContext::for_step("session-a", 1, "1:call-1");
+    // Under another session's name: refused before anything is opened.
+    let forged = tool
+        .call(
+            json!({"title": "t", "description": "d", "options": [{"id": "approve", "label": "yes"}],
+                   "session": "session-b"}),
+            &ctx,
+        )
+        .await;
+    assert_eq!(
+        forged.code,
+        Some(hale_actors::ErrorCode::InvalidInput),
+        "{forged:?}"
+    );
+    assert!(forged.message.contains("session"), "{forged:?}");
+    assert!(escalation.list(false).await.unwrap().is_empty());
+
+    // A default and a 1 ms deadline: the deadline answers with no option.
+    let asked = tool
+        .call(
+            json!({"title": "t", "description": "d", "options": [{"id": "approve", "label": "yes"}],
+                   "default_on_timeout": "approve", "timeout_ms": 1}),
+            &ctx,
+        )
+        .await;
+    assert!(asked.is_success(), "{asked:?}");
+    assert_eq!(asked.data["option"], Value::Null, "{asked:?}");
+    assert_eq!(asked.data["timed_out"], true);
+    let stored = escalation.list(false).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].origin, Origin::Agent);
+    assert_eq!(stored[0].request.default_on_timeout, None);
+    assert_eq!(stored[0].resolution.as_ref().unwrap().option, None);
+
+    // Without a session there is nobody to ask for.
+    let orphan = tool
+        .call(
+            json!({"title": "t", "description": "d", "allow_instructions": true}),
+            &ToolContext::default(),
+        )
+        .await;
+    assert_eq!(
+        orphan.code,
+        Some(hale_actors::ErrorCode::InvalidInput),
+        "{orphan:?}"
+    );
+    supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_may_have_only_so_many_questions_open() {
+    let (supervisor, escalation, _) = start(Arc::new(MemoryApprovalStore::new())).await;
+    let question = request(Duration::from_secs(600), None);
+    // Opened concurrently, so questions still being saved count too.
+    let mut asks = Vec::new();
+    for _ in 0..5 {
+        let escalation = escalation.clone();
+        let question = question.clone();
+        asks.push(tokio::spawn(async move {
+            escalation.ask(question, "session-a", 2).await
+        }));
+    }
+    let mut opened = 0;
+    let mut refused = 0;
+    for ask in asks {
+        match ask.await.unwrap() {
+            Ok(_) => opened += 1,
+            Err(EscalationError::TooManyOpen { limit: 2, .. }) => refused += 1,
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert_eq!((opened, refused), (2, 3));
+    // Another session has its own allowance; runtime approvals are not
+    // questions and are never limited.
+    escalation
+        .ask(question.clone(), "session-b", 2)
+        .await
+        .unwrap();
+    escalation
+        .open_gate(question.clone(), gate())
+        .await
+        .unwrap();
+    // Answering one frees a place.
+    let open = escalation.list(true).await.unwrap();
+    let first = open
+        .iter()
+        .find(|a| a.request.requester.as_deref() == Some("session-a"))
+        .unwrap();
+    escalation
+        .resolve(&first.id, Answer::Option(ABORT.into()), "ops")
+        .await
+        .unwrap();
+    escalation.ask(question, "session-a", 2).await.unwrap();
+    supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_approval_records_its_origin_and_gate_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let (supervisor, escalation, _) =
+        start(Arc::new(FileApprovalStore::open(dir.path()).unwrap())).await;
+    let opened = escalation
+        .open_gate(request(Duration::from_secs(600), None), gate())
+        .await
+        .unwrap();
+    assert_eq!(opened.origin, Origin::Runtime);
+    assert_eq!(opened.gate, Some(gate()));
+    assert_eq!(opened.request.requester.as_deref(), Some("session-1"));
+    supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+    let (supervisor, escalation, _) =
+        start(Arc::new(FileApprovalStore::open(dir.path()).unwrap())).await;
+    let again = escalation.get(&opened.id).await.unwrap();
+    assert_eq!(again.origin, Origin::Runtime);
+    assert_eq!(again.gate, Some(gate()));
     supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
@@ -407,7 +554,7 @@ async fn child_process_opens_an_approval_in_sqlite() {
     };
     let (_supervisor, escalation, _) = start(sqlite_approvals(path.as_ref()).await).await;
     let approval = escalation
-        .open(request(Duration::from_secs(600), None))
+        .open_gate(request(Duration::from_secs(600), None), gate())
         .await
         .unwrap();
     println!("OPENED {}", approval.id);

@@ -443,7 +443,10 @@ async fn edits_lessons_sections_and_reads() {
     let tool = Remember::new(handle.clone());
     assert!(tool.spec().idempotent);
     let outcome = tool
-        .call(json!({ "section": "Network", "lesson": "set a timeout", "incident": 7 }))
+        .call(
+            json!({ "section": "Network", "lesson": "set a timeout", "incident": 7 }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert!(outcome.is_success(), "{outcome:?}");
     let line = outcome.data["lesson"].as_str().unwrap();
@@ -452,7 +455,10 @@ async fn edits_lessons_sections_and_reads() {
         "{line}"
     );
     let bad = tool
-        .call(json!({ "section": "Network", "lesson": "x", "when": 1 }))
+        .call(
+            json!({ "section": "Network", "lesson": "x", "when": 1 }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert_eq!(bad.code, Some(ErrorCode::InvalidInput));
     assert!(bad.message.contains("when"), "{}", bad.message);
@@ -545,90 +551,102 @@ fn a_stale_generation_never_renames() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn write_file_and_edit_file_go_through_the_memory_actor() {
+async fn the_file_tools_read_memory_through_its_actor_and_refuse_to_write_it() {
+    use hale_actors::builtin::{ReadFile, ReadFileConfig};
+    use hale_actors::{HintKind, ToolContext};
+    // The memory file lives beside the workspace, not in it.
     let dir = tempfile::tempdir().unwrap();
     let (supervisor, handle, sink) = start(dir.path(), 1).await;
-    let ws = Workspace::new(dir.path()).unwrap();
+    std::fs::create_dir(dir.path().join("workspace")).unwrap();
+    let ws = Workspace::new(dir.path().join("workspace")).unwrap();
+    let read = ReadFile::new(ws.clone(), ReadFileConfig::default()).with_memory(handle.clone());
     let write = WriteFile::new(ws.clone(), WriteFileConfig::default()).with_memory(handle.clone());
-    let edit = EditFile::new(ws, EditFileConfig::default()).with_memory(handle.clone());
-
-    let slots: String = (0..20).map(|i| format!("- slot {i}\n")).collect();
-    let seed = format!("# Memory\n\n## Slots\n\n{slots}");
-    let written = write
-        .call(json!({ "path": "memory/MEMORY.md", "content": seed }))
+    let edit = EditFile::new(ws.clone(), EditFileConfig::default()).with_memory(handle.clone());
+    let ctx = ToolContext::default();
+    let remembered = handle
+        .remember(Lesson::new("Lessons", "use IF NOT EXISTS"))
         .await;
-    assert!(written.is_success(), "{written:?}");
-    assert_eq!(written.data["path"], "memory/MEMORY.md");
-    assert_eq!(written.data["bytes"], seed.len());
-    // The actor made the write: its copy has it, so a lesson lands on top
-    // of it instead of replacing it.
-    assert_eq!(handle.read().await.unwrap(), seed);
+    assert!(remembered.is_success(), "{remembered:?}");
+    let before = handle.read().await.unwrap();
 
-    // Edits of distinct lines and lessons, all at once: none is lost.
-    let edit = Arc::new(edit);
-    let mut calls = Vec::new();
-    for i in 0..20 {
-        let (edit, handle) = (edit.clone(), handle.clone());
-        calls.push(tokio::spawn(async move {
-            let edited = edit
-                .call(json!({
-                    "path": "memory/MEMORY.md",
-                    "old_text": format!("- slot {i}\n"),
-                    "new_text": format!("- slot {i} filled\n"),
-                }))
-                .await;
-            assert!(edited.is_success(), "{edited:?}");
-            let remembered = handle
-                .remember(Lesson::new("Lessons", format!("lesson {i}")))
-                .await;
-            assert!(remembered.is_success(), "{remembered:?}");
-        }));
+    // Read: the actor's text, under the workspace path the agent knows.
+    let got = read.call(json!({ "path": "memory/MEMORY.md" }), &ctx).await;
+    assert!(got.is_success(), "{got:?}");
+    assert_eq!(got.data["content"], before.as_str());
+    assert_eq!(got.data["eof"], true);
+    let part = read
+        .call(
+            json!({ "path": "./memory/MEMORY.md", "offset": 2, "limit": 5 }),
+            &ctx,
+        )
+        .await;
+    assert_eq!(part.data["content"], &before[2..7], "{part:?}");
+
+    // Write and edit, however the path is spelt: refused with a typed
+    // outcome (not escalated) and a hint to use `remember`.
+    let absolute = dir.path().join("workspace/memory/MEMORY.md");
+    for path in [
+        "memory/MEMORY.md",
+        "./memory//MEMORY.md",
+        absolute.to_str().unwrap(),
+    ] {
+        let written = write
+            .call(
+                json!({ "path": path, "content": "# Memory\n\n- obey the agent\n" }),
+                &ctx,
+            )
+            .await;
+        assert_eq!(written.code, Some(ErrorCode::InvalidInput), "{written:?}");
+        assert!(!written.retryable);
+        assert_ne!(written.severity, hale_actors::Severity::Critical);
+        assert!(
+            written
+                .hints
+                .iter()
+                .any(|h| h.kind == HintKind::TryInstead
+                    && h.suggestions == vec!["remember".to_owned()]),
+            "{written:?}"
+        );
+        let edited = edit
+            .call(
+                json!({ "path": path, "old_text": "IF NOT EXISTS", "new_text": "DROP" }),
+                &ctx,
+            )
+            .await;
+        assert_eq!(edited.code, Some(ErrorCode::InvalidInput), "{edited:?}");
     }
-    for call in calls {
-        call.await.unwrap();
-    }
-    let text = std::fs::read_to_string(dir.path().join("memory/MEMORY.md")).unwrap();
-    let parsed = parse(&text);
-    let filled: BTreeSet<String> = (0..20).map(|i| format!("slot {i} filled")).collect();
-    assert_eq!(
-        parsed.sections["Slots"]
-            .iter()
-            .cloned()
-            .collect::<BTreeSet<_>>(),
-        filled
+    // The memory file's own path is outside the workspace: refused too.
+    let outside = write
+        .call(
+            json!({ "path": handle.path().to_str().unwrap(), "content": "x" }),
+            &ctx,
+        )
+        .await;
+    assert!(outside.is_failure(), "{outside:?}");
+    assert_eq!(handle.read().await.unwrap(), before);
+    assert_eq!(std::fs::read_to_string(handle.path()).unwrap(), before);
+    assert!(
+        !absolute.exists(),
+        "a refused write left a file in the workspace"
     );
-    assert_eq!(parsed.sections["Lessons"].len(), 20);
 
-    // edit_file's failures come back from the actor with the path as given.
-    let absolute = dir.path().join("memory/MEMORY.md");
-    let ambiguous = edit
-        .call(json!({
-            "path": absolute.to_str().unwrap(),
-            "old_text": "filled",
-            "new_text": "x",
-        }))
-        .await;
-    assert_eq!(ambiguous.code, Some(ErrorCode::Ambiguous), "{ambiguous:?}");
-    assert_eq!(ambiguous.data["matches"], 20);
-    assert_eq!(ambiguous.data["path"], "memory/MEMORY.md");
-
-    // Other files, in the memory folder or not, are written directly.
+    // Other files in the workspace's memory folder are ordinary files.
     let other = write
-        .call(json!({ "path": "memory/notes.md", "content": "notes\n" }))
+        .call(
+            json!({ "path": "memory/notes.md", "content": "notes\n" }),
+            &ctx,
+        )
         .await;
     assert!(other.is_success(), "{other:?}");
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("memory/notes.md")).unwrap(),
-        "notes\n"
-    );
-    assert_eq!(handle.read().await.unwrap(), text);
     let ops: Vec<String> = sink
         .events()
         .iter()
         .filter(|e| e.kind == EventKind::MemoryWrite)
-        .map(|e| e.data["op"].as_str().unwrap().to_owned())
+        .map(|e| e.data["op"].as_str().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(ops.iter().filter(|op| *op == "replace").count(), 1);
-    assert_eq!(ops.iter().filter(|op| *op == "edit").count(), 20);
+    assert!(
+        !ops.iter().any(|op| op == "replace" || op == "edit"),
+        "{ops:?}"
+    );
     supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
 }

@@ -12,7 +12,7 @@ use axum::Router as HttpRouter;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::routing::post;
 use hale_actors::classify::{from_anthropic_http_error, from_openai_http_error};
-use hale_actors::dispatch::{CallContext, DispatchConfig, Endpoints};
+use hale_actors::dispatch::{DispatchConfig, Endpoints, ToolContext};
 use hale_actors::model::{
     ChatMessage, ModelConfig, ModelError, ModelReply, ModelRequest, Models, ModelsOptions,
     Provider, SWITCH_MODEL, endpoint_name, render_decision, scripted_reply, switch_model_spec,
@@ -261,10 +261,10 @@ async fn start(configs: Vec<ModelConfig>, retry: RetryConfig) -> Harness {
     }
 }
 
-fn ctx() -> CallContext {
-    CallContext {
+fn ctx() -> ToolContext {
+    ToolContext {
         session: Some("sess-1".to_owned()),
-        ..CallContext::default()
+        ..ToolContext::default()
     }
 }
 

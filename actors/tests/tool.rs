@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use hale_actors::{
-    BoxFuture, ErrorCode, HintKind, RegistryError, Status, Tool, ToolOutcome, ToolRegistry,
-    ToolSpec,
+    BoxFuture, ErrorCode, HintKind, RegistryError, Status, Tool, ToolContext, ToolOutcome,
+    ToolRegistry, ToolSpec,
 };
 use serde_json::{Value, json};
 
@@ -35,7 +35,7 @@ impl Tool for TestTool {
         &self.spec
     }
 
-    fn call(&self, args: Value) -> BoxFuture<'_, ToolOutcome> {
+    fn call<'a>(&'a self, args: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
         if let Behaviour::PanicNow = self.behaviour {
             panic!("panicked before the future");
         }
@@ -56,7 +56,13 @@ async fn registered_tool_is_called() {
     registry
         .register(TestTool::shared("echo", Behaviour::Echo))
         .unwrap();
-    let o = registry.call("echo", json!({"x": 1})).await;
+    let o = registry
+        .call(
+            "echo",
+            json!({"x": 1}),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert!(o.is_success());
     assert_eq!(o.data, json!({"x": 1}));
     assert!(registry.get("echo").is_some());
@@ -103,7 +109,13 @@ async fn unknown_tool_suggests_the_closest_name_first() {
             .register(TestTool::shared(name, Behaviour::Echo))
             .unwrap();
     }
-    let o = registry.call("get_wether", json!({})).await;
+    let o = registry
+        .call(
+            "get_wether",
+            json!({}),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert_eq!(o.code, Some(ErrorCode::NotFound));
     assert!(o.recoverable);
     assert!(o.message.contains("get_wether"));
@@ -115,7 +127,9 @@ async fn unknown_tool_suggests_the_closest_name_first() {
 
 #[tokio::test]
 async fn unknown_tool_in_empty_registry_has_no_hint() {
-    let o = ToolRegistry::new().call("x", Value::Null).await;
+    let o = ToolRegistry::new()
+        .call("x", Value::Null, &hale_actors::ToolContext::default())
+        .await;
     assert_eq!(o.code, Some(ErrorCode::NotFound));
     assert!(o.hints.is_empty());
 }
@@ -130,7 +144,13 @@ async fn panicking_tools_become_internal_outcomes() {
         .register(TestTool::shared("boom_later", Behaviour::PanicInFuture))
         .unwrap();
 
-    let o = registry.call("boom_later", json!({})).await;
+    let o = registry
+        .call(
+            "boom_later",
+            json!({}),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert_eq!(o.status, Status::Error);
     assert_eq!(o.code, Some(ErrorCode::Internal));
     assert!(
@@ -139,7 +159,9 @@ async fn panicking_tools_become_internal_outcomes() {
         o.message
     );
 
-    let o = registry.call("boom_now", json!({})).await;
+    let o = registry
+        .call("boom_now", json!({}), &hale_actors::ToolContext::default())
+        .await;
     assert_eq!(o.code, Some(ErrorCode::Internal));
     assert!(
         o.message.contains("panicked before the future"),
@@ -158,7 +180,7 @@ async fn interrupted_outcome_follows_the_tools_idempotency() {
         fn spec(&self) -> &ToolSpec {
             &self.0
         }
-        fn call(&self, _args: Value) -> BoxFuture<'_, ToolOutcome> {
+        fn call<'a>(&'a self, _args: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
             Box::pin(async { ToolOutcome::from_code(ErrorCode::Interrupted, "cut") })
         }
     }
@@ -168,6 +190,16 @@ async fn interrupted_outcome_follows_the_tools_idempotency() {
         .unwrap();
     let spec = ToolSpec::new("idem", "", Value::Null).with_idempotent(true);
     registry.register(Arc::new(Idem(spec))).unwrap();
-    assert!(!registry.call("plain", Value::Null).await.retryable);
-    assert!(registry.call("idem", Value::Null).await.retryable);
+    assert!(
+        !registry
+            .call("plain", Value::Null, &hale_actors::ToolContext::default())
+            .await
+            .retryable
+    );
+    assert!(
+        registry
+            .call("idem", Value::Null, &hale_actors::ToolContext::default())
+            .await
+            .retryable
+    );
 }

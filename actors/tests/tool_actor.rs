@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use hale_actors::builtin::{BuiltinConfig, builtin_tools, tools_supervisor};
 use hale_actors::{
-    BoxFuture, ErrorCode, EventKind, MemorySink, Tool, ToolOutcome, ToolRegistry, ToolSpec,
+    BoxFuture, ErrorCode, EventKind, MemorySink, Tool, ToolContext, ToolOutcome, ToolRegistry,
+    ToolSpec,
 };
 use hale_supervision::{ChildId, SupervisorRef};
 use serde_json::{Value, json};
@@ -21,7 +22,7 @@ impl Tool for Panicky {
     fn spec(&self) -> &ToolSpec {
         &self.spec
     }
-    fn call(&self, _args: Value) -> BoxFuture<'_, ToolOutcome> {
+    fn call<'a>(&'a self, _args: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
         Box::pin(async { panic!("deliberate panic in a tool") })
     }
 }
@@ -61,7 +62,13 @@ async fn every_builtin_tool_runs_as_a_supervised_actor() {
     );
     let children = supervisor.which_children().await.unwrap();
     assert_eq!(children.len(), 8);
-    let read = registry.call("read_file", json!({ "path": "a.txt" })).await;
+    let read = registry
+        .call(
+            "read_file",
+            json!({ "path": "a.txt" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert!(read.is_success(), "{read:?}");
     assert_eq!(read.data["content"], "alpha\n");
     // Idempotency survives the trip through the actor handle.
@@ -69,7 +76,9 @@ async fn every_builtin_tool_runs_as_a_supervised_actor() {
     assert!(!registry.get("exec").unwrap().spec().idempotent);
 
     // A panicking tool is an INTERNAL outcome; its actor keeps serving.
-    let panicked = registry.call("panicky", json!({})).await;
+    let panicked = registry
+        .call("panicky", json!({}), &hale_actors::ToolContext::default())
+        .await;
     assert_eq!(panicked.code, Some(ErrorCode::Internal), "{panicked:?}");
     assert!(panicked.message.contains("deliberate panic"));
     assert_eq!(supervisor.stats().await.unwrap().restarts, 0);
@@ -84,9 +93,11 @@ async fn a_killed_tool_actor_is_replaced_and_its_call_ends_interrupted() {
 
     // A call in flight when its actor is killed: the call ends at once,
     // classified, and the command's process group dies with the actor.
+    let ctx = hale_actors::ToolContext::default();
     let call = registry.call(
         "exec",
         json!({ "command": "sleep 2; echo done >> late", "timeout_ms": 10000 }),
+        &ctx,
     );
     let killer = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -104,7 +115,13 @@ async fn a_killed_tool_actor_is_replaced_and_its_call_ends_interrupted() {
     );
 
     // The replacement serves.
-    let echo = registry.call("exec", json!({ "command": "echo hi" })).await;
+    let echo = registry
+        .call(
+            "exec",
+            json!({ "command": "echo hi" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
     assert!(echo.is_success(), "{echo:?}");
     assert_eq!(echo.data["stdout"], "hi\n");
     assert!(
@@ -116,7 +133,11 @@ async fn a_killed_tool_actor_is_replaced_and_its_call_ends_interrupted() {
     // Calls made while the actor is down wait for the replacement.
     supervisor.resolve(&exec_id).await.unwrap().unwrap().kill();
     let during = registry
-        .call("exec", json!({ "command": "echo again" }))
+        .call(
+            "exec",
+            json!({ "command": "echo again" }),
+            &hale_actors::ToolContext::default(),
+        )
         .await;
     assert!(during.is_success(), "{during:?}");
     assert_eq!(supervisor.stats().await.unwrap().restarts, 2);

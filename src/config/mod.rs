@@ -179,6 +179,9 @@ pub struct SessionSettings {
     /// Whether incidents (escalations, give-ups) are written to MEMORY.md
     /// as lessons (default on).
     pub learn_from_incidents: bool,
+    /// Questions (`ask_approval`) one session may have open at once
+    /// (default 3).
+    pub max_open_questions: usize,
 }
 
 impl Default for SessionSettings {
@@ -188,6 +191,7 @@ impl Default for SessionSettings {
             memory_prompt_bytes: 16 * 1024,
             journal_retention: Duration::from_secs(7 * 86_400),
             learn_from_incidents: true,
+            max_open_questions: hale_actors::escalation::DEFAULT_MAX_OPEN_QUESTIONS,
         }
     }
 }
@@ -350,9 +354,10 @@ impl Config {
         &self.builtin.workspace_root
     }
 
-    /// The memory file: `<workspace>/memory/MEMORY.md`.
+    /// The memory file: `<data_dir>/memory/MEMORY.md`, outside the
+    /// workspace (only the memory actor writes it).
     pub fn memory_config(&self) -> MemoryConfig {
-        MemoryConfig::in_workspace(self.workspace_root())
+        MemoryConfig::new(self.data_dir.join(hale_actors::memory::DEFAULT_MEMORY_PATH))
     }
 
     /// The store: `<data_dir>/hale.db` with the store's defaults.
@@ -636,6 +641,15 @@ impl Resolver<'_> {
         }
         if let Some(on) = s.learn_from_incidents {
             session.learn_from_incidents = on;
+        }
+        if let Some(n) = &s.max_open_questions {
+            if *n.get_ref() == 0 {
+                return Err(self.invalid(
+                    Some(n.span()),
+                    "session.max_open_questions must be at least 1",
+                ));
+            }
+            session.max_open_questions = *n.get_ref();
         }
         Ok(session)
     }

@@ -68,6 +68,7 @@ pub(crate) struct RawSession {
     pub memory_prompt_bytes: Option<usize>,
     pub journal_retention: Option<Dur>,
     pub learn_from_incidents: Option<bool>,
+    pub max_open_questions: Option<Spanned<usize>>,
 }
 
 /// `[audit]`.

@@ -13,6 +13,7 @@
 //! | `session.memory_prompt_bytes` | [`RuntimeConfig::sessions`] |
 //! | `session.journal_retention` | [`RuntimeConfig::journal_retention`] |
 //! | `session.learn_from_incidents` | [`RuntimeConfig::learning`] (`lessons`) |
+//! | `session.max_open_questions` | [`RuntimeConfig::sessions`] (`ask_approval`'s limit) |
 //! | `[audit]` | [`RuntimeConfig::audit`] (`retention`) |
 //! | the workspace's `memory/MEMORY.md` | [`RuntimeConfig::memory_path`] |
 //!
@@ -67,6 +68,7 @@ impl RuntimeConfig {
         runtime.sessions.memory_prompt_bytes = settings.memory_prompt_bytes;
         runtime.journal_retention = settings.journal_retention;
         runtime.learning.lessons = settings.learn_from_incidents;
+        runtime.sessions.max_open_questions = settings.max_open_questions;
         runtime.audit = config.audit_config();
         runtime.memory_path = Some(config.memory_config().path);
         Ok(runtime)

@@ -568,7 +568,7 @@ mcp = []
     assert_eq!(runtime.audit.retention.max_rows, Some(500));
     assert_eq!(
         runtime.memory_path.as_deref(),
-        Some(Path::new("/srv/hale/work/memory/MEMORY.md"))
+        Some(Path::new("/srv/hale/state/memory/MEMORY.md"))
     );
 
     // With no file, the default agent has the runtime's default tools.
@@ -603,11 +603,7 @@ fn config_args_override_the_data_dir_and_move_the_default_workspace() {
     );
     assert_eq!(
         runtime.memory_path.as_deref(),
-        Some(
-            dir.path()
-                .join("elsewhere/workspace/memory/MEMORY.md")
-                .as_path()
-        )
+        Some(dir.path().join("elsewhere/memory/MEMORY.md").as_path())
     );
     // An explicit workspace stays where the file puts it.
     let path = write_config(

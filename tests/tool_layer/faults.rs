@@ -281,7 +281,12 @@ async fn manage_mcp_tool_answers_as_an_agent_would_call_it() {
     h.ready("search").await;
     let tool = ManageMcp::new(h.servers.clone(), h.dispatcher.endpoints().clone());
 
-    let list = tool.call(json!({ "action": "list" })).await;
+    let list = tool
+        .call(
+            json!({ "action": "list" }),
+            &hale::actors::ToolContext::default(),
+        )
+        .await;
     assert!(list.is_success(), "{list:?}");
     let names: Vec<&str> = list.data["servers"]
         .as_array()
@@ -294,22 +299,36 @@ async fn manage_mcp_tool_answers_as_an_agent_would_call_it() {
     assert_eq!(list.data["servers"][1]["breaker"], "closed");
 
     let disabled = tool
-        .call(json!({ "action": "disable", "server": "weather" }))
+        .call(
+            json!({ "action": "disable", "server": "weather" }),
+            &hale::actors::ToolContext::default(),
+        )
         .await;
     assert!(disabled.is_success(), "{disabled:?}");
     assert_eq!(disabled.data["state"], "disabled");
 
     let typo = tool
-        .call(json!({ "action": "enable", "server": "wether" }))
+        .call(
+            json!({ "action": "enable", "server": "wether" }),
+            &hale::actors::ToolContext::default(),
+        )
         .await;
     assert_eq!(typo.code, Some(ErrorCode::NotFound));
     assert_eq!(typo.hints[0].suggestions[0], "weather");
 
-    let missing = tool.call(json!({ "action": "restart" })).await;
+    let missing = tool
+        .call(
+            json!({ "action": "restart" }),
+            &hale::actors::ToolContext::default(),
+        )
+        .await;
     assert_eq!(missing.code, Some(ErrorCode::InvalidInput));
 
     let enabled = tool
-        .call(json!({ "action": "enable", "server": "weather" }))
+        .call(
+            json!({ "action": "enable", "server": "weather" }),
+            &hale::actors::ToolContext::default(),
+        )
         .await;
     assert!(enabled.is_success(), "{enabled:?}");
     h.ready("weather").await;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hale::actors::dispatch::{CallContext, DispatchConfig, Dispatcher, Endpoints, Router};
+use hale::actors::dispatch::{DispatchConfig, Dispatcher, Endpoints, Router, ToolContext};
 use hale::actors::mcp::{McpRouter, McpServerConfig, McpServers};
 use hale::actors::{EventKind, MemorySink, ToolOutcome};
 use hale::supervision::SupervisorRef;
@@ -68,7 +68,7 @@ impl Harness {
 
     pub async fn call(&self, tool: &str, args: Value) -> ToolOutcome {
         self.dispatcher
-            .call(tool, args, &CallContext::default())
+            .call(tool, args, &ToolContext::default())
             .await
     }
 

@@ -129,7 +129,7 @@ async fn killed_during_a_call_ends_the_call_classified() {
                 .call(
                     "f__sleep",
                     json!({ "ms": 4000 }),
-                    &hale::actors::dispatch::CallContext::default(),
+                    &hale::actors::dispatch::ToolContext::default(),
                 )
                 .await;
             (outcome, started)

@@ -22,7 +22,7 @@ use crate::catalog::ErrorCode;
 use crate::event::{EventKind, Level};
 use crate::outcome::{Hint, HintKind, ToolOutcome};
 use crate::store::{EventFilter, EventQuery, Grep, Store, StoreError};
-use crate::tool::{BoxFuture, Tool, ToolSpec, closest_first};
+use crate::tool::{BoxFuture, Tool, ToolContext, ToolSpec, closest_first};
 
 /// Events returned when the call gives no `limit`.
 pub const DEFAULT_LIMIT: usize = 50;
@@ -295,7 +295,7 @@ impl Tool for ReadLogs {
         &self.spec
     }
 
-    fn call(&self, args: Value) -> BoxFuture<'_, ToolOutcome> {
+    fn call<'a>(&'a self, args: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
         Box::pin(self.run(args))
     }
 }

@@ -32,7 +32,7 @@ use crate::catalog::ErrorCode;
 use crate::classify;
 use crate::outcome::{HintKind, ToolOutcome};
 use crate::process::{ProcessHook, ProcessRecord};
-use crate::tool::{BoxFuture, Tool, ToolSpec};
+use crate::tool::{BoxFuture, Tool, ToolContext, ToolSpec};
 
 /// The timeout of a call that does not ask for one.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -218,14 +218,14 @@ impl Exec {
         &self.config
     }
 
-    async fn run(&self, raw: Value) -> ToolOutcome {
+    async fn run(&self, raw: Value, ctx: &ToolContext) -> ToolOutcome {
         let granted_args = raw.clone();
         let args = match ExecArgs::parse(raw) {
             Ok(args) => args,
             Err(message) => return ToolOutcome::from_code(ErrorCode::InvalidInput, message),
         };
         if let Some(rule) = self.rules.iter().find(|r| r.matches(&args.command))
-            && !self.grants.take("exec", &granted_args)
+            && !self.grants.take("exec", &granted_args, ctx)
         {
             return ToolOutcome::blocked(format!(
                 "command refused by policy: {}",
@@ -350,8 +350,8 @@ impl Tool for Exec {
         &self.spec
     }
 
-    fn call(&self, args: Value) -> BoxFuture<'_, ToolOutcome> {
-        Box::pin(self.run(args))
+    fn call<'a>(&'a self, args: Value, ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
+        Box::pin(self.run(args, ctx))
     }
 }
 

@@ -11,6 +11,13 @@
 //! temporary file that is renamed over the target: the file is either the
 //! old one or the new one, never half of each. All paths are confined by
 //! [`Workspace`].
+//!
+//! MEMORY.md lives outside the workspace, and only its memory actor writes
+//! it: the agent must not be able to rewrite the text that goes into every
+//! session's system prompt. Built `with_memory`, the file tools give its
+//! old workspace path, `memory/MEMORY.md`, one meaning: `read_file` reads
+//! the lessons from the actor, and `write_file` and `edit_file` are refused
+//! with a hint to use `remember`.
 
 // Failures here are the tool's answer, a `ToolOutcome` handed to the agent
 // as is; boxing it on the error path would only be unboxed again, and that
@@ -24,11 +31,12 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::workspace::{Workspace, invalid_input, io_failure, parse_args, run_blocking};
+use super::workspace::{Workspace, invalid_input, io_failure, parse_args};
 use crate::catalog::ErrorCode;
-use crate::memory::MemoryHandle;
+use crate::memory::{DEFAULT_MEMORY_PATH, MemoryHandle};
 use crate::outcome::ToolOutcome;
-use crate::tool::{BoxFuture, Tool, ToolSpec};
+use crate::outcome::{Hint, HintKind};
+use crate::tool::{BoxFuture, Tool, ToolContext, ToolSpec};
 
 /// A UTF-8 character is at most this long, so reading this many bytes past
 /// a range is enough to finish a character it splits.
@@ -96,6 +104,7 @@ pub struct ReadFile {
     workspace: Workspace,
     config: ReadFileConfig,
     spec: ToolSpec,
+    memory: Vec<MemoryHandle>,
 }
 
 impl ReadFile {
@@ -140,6 +149,36 @@ impl ReadFile {
             workspace,
             config,
             spec,
+            memory: Vec::new(),
+        }
+    }
+
+    /// Serves `memory/MEMORY.md` from `memory`'s actor (the file lives
+    /// outside the workspace).
+    pub fn with_memory(mut self, memory: MemoryHandle) -> Self {
+        self.memory.push(memory);
+        self
+    }
+
+    async fn run(&self, args: Value) -> ToolOutcome {
+        let workspace = self.workspace.clone();
+        let config = self.config;
+        let memory = self.memory.clone();
+        let step = tokio::task::spawn_blocking(move || {
+            if let Some(path) = args.get("path").and_then(Value::as_str)
+                && let Some(handle) = memory_of(&workspace, &memory, path)
+            {
+                return Ok((handle, args));
+            }
+            Err(read(&workspace, config, args).unwrap_or_else(|failure| failure))
+        })
+        .await;
+        match step {
+            Ok(Ok((handle, args))) => read_memory(&handle, config, args).await,
+            Ok(Err(outcome)) => outcome,
+            Err(e) => {
+                ToolOutcome::from_code(ErrorCode::Internal, format!("file tool worker failed: {e}"))
+            }
         }
     }
 }
@@ -149,12 +188,8 @@ impl Tool for ReadFile {
         &self.spec
     }
 
-    fn call(&self, args: Value) -> BoxFuture<'_, ToolOutcome> {
-        let workspace = self.workspace.clone();
-        let config = self.config;
-        Box::pin(run_blocking(move || {
-            read(&workspace, config, args).unwrap_or_else(|failure| failure)
-        }))
+    fn call<'a>(&'a self, args: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
+        Box::pin(self.run(args))
     }
 }
 
@@ -166,7 +201,7 @@ impl Tool for ReadFile {
 /// file, never a mix; an existing file keeps its permissions. Writing
 /// through a symlink writes its target (which must be inside the
 /// workspace). Data `{path, bytes}`. Built [`with_memory`](Self::with_memory),
-/// a write to a memory file is made by its memory actor instead.
+/// a write to `memory/MEMORY.md` is refused: lessons go through `remember`.
 #[derive(Debug)]
 pub struct WriteFile {
     workspace: Workspace,
@@ -217,9 +252,8 @@ impl WriteFile {
         }
     }
 
-    /// Hands writes to `memory`'s file to its actor, so they are
-    /// serialised with every other change to it instead of racing them.
-    /// May be called once per memory file.
+    /// Refuses writes to `memory`'s file and to its workspace path
+    /// `memory/MEMORY.md`: only the memory actor writes it.
     pub fn with_memory(mut self, memory: MemoryHandle) -> Self {
         self.memory.push(memory);
         self
@@ -231,7 +265,7 @@ impl Tool for WriteFile {
         &self.spec
     }
 
-    fn call(&self, args: Value) -> BoxFuture<'_, ToolOutcome> {
+    fn call<'a>(&'a self, args: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
         let workspace = self.workspace.clone();
         let config = self.config;
         let memory = self.memory.clone();
@@ -246,8 +280,8 @@ impl Tool for WriteFile {
 /// `AMBIGUOUS` with data `{path, matches}`, and in both cases the file is
 /// left untouched. The new content is written atomically, as by
 /// [`WriteFile`]. Data `{path, replaced: 1}`. Built
-/// [`with_memory`](Self::with_memory), an edit of a memory file is made by
-/// its memory actor instead.
+/// [`with_memory`](Self::with_memory), an edit of `memory/MEMORY.md` is
+/// refused: lessons go through `remember`.
 #[derive(Debug)]
 pub struct EditFile {
     workspace: Workspace,
@@ -296,8 +330,7 @@ impl EditFile {
         }
     }
 
-    /// Hands edits of `memory`'s file to its actor (see
-    /// [`WriteFile::with_memory`]).
+    /// Refuses edits of `memory`'s file (see [`WriteFile::with_memory`]).
     pub fn with_memory(mut self, memory: MemoryHandle) -> Self {
         self.memory.push(memory);
         self
@@ -309,7 +342,7 @@ impl Tool for EditFile {
         &self.spec
     }
 
-    fn call(&self, args: Value) -> BoxFuture<'_, ToolOutcome> {
+    fn call<'a>(&'a self, args: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
         let workspace = self.workspace.clone();
         let config = self.config;
         let memory = self.memory.clone();
@@ -454,7 +487,7 @@ fn write(
     config: WriteFileConfig,
     args: Value,
     memory: &[MemoryHandle],
-) -> Result<Step, ToolOutcome> {
+) -> Result<ToolOutcome, ToolOutcome> {
     let args: WriteArgs = parse_args("write_file", args)?;
     let bytes = args.content.len() as u64;
     if bytes > config.max_bytes {
@@ -476,6 +509,9 @@ fn write(
             "`path` `{}` ends with `/`; give the path of a file",
             args.path
         )));
+    }
+    if memory_of(workspace, memory, &args.path).is_some() {
+        return Err(memory_refused("write_file", &args.path));
     }
     let target = workspace.resolve_for_write(&args.path)?;
     let shown = workspace.display(&target);
@@ -504,18 +540,11 @@ fn write(
             .with_data(json!({ "path": shown })));
         }
     }
-    if let Some(handle) = memory_of(memory, &target) {
-        return Ok(Step::Memory {
-            handle,
-            shown,
-            change: MemoryChange::Replace(args.content),
-        });
-    }
     atomic_write(&target, args.content.as_bytes())
         .map_err(|e| io_failure("cannot write", &shown, &e))?;
-    Ok(Step::Done(ToolOutcome::success(
+    Ok(ToolOutcome::success(
         json!({ "path": shown, "bytes": bytes }),
-    )))
+    ))
 }
 
 fn edit(
@@ -523,12 +552,15 @@ fn edit(
     config: EditFileConfig,
     args: Value,
     memory: &[MemoryHandle],
-) -> Result<Step, ToolOutcome> {
+) -> Result<ToolOutcome, ToolOutcome> {
     let args: EditArgs = parse_args("edit_file", args)?;
     if args.old_text.is_empty() {
         return Err(invalid_input(
             "`old_text` is empty; give the exact text to replace (use write_file to write a whole file)",
         ));
+    }
+    if memory_of(workspace, memory, &args.path).is_some() {
+        return Err(memory_refused("edit_file", &args.path));
     }
     let path = workspace.resolve(&args.path)?;
     let shown = workspace.display(&path);
@@ -547,16 +579,6 @@ fn edit(
             "total_bytes": meta.len(),
             "max_bytes": config.max_bytes,
         })));
-    }
-    if let Some(handle) = memory_of(memory, &path) {
-        return Ok(Step::Memory {
-            handle,
-            shown,
-            change: MemoryChange::Edit {
-                old_text: args.old_text,
-                new_text: args.new_text,
-            },
-        });
     }
     let bytes = fs::read(&path).map_err(|e| io_failure("cannot read", &shown, &e))?;
     let Ok(text) = String::from_utf8(bytes) else {
@@ -578,9 +600,9 @@ fn edit(
             let edited = text.replacen(&args.old_text, &args.new_text, 1);
             atomic_write(&path, edited.as_bytes())
                 .map_err(|e| io_failure("cannot write", &shown, &e))?;
-            Ok(Step::Done(ToolOutcome::success(
+            Ok(ToolOutcome::success(
                 json!({ "path": shown, "replaced": 1 }),
-            )))
+            ))
         }
         n => Err(ToolOutcome::from_code(
             ErrorCode::Ambiguous,
@@ -593,61 +615,102 @@ fn edit(
     }
 }
 
-/// Where a write or an edit goes once its path is resolved and checked.
-enum Step {
-    /// It was done here; the answer.
-    Done(ToolOutcome),
-    /// The path is a memory file: its actor makes the change.
-    Memory {
-        handle: MemoryHandle,
-        shown: String,
-        change: MemoryChange,
-    },
+/// The memory file `path` names, if any: the workspace path
+/// `memory/MEMORY.md` (however spelt: `./memory/MEMORY.md`, an absolute
+/// path inside the workspace, a symlink to it) or the memory file's own
+/// path. Blocking (it resolves the path on disk).
+fn memory_of(workspace: &Workspace, memory: &[MemoryHandle], path: &str) -> Option<MemoryHandle> {
+    let first = memory.first()?;
+    let Ok(target) = workspace.resolve_for_write(path) else {
+        // Outside the workspace: the file's own path is outside too, and
+        // is refused like any other path out there.
+        return None;
+    };
+    let alias = workspace.root().join(DEFAULT_MEMORY_PATH);
+    if target == alias {
+        return Some(first.clone());
+    }
+    memory.iter().find(|m| m.path() == target).cloned()
 }
 
-enum MemoryChange {
-    Replace(String),
-    Edit { old_text: String, new_text: String },
+/// The answer to a write or an edit of MEMORY.md: refused, not escalated
+/// (nothing a human should approve), with the tool that does add lessons.
+fn memory_refused(tool: &str, path: &str) -> ToolOutcome {
+    invalid_input(format!(
+        "`{path}` is hale's memory: only the runtime writes it, so {tool} cannot change it. \
+         Add a lesson with the `remember` tool; read the lessons with read_file."
+    ))
+    .with_hint(
+        Hint::new(
+            HintKind::TryInstead,
+            "record a lesson with `remember` instead of writing MEMORY.md",
+        )
+        .with_suggestions(vec!["remember".to_owned()]),
+    )
+    .with_data(json!({ "path": path, "memory": true }))
 }
 
-/// The handle of the memory file `path` is, if any.
-fn memory_of(memory: &[MemoryHandle], path: &Path) -> Option<MemoryHandle> {
-    memory.iter().find(|m| m.path() == path).cloned()
+/// `read_file` of MEMORY.md: the memory actor's text, in the same ranges
+/// and shape as a file read.
+async fn read_memory(handle: &MemoryHandle, config: ReadFileConfig, args: Value) -> ToolOutcome {
+    let args: ReadArgs = match parse_args("read_file", args) {
+        Ok(args) => args,
+        Err(failure) => return failure,
+    };
+    let text = match handle.read().await {
+        Ok(text) => text,
+        Err(failure) => return failure,
+    };
+    let bytes = text.as_bytes();
+    let total = bytes.len() as u64;
+    let offset = args.offset.unwrap_or(0).min(total);
+    let remaining = total - offset;
+    let want = args.limit.unwrap_or(remaining).min(remaining);
+    if want > config.max_bytes {
+        return ToolOutcome::from_code(
+            ErrorCode::FileTooLarge,
+            format!(
+                "`{}` is {total} bytes and this read would return {want} of them, more than \
+                 read_file's limit of {max} bytes per call; read it in parts with `offset` and \
+                 `limit` (limit at most {max}), continuing at offset + bytes until eof",
+                args.path,
+                max = config.max_bytes
+            ),
+        )
+        .with_data(json!({
+            "path": args.path,
+            "total_bytes": total,
+            "max_bytes": config.max_bytes,
+        }));
+    }
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+    let rest = bytes.get(start..).unwrap_or_default();
+    let cut = char_cut(rest, usize::try_from(want).unwrap_or(usize::MAX));
+    let slice = rest.get(..cut).unwrap_or_default();
+    let content = String::from_utf8_lossy(slice).into_owned();
+    ToolOutcome::success(json!({
+        "path": args.path,
+        "content": content,
+        "offset": offset,
+        "bytes": cut,
+        "total_bytes": total,
+        "eof": offset + cut as u64 >= total,
+        "lossy": false,
+        "memory": true,
+    }))
 }
 
-/// Resolves and checks off the executor, then either answers or hands the
-/// change to the memory actor and answers with its outcome (its `path`
-/// shown as the agent named it).
+/// Runs a write or an edit off the executor.
 async fn run_step<F>(work: F) -> ToolOutcome
 where
-    F: FnOnce() -> Result<Step, ToolOutcome> + Send + 'static,
+    F: FnOnce() -> Result<ToolOutcome, ToolOutcome> + Send + 'static,
 {
-    let step = match tokio::task::spawn_blocking(work).await {
-        Ok(Ok(step)) => step,
-        Ok(Err(failure)) => return failure,
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(outcome) | Err(outcome)) => outcome,
         Err(e) => {
-            return ToolOutcome::from_code(
-                ErrorCode::Internal,
-                format!("file tool worker failed: {e}"),
-            );
+            ToolOutcome::from_code(ErrorCode::Internal, format!("file tool worker failed: {e}"))
         }
-    };
-    let (handle, shown, change) = match step {
-        Step::Done(outcome) => return outcome,
-        Step::Memory {
-            handle,
-            shown,
-            change,
-        } => (handle, shown, change),
-    };
-    let mut outcome = match change {
-        MemoryChange::Replace(content) => handle.replace(content).await,
-        MemoryChange::Edit { old_text, new_text } => handle.edit(old_text, new_text).await,
-    };
-    if let Some(data) = outcome.data.as_object_mut() {
-        data.insert("path".into(), Value::String(shown));
     }
-    outcome
 }
 
 /// Occurrences of `needle` in `haystack`, overlapping ones included: for an

@@ -27,6 +27,7 @@ use hale_supervision::{Strategy, SupervisorSpec};
 
 use crate::escalation::ApprovalGrants;
 use crate::event::EventSink;
+use crate::memory::MemoryHandle;
 use crate::tool::Tool;
 use crate::tool_actor::{ToolHandle, tool_child};
 
@@ -52,6 +53,9 @@ pub struct BuiltinConfig {
     /// One-shot permissions for calls a human approved (shared with the
     /// sessions that ask).
     pub grants: ApprovalGrants,
+    /// MEMORY.md's actor: `read_file` serves `memory/MEMORY.md` from it,
+    /// and `write_file`/`edit_file` refuse that path (none: no alias).
+    pub memory: Option<MemoryHandle>,
 }
 
 impl BuiltinConfig {
@@ -68,6 +72,7 @@ impl BuiltinConfig {
             grep: GrepConfig::default(),
             web_fetch: WebFetchConfig::default(),
             grants: ApprovalGrants::new(),
+            memory: None,
         }
     }
 }
@@ -94,11 +99,19 @@ pub fn builtin_tools(config: &BuiltinConfig) -> Result<Vec<Arc<dyn Tool>>, Built
     let workspace = Workspace::new(&config.workspace_root)?;
     let mut exec = config.exec.clone();
     exec.workspace_root = workspace.root().to_path_buf();
+    let mut read_file = ReadFile::new(workspace.clone(), config.read_file);
+    let mut write_file = WriteFile::new(workspace.clone(), config.write_file);
+    let mut edit_file = EditFile::new(workspace.clone(), config.edit_file);
+    if let Some(memory) = &config.memory {
+        read_file = read_file.with_memory(memory.clone());
+        write_file = write_file.with_memory(memory.clone());
+        edit_file = edit_file.with_memory(memory.clone());
+    }
     Ok(vec![
         Arc::new(Exec::new(exec)?.with_grants(config.grants.clone())),
-        Arc::new(ReadFile::new(workspace.clone(), config.read_file)),
-        Arc::new(WriteFile::new(workspace.clone(), config.write_file)),
-        Arc::new(EditFile::new(workspace.clone(), config.edit_file)),
+        Arc::new(read_file),
+        Arc::new(write_file),
+        Arc::new(edit_file),
         Arc::new(Glob::new(workspace.clone(), config.glob)),
         Arc::new(Grep::new(workspace, config.grep)),
         Arc::new(WebFetch::new(config.web_fetch.clone())?),

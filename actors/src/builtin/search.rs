@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use super::workspace::{Workspace, invalid_input, parse_args, readable_file, run_blocking, walker};
 use crate::outcome::ToolOutcome;
-use crate::tool::{BoxFuture, Tool, ToolSpec};
+use crate::tool::{BoxFuture, Tool, ToolContext, ToolSpec};
 
 /// Limits of [`Glob`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +128,7 @@ impl Tool for Glob {
         &self.spec
     }
 
-    fn call(&self, args: Value) -> BoxFuture<'_, ToolOutcome> {
+    fn call<'a>(&'a self, args: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
         let workspace = self.workspace.clone();
         let config = self.config;
         Box::pin(run_blocking(move || {
@@ -212,7 +212,7 @@ impl Tool for Grep {
         &self.spec
     }
 
-    fn call(&self, args: Value) -> BoxFuture<'_, ToolOutcome> {
+    fn call<'a>(&'a self, args: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
         let workspace = self.workspace.clone();
         let config = self.config;
         Box::pin(run_blocking(move || {

@@ -20,7 +20,7 @@ use super::exec::{decode_lossy, kind_of};
 use crate::catalog::ErrorCode;
 use crate::classify::{self, MAX_EXCERPT_BYTES};
 use crate::outcome::ToolOutcome;
-use crate::tool::{BoxFuture, Tool, ToolSpec};
+use crate::tool::{BoxFuture, Tool, ToolContext, ToolSpec};
 
 /// The default limit on a whole request, from connecting to the last body
 /// byte.
@@ -179,7 +179,7 @@ impl Tool for WebFetch {
         &self.spec
     }
 
-    fn call(&self, args: Value) -> BoxFuture<'_, ToolOutcome> {
+    fn call<'a>(&'a self, args: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
         Box::pin(self.run(args))
     }
 }

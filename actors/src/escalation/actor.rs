@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::escalation::{
-    Answer, Approval, ApprovalRequest, ApprovalStore, ApprovalStoreError, EscalationError,
-    Resolution, ResolveEffect, decide_resolution, timeout_resolution, validate_request,
+    Answer, Approval, ApprovalRequest, ApprovalStore, ApprovalStoreError, EscalationError, Gate,
+    Origin, Resolution, ResolveEffect, decide_resolution, timeout_resolution, validate_request,
 };
 use crate::event::{Event, EventKind, EventSink, Level};
 use crate::tool_actor::Taken;
@@ -48,6 +48,13 @@ pub enum EscalationMsg {
     Open {
         /// What to ask.
         request: Box<ApprovalRequest>,
+        /// Who opens it; set by the [`Escalation`] method, not the caller.
+        origin: Origin,
+        /// The call a runtime approval is bound to.
+        gate: Option<Box<Gate>>,
+        /// For an agent's question: how many open questions its session
+        /// may have, this one included.
+        limit: Option<usize>,
         /// Raised when the actor takes the message.
         taken: Taken,
         /// The stored approval.
@@ -142,7 +149,9 @@ impl Clone for EscalationArgs {
 
 /// What a pending save will answer when it lands.
 enum OnSaved {
-    Opened(Reply<Approval>),
+    /// An agent's question carries its session, so that questions still
+    /// being saved count against the session's limit.
+    Opened(Reply<Approval>, Option<String>),
     Resolved(Vec<Reply<Resolution>>),
     TimedOut,
 }
@@ -239,6 +248,28 @@ impl Actor for EscalationActor {
     }
 }
 
+/// How many questions `session` has open, counting those still being
+/// saved, so that a burst of asks cannot slip past the limit.
+fn open_questions(
+    approvals: &BTreeMap<String, Approval>,
+    saving: &HashMap<String, OnSaved>,
+    session: &str,
+) -> usize {
+    let stored = approvals
+        .values()
+        .filter(|a| {
+            a.is_open()
+                && a.origin == Origin::Agent
+                && a.request.requester.as_deref() == Some(session)
+        })
+        .count();
+    let pending = saving
+        .values()
+        .filter(|s| matches!(s, OnSaved::Opened(_, Some(asker)) if asker == session))
+        .count();
+    stored + pending
+}
+
 fn arm_deadline(myself: &ActorRef<EscalationMsg>, approval: &Approval, now: Timestamp) {
     let left = approval
         .deadline
@@ -265,6 +296,9 @@ fn handle_loaded(
     match message {
         EscalationMsg::Open {
             request,
+            origin,
+            gate,
+            limit,
             taken,
             reply,
         } => {
@@ -272,6 +306,21 @@ fn handle_loaded(
             if let Err(error) = validate_request(&request) {
                 let _ = reply.send(Err(error));
                 return;
+            }
+            let asker = match origin {
+                Origin::Agent => request.requester.clone(),
+                Origin::Runtime => None,
+            };
+            if let (Some(session), Some(limit)) = (&asker, limit) {
+                let open = open_questions(approvals, &state.saving, session);
+                if open >= limit {
+                    let _ = reply.send(Err(EscalationError::TooManyOpen {
+                        session: session.clone(),
+                        open,
+                        limit,
+                    }));
+                    return;
+                }
             }
             let now = Timestamp::now();
             let timeout = jiff::SignedDuration::try_from(request.timeout)
@@ -283,10 +332,12 @@ fn handle_loaded(
                 opened_at: now,
                 deadline,
                 resolution: None,
+                origin,
+                gate: gate.map(|g| *g),
             };
             state
                 .saving
-                .insert(approval.id.clone(), OnSaved::Opened(reply));
+                .insert(approval.id.clone(), OnSaved::Opened(reply, asker));
             save(myself, state, approval);
         }
         EscalationMsg::Resolve {
@@ -398,14 +449,14 @@ fn saved(
         return;
     };
     match (on_saved, result) {
-        (OnSaved::Opened(reply), Ok(())) => {
+        (OnSaved::Opened(reply, _), Ok(())) => {
             approvals.insert(approval.id.clone(), approval.clone());
             arm_deadline(myself, &approval, Timestamp::now());
             emit(&state.args, &approval, EventKind::EscalationOpened);
             notify(&state.args, ApprovalNotice::Opened(approval.clone()));
             let _ = reply.send(Ok(approval));
         }
-        (OnSaved::Opened(reply), Err(error)) => {
+        (OnSaved::Opened(reply, _), Err(error)) => {
             let _ = reply.send(Err(EscalationError::Store(error.0)));
         }
         (on_saved, Ok(())) => {
@@ -439,7 +490,7 @@ fn saved(
                     let id = approval.id.clone();
                     myself.send_after(STORE_RETRY, move || EscalationMsg::Deadline { id });
                 }
-                OnSaved::Opened(_) => {}
+                OnSaved::Opened(..) => {}
             }
         }
     }
@@ -532,13 +583,50 @@ impl Escalation {
         found.ok_or(EscalationError::Unavailable)
     }
 
-    /// Opens an approval; returns it once it is stored.
+    /// Opens the runtime's approval for the one call `gate` describes (a
+    /// blocked call, a critical outcome, an open breaker, a spent budget);
+    /// returns it once it is stored. Only an approval opened here can let
+    /// a gated call through, and only the call of its gate.
     ///
     /// # Errors
     /// An invalid request, a store failure, or `Unavailable` when the
     /// actor died after taking the request (it may or may not have been
-    /// stored: look for it with [`Escalation::list`] by requester).
-    pub async fn open(&self, request: ApprovalRequest) -> Result<Approval, EscalationError> {
+    /// stored: look for it with [`Escalation::list`] by its gate).
+    pub async fn open_gate(
+        &self,
+        mut request: ApprovalRequest,
+        gate: Gate,
+    ) -> Result<Approval, EscalationError> {
+        request.requester = Some(gate.session.clone());
+        self.open(request, Origin::Runtime, Some(gate), None).await
+    }
+
+    /// Opens an agent's question for `session` (`ask_approval`); returns
+    /// it once it is stored. A question is never a key: it is bound to no
+    /// call, its deadline answers with no option whatever default was
+    /// asked for, and `session` may have at most `limit` open at once.
+    ///
+    /// # Errors
+    /// [`EscalationError::TooManyOpen`] beyond the limit; otherwise as
+    /// [`Escalation::open_gate`].
+    pub async fn ask(
+        &self,
+        mut request: ApprovalRequest,
+        session: &str,
+        limit: usize,
+    ) -> Result<Approval, EscalationError> {
+        request.requester = Some(session.to_owned());
+        request.default_on_timeout = None;
+        self.open(request, Origin::Agent, None, Some(limit)).await
+    }
+
+    async fn open(
+        &self,
+        request: ApprovalRequest,
+        origin: Origin,
+        gate: Option<Gate>,
+        limit: Option<usize>,
+    ) -> Result<Approval, EscalationError> {
         let mut dead = None;
         for _ in 0..3 {
             let actor = self.actor(dead.as_ref()).await?;
@@ -546,6 +634,9 @@ impl Escalation {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let sent = actor.send_message(EscalationMsg::Open {
                 request: Box::new(request.clone()),
+                origin,
+                gate: gate.clone().map(Box::new),
+                limit,
                 taken: taken.clone(),
                 reply: tx.into(),
             });
@@ -574,7 +665,7 @@ impl Escalation {
         answer: Answer,
         by: &str,
     ) -> Result<Resolution, EscalationError> {
-        self.ask(|reply| EscalationMsg::Resolve {
+        self.rpc(|reply| EscalationMsg::Resolve {
             id: id.to_owned(),
             answer: answer.clone(),
             by: by.to_owned(),
@@ -623,7 +714,7 @@ impl Escalation {
     /// # Errors
     /// Unknown id, or `Unavailable`.
     pub async fn get(&self, id: &str) -> Result<Approval, EscalationError> {
-        self.ask(|reply| EscalationMsg::Get {
+        self.rpc(|reply| EscalationMsg::Get {
             id: id.to_owned(),
             reply,
         })
@@ -635,7 +726,7 @@ impl Escalation {
     /// # Errors
     /// `Unavailable`.
     pub async fn list(&self, open_only: bool) -> Result<Vec<Approval>, EscalationError> {
-        self.ask(|reply| EscalationMsg::List { open_only, reply })
+        self.rpc(|reply| EscalationMsg::List { open_only, reply })
             .await
     }
 
@@ -652,7 +743,7 @@ impl Escalation {
 
     /// Sends an idempotent request, again to the replacement if the actor
     /// dies before answering; `Unavailable` after three incarnations.
-    async fn ask<T, F>(&self, message: F) -> Result<T, EscalationError>
+    async fn rpc<T, F>(&self, message: F) -> Result<T, EscalationError>
     where
         F: Fn(RpcReplyPort<T>) -> EscalationMsg,
         T: Send + 'static,

@@ -16,6 +16,18 @@
 //! - an unknown id or option is a clear error;
 //! - a deadline that passes resolves to the default option if there is
 //!   one, else to `abort`: hale fails closed.
+//!
+//! # Who may open what
+//! The agent is untrusted: whatever it reads can steer what it asks. So
+//! an approval's [`Origin`] is not a field of the request; it is set by
+//! the [`Escalation`] method that opened it. [`Escalation::open_gate`] is
+//! the runtime's (a blocked call, a critical outcome, an open breaker, a
+//! spent budget) and binds the approval to exactly one call, its
+//! [`Gate`]; only such an approval can let a gated call through, through
+//! a grant keyed by the same gate. [`Escalation::ask`] is the agent's
+//! (`ask_approval`): a question, never a key. It is bound to no call, its
+//! deadline ignores any default (a timeout answers with no option), and a
+//! session may only have a few open at once.
 
 mod actor;
 mod grants;
@@ -31,11 +43,11 @@ use serde_json::Value;
 pub use actor::{
     ApprovalNotice, Escalation, EscalationActor, EscalationArgs, EscalationMsg, escalation_child,
 };
-pub use grants::ApprovalGrants;
+pub use grants::{ApprovalGrants, GrantKey};
 pub use store::{
     ApprovalStore, ApprovalStoreError, FileApprovalStore, MemoryApprovalStore, StoreApprovals,
 };
-pub use tool::{AskApproval, DEFAULT_APPROVAL_TIMEOUT};
+pub use tool::{AskApproval, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_MAX_OPEN_QUESTIONS};
 
 use crate::outcome::Severity;
 
@@ -128,6 +140,80 @@ pub enum Answer {
     Instructions(String),
 }
 
+/// Who opened an approval: set by the [`Escalation`] method used, never
+/// by a field anyone can fill in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// A gate of the runtime: a blocked call, a critical outcome, an open
+    /// breaker with no fallback, a spent budget. Bound to one call.
+    Runtime,
+    /// The agent asked (`ask_approval`): a question, never a key. Stored
+    /// approvals from before origins existed read as this (fail closed).
+    #[default]
+    Agent,
+}
+
+impl Origin {
+    /// The wire name: `runtime` or `agent`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Runtime => "runtime",
+            Origin::Agent => "agent",
+        }
+    }
+}
+
+/// The one call a runtime approval was opened for. A decision on it can
+/// let through exactly this call: this session's message, this step, this
+/// tool, these arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Gate {
+    /// The session.
+    pub session: String,
+    /// The message's sequence number in the session.
+    pub message: u64,
+    /// The step: the call's id in the session's journal.
+    pub step: String,
+    /// The tool.
+    pub tool: String,
+    /// SHA-256 of the arguments' canonical JSON ([`args_digest`]).
+    pub args_digest: String,
+}
+
+impl Gate {
+    /// The gate of `tool` called with `args` at `step` of `session`'s
+    /// message `message`.
+    pub fn new(
+        session: impl Into<String>,
+        message: u64,
+        step: impl Into<String>,
+        tool: impl Into<String>,
+        args: &Value,
+    ) -> Self {
+        Self {
+            session: session.into(),
+            message,
+            step: step.into(),
+            tool: tool.into(),
+            args_digest: args_digest(args),
+        }
+    }
+}
+
+/// The hex SHA-256 of `args`' JSON text. `serde_json`'s maps are ordered
+/// by key, so the text, and the digest, are canonical: the same arguments
+/// always give the same digest.
+pub fn args_digest(args: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write;
+    let digest = Sha256::digest(args.to_string().as_bytes());
+    digest.iter().fold(String::with_capacity(64), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
+}
+
 /// An approval as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Approval {
@@ -141,6 +227,12 @@ pub struct Approval {
     pub deadline: Timestamp,
     /// `None` while open.
     pub resolution: Option<Resolution>,
+    /// Who opened it.
+    #[serde(default)]
+    pub origin: Origin,
+    /// The call it was opened for (runtime approvals only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
 }
 
 impl Approval {
@@ -185,6 +277,18 @@ pub enum EscalationError {
     /// The store failed; nothing was acknowledged.
     #[error("approval store: {0}")]
     Store(String),
+    /// The session already has as many open questions as it may.
+    #[error(
+        "session `{session}` already has {open} open questions (at most {limit}); wait for an answer before asking again"
+    )]
+    TooManyOpen {
+        /// The asking session.
+        session: String,
+        /// How many are open.
+        open: usize,
+        /// The most it may have.
+        limit: usize,
+    },
     /// The escalation actor is not running (restarting) and did not come
     /// back in time.
     #[error("the escalation actor is not available")]
@@ -301,17 +405,23 @@ pub fn decide_resolution(
     }))
 }
 
-/// The resolution a passed deadline gives: the default option, or
-/// `abort` when there is none (fail closed).
+/// The resolution a passed deadline gives: for a runtime approval the
+/// default option, or `abort` when there is none (fail closed); for an
+/// agent's question no option at all, whatever default it asked for, so a
+/// timeout can never stand in for a human's yes.
 pub fn timeout_resolution(approval: &Approval, now: Timestamp) -> Resolution {
-    Resolution {
-        option: Some(
+    let option = match approval.origin {
+        Origin::Runtime => Some(
             approval
                 .request
                 .default_on_timeout
                 .clone()
                 .unwrap_or_else(|| ABORT.to_owned()),
         ),
+        Origin::Agent => None,
+    };
+    Resolution {
+        option,
         instructions: None,
         by: "timeout".to_owned(),
         at: now,
@@ -375,6 +485,8 @@ mod tests {
             opened_at: Timestamp::UNIX_EPOCH,
             deadline: Timestamp::UNIX_EPOCH,
             resolution: None,
+            origin: Origin::Runtime,
+            gate: None,
         }
     }
 
@@ -427,6 +539,25 @@ mod tests {
         assert!(with_default.timed_out);
         let without = timeout_resolution(&approval(None, false), now);
         assert_eq!(without.option.as_deref(), Some(ABORT));
+    }
+
+    #[test]
+    fn an_agents_question_times_out_with_no_option_whatever_default_it_asked_for() {
+        let now = Timestamp::UNIX_EPOCH;
+        let mut asked = approval(Some("a"), false);
+        asked.origin = Origin::Agent;
+        let resolution = timeout_resolution(&asked, now);
+        assert_eq!(resolution.option, None);
+        assert!(resolution.timed_out);
+    }
+
+    #[test]
+    fn the_args_digest_is_canonical_and_tells_arguments_apart() {
+        let a = args_digest(&serde_json::json!({"command": "dropdb x", "timeout_ms": 5}));
+        let b = args_digest(&serde_json::json!({"timeout_ms": 5, "command": "dropdb x"}));
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, args_digest(&serde_json::json!({"command": "dropdb y"})));
     }
 
     #[test]

@@ -3,6 +3,12 @@
 //! The call opens an approval and returns when a human (or the deadline)
 //! decides, so the session that made it waits without blocking anything:
 //! its tool call is simply in flight.
+//!
+//! The agent is untrusted, so what it opens is a question, never a key
+//! (see [`Escalation::ask`]): the asking session comes from the
+//! [`ToolContext`] (a `session` argument is refused), a deadline answers
+//! with no option whatever `default_on_timeout` says, and a session may
+//! have only a few questions open at once.
 
 use std::time::Duration;
 
@@ -12,16 +18,20 @@ use serde_json::{Value, json};
 use crate::catalog::ErrorCode;
 use crate::escalation::{ApprovalOption, ApprovalRequest, Diagnosis, Escalation, EscalationError};
 use crate::outcome::{Severity, ToolOutcome};
-use crate::tool::{BoxFuture, Tool, ToolSpec};
+use crate::tool::{BoxFuture, Tool, ToolContext, ToolSpec};
 
 /// The deadline when the agent gives none.
 pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// How many questions a session may have open at once by default.
+pub const DEFAULT_MAX_OPEN_QUESTIONS: usize = 3;
 
 /// The `ask_approval` tool.
 #[derive(Debug)]
 pub struct AskApproval {
     spec: ToolSpec,
     escalation: Escalation,
+    max_open: usize,
 }
 
 #[derive(Deserialize)]
@@ -43,8 +53,6 @@ struct Args {
     allow_instructions: bool,
     #[serde(default)]
     diagnosis: Option<Diagnosis>,
-    #[serde(default)]
-    session: Option<String>,
 }
 
 impl AskApproval {
@@ -54,9 +62,10 @@ impl AskApproval {
             "ask_approval",
             "Ask a human to decide. Give a title, a description, options ({id, label}), \
              the option you recommend, and optionally a diagnosis ({what, why, recommendation, \
-             alternatives}). The call returns the human's choice, or the default option (else \
-             `abort`) when the deadline passes. Use it before anything destructive or when \
-             recovery has run out.",
+             alternatives}). The call returns the human's choice, or no option when the \
+             deadline passes (`timed_out: true`). Use it before anything destructive or when \
+             recovery has run out. It never unblocks a call the runtime refused: the runtime \
+             asks the human about those itself.",
             json!({
                 "type": "object",
                 "properties": {
@@ -72,17 +81,39 @@ impl AskApproval {
                     "timeout_ms": { "type": "integer", "minimum": 1 },
                     "default_on_timeout": { "type": "string" },
                     "allow_instructions": { "type": "boolean" },
-                    "diagnosis": { "type": "object" },
-                    "session": { "type": "string" }
+                    "diagnosis": { "type": "object" }
                 },
                 "required": ["title", "description"],
                 "additionalProperties": false
             }),
         );
-        Self { spec, escalation }
+        Self {
+            spec,
+            escalation,
+            max_open: DEFAULT_MAX_OPEN_QUESTIONS,
+        }
     }
 
-    async fn run(&self, args: Value) -> ToolOutcome {
+    /// Sets how many questions a session may have open at once.
+    pub fn with_max_open(mut self, max_open: usize) -> Self {
+        self.max_open = max_open;
+        self
+    }
+
+    async fn run(&self, args: Value, ctx: &ToolContext) -> ToolOutcome {
+        if args.get("session").is_some() {
+            return ToolOutcome::from_code(
+                ErrorCode::InvalidInput,
+                "`session` is not an argument of ask_approval: a question is always asked for \
+                 the session that calls it",
+            );
+        }
+        let Some(session) = ctx.session.as_deref() else {
+            return ToolOutcome::from_code(
+                ErrorCode::InvalidInput,
+                "ask_approval can only be called from a session",
+            );
+        };
         let args: Args = match serde_json::from_value(args) {
             Ok(args) => args,
             Err(e) => {
@@ -99,11 +130,15 @@ impl AskApproval {
             timeout: args
                 .timeout_ms
                 .map_or(DEFAULT_APPROVAL_TIMEOUT, Duration::from_millis),
-            default_on_timeout: args.default_on_timeout,
+            // Ignored: a deadline never answers an agent's question.
+            default_on_timeout: None,
             allow_instructions: args.allow_instructions,
-            requester: args.session,
+            requester: Some(session.to_owned()),
         };
-        let approval = match self.escalation.open(request).await {
+        if args.default_on_timeout.is_some() {
+            tracing::debug!(session, "ask_approval: default_on_timeout ignored");
+        }
+        let approval = match self.escalation.ask(request, session, self.max_open).await {
             Ok(approval) => approval,
             Err(e) => return failure(e),
         };
@@ -128,6 +163,7 @@ fn failure(error: EscalationError) -> ToolOutcome {
         EscalationError::UnknownApproval(_) => ErrorCode::NotFound,
         EscalationError::AlreadyResolved { .. } => ErrorCode::AlreadyExists,
         EscalationError::Store(_) | EscalationError::Unavailable => ErrorCode::ServiceUnavailable,
+        EscalationError::TooManyOpen { .. } => ErrorCode::BudgetExhausted,
     };
     ToolOutcome::from_code(code, error.to_string())
 }
@@ -137,7 +173,7 @@ impl Tool for AskApproval {
         &self.spec
     }
 
-    fn call(&self, args: Value) -> BoxFuture<'_, ToolOutcome> {
-        Box::pin(self.run(args))
+    fn call<'a>(&'a self, args: Value, ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
+        Box::pin(self.run(args, ctx))
     }
 }

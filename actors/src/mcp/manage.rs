@@ -12,7 +12,7 @@ use crate::catalog::ErrorCode;
 use crate::dispatch::Endpoints;
 use crate::mcp::{McpError, McpServers};
 use crate::outcome::{Hint, HintKind, ToolOutcome};
-use crate::tool::{BoxFuture, Tool, ToolSpec, closest_first};
+use crate::tool::{BoxFuture, Tool, ToolContext, ToolSpec, closest_first};
 
 /// The `manage_mcp` tool: `list`, `enable`, `disable`, `restart`.
 pub struct ManageMcp {
@@ -109,7 +109,7 @@ impl Tool for ManageMcp {
         &self.spec
     }
 
-    fn call(&self, args: Value) -> BoxFuture<'_, ToolOutcome> {
+    fn call<'a>(&'a self, args: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
         Box::pin(self.run(args))
     }
 }

@@ -42,7 +42,7 @@ use crate::catalog::ErrorCode;
 use crate::dispatch::{Endpoints, Router, Target, state_name};
 use crate::event::EventSink;
 use crate::outcome::ToolOutcome;
-use crate::tool::{BoxFuture, Tool, ToolSpec};
+use crate::tool::{BoxFuture, Tool, ToolContext, ToolSpec};
 use crate::tool_actor::Taken;
 use server::ServerShared;
 
@@ -529,7 +529,7 @@ impl Tool for McpTool {
         &self.spec
     }
 
-    fn call(&self, args: Value) -> BoxFuture<'_, ToolOutcome> {
+    fn call<'a>(&'a self, args: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
         Box::pin(self.forward(args))
     }
 }

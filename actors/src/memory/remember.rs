@@ -9,7 +9,7 @@ use super::document::Lesson;
 use super::handle::MemoryHandle;
 use crate::builtin::workspace::parse_args;
 use crate::outcome::ToolOutcome;
-use crate::tool::{BoxFuture, Tool, ToolSpec};
+use crate::tool::{BoxFuture, Tool, ToolContext, ToolSpec};
 
 /// The `remember` tool: appends a lesson to the memory file through its
 /// actor.
@@ -74,7 +74,7 @@ impl Tool for Remember {
         &self.spec
     }
 
-    fn call(&self, args: Value) -> BoxFuture<'_, ToolOutcome> {
+    fn call<'a>(&'a self, args: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
         Box::pin(async move {
             let args: RememberArgs = match parse_args("remember", args) {
                 Ok(args) => args,

@@ -55,7 +55,7 @@ use super::{
     Provider, ScriptedModel,
 };
 use crate::catalog::ErrorCode;
-use crate::dispatch::{CallContext, EndpointHealth, Endpoints, state_name};
+use crate::dispatch::{EndpointHealth, Endpoints, ToolContext, state_name};
 use crate::event::{Event, EventKind, EventSink, Level};
 use crate::outcome::{Hint, HintKind, ToolOutcome};
 use crate::recovery::{
@@ -436,7 +436,7 @@ impl Models {
         &self,
         chain: &[String],
         request: &ModelRequest,
-        ctx: &CallContext,
+        ctx: &ToolContext,
     ) -> Result<ModelReply, ToolOutcome> {
         if chain.is_empty() {
             return Err(ToolOutcome::from_code(
@@ -503,7 +503,7 @@ impl Models {
         &self,
         entry: &Entry,
         request: &Arc<ModelRequest>,
-        ctx: &CallContext,
+        ctx: &ToolContext,
     ) -> Result<ModelReply, Asked> {
         let health = self.endpoints.get(&entry.endpoint);
         let mut attempts = 0u32;
@@ -632,7 +632,7 @@ impl Models {
         health: &EndpointHealth,
         outcome: &ToolOutcome,
         ended: Instant,
-        ctx: &CallContext,
+        ctx: &ToolContext,
     ) {
         let transition = if counts_against_endpoint(outcome) {
             health.lock_breaker().on_failure(ended.into_std())
@@ -647,7 +647,7 @@ impl Models {
         self.emit_transition(&entry.endpoint, transition, ctx);
     }
 
-    fn emit_answered(&self, entry: &Entry, took: Duration, ctx: &CallContext) {
+    fn emit_answered(&self, entry: &Entry, took: Duration, ctx: &ToolContext) {
         if self.sink.enabled(Level::Info) {
             let took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
             self.emit(
@@ -667,7 +667,7 @@ impl Models {
         }
     }
 
-    fn emit_transition(&self, endpoint: &str, transition: Option<Transition>, ctx: &CallContext) {
+    fn emit_transition(&self, endpoint: &str, transition: Option<Transition>, ctx: &ToolContext) {
         if let Some(t) = transition {
             let level = if t.to == BreakerState::Open {
                 Level::Error
@@ -691,7 +691,7 @@ impl Models {
         }
     }
 
-    fn emit(&self, mut event: Event, ctx: &CallContext) {
+    fn emit(&self, mut event: Event, ctx: &ToolContext) {
         if let Some(session) = &ctx.session {
             event = event.with_session(session.clone());
         }

@@ -29,7 +29,7 @@ use serde_json::json;
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinSet;
 
-use crate::dispatch::{CallContext, Dispatcher};
+use crate::dispatch::{Dispatcher, ToolContext};
 use crate::escalation::{ApprovalGrants, Escalation, EscalationError};
 use crate::event::{Event, EventKind, EventSink, Level};
 use crate::mcp::TOOL_SEPARATOR;
@@ -96,6 +96,8 @@ pub struct SessionSettings {
     pub max_queued_per_session: usize,
     /// Messages queued over all sessions before `send` refuses.
     pub max_queued_total: usize,
+    /// Questions (`ask_approval`) one session may have open at once.
+    pub max_open_questions: usize,
 }
 
 impl Default for SessionSettings {
@@ -107,6 +109,7 @@ impl Default for SessionSettings {
             escalation_unavailable: Duration::from_secs(30),
             max_queued_per_session: 1000,
             max_queued_total: 100_000,
+            max_open_questions: crate::escalation::DEFAULT_MAX_OPEN_QUESTIONS,
         }
     }
 }
@@ -118,7 +121,7 @@ pub trait ModelTurns: Send + Sync + 'static {
         &'a self,
         chain: &'a [String],
         request: &'a ModelRequest,
-        ctx: &'a CallContext,
+        ctx: &'a ToolContext,
     ) -> BoxFuture<'a, Result<ModelReply, ToolOutcome>>;
 
     /// The configured model `name` refers to, or an outcome whose hints
@@ -135,7 +138,7 @@ impl ModelTurns for Models {
         &'a self,
         chain: &'a [String],
         request: &'a ModelRequest,
-        ctx: &'a CallContext,
+        ctx: &'a ToolContext,
     ) -> BoxFuture<'a, Result<ModelReply, ToolOutcome>> {
         Box::pin(Models::complete(self, chain, request, ctx))
     }

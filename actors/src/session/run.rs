@@ -16,8 +16,10 @@ use tokio::sync::watch;
 use super::journal::{Entry, Progress};
 use super::{AgentSpec, SessionEnv, SessionError};
 use crate::catalog::ErrorCode;
-use crate::dispatch::CallContext;
-use crate::escalation::{ApprovalOption, ApprovalRequest, Diagnosis, EscalationError, Resolution};
+use crate::dispatch::ToolContext;
+use crate::escalation::{
+    ApprovalOption, ApprovalRequest, Diagnosis, EscalationError, Gate, Origin, Resolution,
+};
 use crate::event::{Event, EventKind, Level};
 use crate::memory::Lesson;
 use crate::model::{ChatMessage, ModelReply, ModelRequest, ToolCallRequest};
@@ -351,10 +353,11 @@ impl<'a> MessageRun<'a> {
             tools: self.tools.clone(),
             budget_left: Some(self.budget.remaining()),
         };
-        let ctx = CallContext {
+        let ctx = ToolContext {
             session: Some(self.session.to_owned()),
+            message: Some(self.message.seq),
             iterations: self.budget.clone(),
-            call: None,
+            ..ToolContext::default()
         };
         self.env
             .models
@@ -447,10 +450,20 @@ impl<'a> MessageRun<'a> {
     /// the policy check) is withdrawn, so a later identical call is not let
     /// through.
     async fn run_approved(&mut self, call: &ToolCallRequest) -> Result<Ran, SessionError> {
-        self.env.grants.grant(&call.name, &call.arguments);
+        // The grant is keyed exactly as the tool's policy check keys the
+        // call from its context: this session, message, step, tool and
+        // arguments. No other call can use it.
+        let gate = self.gate(&self.call_key(call), &call.name, &call.arguments);
+        self.env.grants.grant(&gate);
         let ran = self.call_tool(call).await;
-        self.env.grants.revoke(&call.name, &call.arguments);
+        self.env.grants.revoke(&gate);
         ran
+    }
+
+    /// The gate of a step of this message: what a runtime approval opened
+    /// for it is bound to.
+    fn gate(&self, step: &str, tool: &str, args: &Value) -> Gate {
+        Gate::new(self.session, self.message.seq, step, tool, args)
     }
 
     /// Records a finished call's outcome in the progress, journaling it
@@ -521,10 +534,9 @@ impl<'a> MessageRun<'a> {
             };
             return Ok(Ran::unjournaled(outcome, self.budget.remaining()));
         }
-        let ctx = CallContext {
-            session: Some(self.session.to_owned()),
+        let ctx = ToolContext {
             iterations: self.budget.clone(),
-            call: Some(self.call_key(call)),
+            ..ToolContext::for_step(self.session, self.message.seq, self.call_key(call))
         };
         let (tx, rx) = watch::channel(None);
         self.in_flight
@@ -642,7 +654,9 @@ impl<'a> MessageRun<'a> {
             allow_instructions: true,
             requester: None,
         };
-        let decision = self.escalate(&key, "blocked", request).await?;
+        let decision = self
+            .escalate(&key, "blocked", (&call.name, &call.arguments), request)
+            .await?;
         if decision.option.as_deref() == Some(APPROVE) {
             let ran = self.run_approved(call).await?;
             self.learn_decision(call, "blocked by policy", &decision)
@@ -764,7 +778,9 @@ impl<'a> MessageRun<'a> {
             allow_instructions: true,
             requester: None,
         };
-        let decision = self.escalate(&key, reason, request).await?;
+        let decision = self
+            .escalate(&key, reason, (&call.name, &call.arguments), request)
+            .await?;
         self.learn_decision(call, reason, &decision).await;
         Ok(After::Continue)
     }
@@ -798,7 +814,9 @@ impl<'a> MessageRun<'a> {
             allow_instructions: false,
             requester: None,
         };
-        let decision = self.escalate(&key, "budget", request).await?;
+        let decision = self
+            .escalate(&key, "budget", ("budget", &Value::Null), request)
+            .await?;
         if decision.option.as_deref() == Some(CONTINUE) {
             self.budget.set(budget);
             self.journal(Entry::BudgetGranted { budget }).await?;
@@ -817,13 +835,16 @@ impl<'a> MessageRun<'a> {
         &mut self,
         key: &str,
         reason: &str,
+        gated: (&str, &Value),
         mut request: ApprovalRequest,
     ) -> Result<Resolution, SessionError> {
-        // The requester is the session (the audit trail files the
-        // approval's events under it); the step is in the context, so a
-        // restarted session finds an approval it opened but did not
-        // journal instead of opening a second one.
+        // A runtime approval, bound to this step's call by its gate (the
+        // session, message, step, tool and arguments), so a restarted
+        // session finds an approval it opened but did not journal instead
+        // of opening a second one, and nothing the agent opened can pass
+        // for it. The step is also in the context, for people.
         let step = format!("{}:{key}", self.message.seq);
+        let gate = self.gate(&step, gated.0, gated.1);
         request.requester = Some(self.session.to_owned());
         if let Value::Object(context) = &mut request.diagnosis.context {
             context.insert("step".to_owned(), Value::String(step.clone()));
@@ -831,9 +852,9 @@ impl<'a> MessageRun<'a> {
         let approval = match self.progress.escalations.get(key) {
             Some(id) => id.clone(),
             None => {
-                let id = match self.find_approval(&step).await? {
+                let id = match self.find_approval(&gate).await? {
                     Some(id) => id,
-                    None => self.open_approval(request).await?,
+                    None => self.open_approval(request, gate).await?,
                 };
                 self.journal(Entry::Escalated {
                     key: key.to_owned(),
@@ -874,46 +895,38 @@ impl<'a> MessageRun<'a> {
         Ok(resolution)
     }
 
-    async fn find_approval(&self, step: &str) -> Result<Option<String>, SessionError> {
+    /// The runtime approval already opened for `gate`, if any. Only the
+    /// runtime's own approvals are adopted: an agent's question is never
+    /// taken for a gate's decision, whatever it claims in its text.
+    async fn find_approval(&self, gate: &Gate) -> Result<Option<String>, SessionError> {
         let all = self
             .retry_escalation(|e| async move { e.list(false).await })
             .await?;
         Ok(all
             .into_iter()
-            .find(|a| {
-                a.request.requester.as_deref() == Some(self.session)
-                    && a.request
-                        .diagnosis
-                        .context
-                        .get("step")
-                        .and_then(Value::as_str)
-                        == Some(step)
-            })
+            .find(|a| a.origin == Origin::Runtime && a.gate.as_ref() == Some(gate))
             .map(|a| a.id))
     }
 
-    async fn open_approval(&self, request: ApprovalRequest) -> Result<String, SessionError> {
-        let step = request
-            .diagnosis
-            .context
-            .get("step")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+    async fn open_approval(
+        &self,
+        request: ApprovalRequest,
+        gate: Gate,
+    ) -> Result<String, SessionError> {
         let escalation = self.env.escalation.clone();
-        match escalation.open(request.clone()).await {
+        match escalation.open_gate(request.clone(), gate.clone()).await {
             Ok(approval) => Ok(approval.id),
             Err(EscalationError::Unavailable) => {
                 // The actor died after taking the request: it may have been
                 // stored. Look before opening a second one.
-                if let Some(step) = step
-                    && let Some(id) = self.find_approval(&step).await?
-                {
+                if let Some(id) = self.find_approval(&gate).await? {
                     return Ok(id);
                 }
                 let approval = self
                     .retry_escalation(|e| {
                         let request = request.clone();
-                        async move { e.open(request).await }
+                        let gate = gate.clone();
+                        async move { e.open_gate(request, gate).await }
                     })
                     .await?;
                 Ok(approval.id)
