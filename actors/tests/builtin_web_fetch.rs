@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use hale_actors::builtin::{WebFetch, WebFetchConfig, WebFetchError};
+use hale_actors::builtin::{AllowList, WebFetch, WebFetchConfig, WebFetchError};
 use hale_actors::{ErrorCode, HintKind, Status, Tool, ToolOutcome};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -93,8 +93,14 @@ fn response(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
     Reply::Bytes(bytes)
 }
 
+/// A fetcher that may reach the loopback servers of these tests (any port
+/// of 127.0.0.1: the address policy refuses loopback by default).
 fn fetcher(config: WebFetchConfig) -> WebFetch {
-    WebFetch::new(config).unwrap()
+    WebFetch::new(WebFetchConfig {
+        allow: AllowList::parse(["127.0.0.1"]).unwrap(),
+        ..config
+    })
+    .unwrap()
 }
 
 fn default_fetcher() -> WebFetch {

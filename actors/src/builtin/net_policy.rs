@@ -559,6 +559,12 @@ impl Refusal {
     }
 }
 
+impl From<Vec<AllowEntry>> for AllowList {
+    fn from(entries: Vec<AllowEntry>) -> Self {
+        Self { entries }
+    }
+}
+
 impl AllowList {
     /// Parses every entry.
     ///
