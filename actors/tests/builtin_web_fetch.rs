@@ -352,7 +352,11 @@ async fn loopback_is_refused_by_default_with_a_typed_outcome_and_a_hint() {
     let tool = WebFetch::new(WebFetchConfig::default()).unwrap();
     let url = format!("{}/metrics", server.url);
     let outcome = fetch(&tool, &url).await;
-    assert_eq!(outcome.code, Some(ErrorCode::PermissionDenied), "{outcome:?}");
+    assert_eq!(
+        outcome.code,
+        Some(ErrorCode::PermissionDenied),
+        "{outcome:?}"
+    );
     // Severity error, not the catalog's critical: a typed outcome for the
     // model, not an escalation.
     assert_eq!(outcome.severity, Severity::Error);
@@ -362,7 +366,10 @@ async fn loopback_is_refused_by_default_with_a_typed_outcome_and_a_hint() {
     let entry = server.url.trim_start_matches("http://").to_owned();
     assert_eq!(outcome.hints[0].suggestions, [entry]);
     assert!(outcome.hints[0].message.contains("[tools] web_fetch_allow"));
-    assert!(server.requests.try_recv().is_err(), "the server was reached");
+    assert!(
+        server.requests.try_recv().is_err(),
+        "the server was reached"
+    );
 }
 
 #[tokio::test]
@@ -380,7 +387,11 @@ async fn a_forbidden_value_in_a_header_is_refused_without_echoing_it() {
     let outcome = tool
         .call(json!({ "url": server.url, "headers": { "X-Api": format!("Bearer {token}") } }))
         .await;
-    assert_eq!(outcome.code, Some(ErrorCode::PermissionDenied), "{outcome:?}");
+    assert_eq!(
+        outcome.code,
+        Some(ErrorCode::PermissionDenied),
+        "{outcome:?}"
+    );
     assert_eq!(outcome.severity, Severity::Error);
     assert!(!serde_json::to_string(&outcome).unwrap().contains(token));
     assert!(server.requests.try_recv().is_err());

@@ -156,6 +156,17 @@ async fn a_redirect_from_an_allow_listed_server_to_loopback_is_refused_at_the_ho
         "{}",
         steps[2]
     );
+    assert_eq!(
+        steps[2]["data"]["refused_host"], "localhost",
+        "{}",
+        steps[2]
+    );
+    assert_eq!(
+        steps[2]["hints"][0]["suggestions"],
+        json!(["localhost"]),
+        "{}",
+        steps[2]
+    );
     assert_eq!(inner.hits(), 0, "{:?}", inner.heads());
     still_serves(&runtime, &session).await;
     runtime.shutdown().await.unwrap();

@@ -542,7 +542,15 @@ fn describe(host: &str, ip: IpAddr, special: &Special) -> String {
 }
 
 impl Refusal {
-    /// The range's short name (`loopback`, ...) for an address refusal.
+    /// The host the refusal is about, as the URL wrote it (or as the
+    /// resolver was asked for it).
+    pub fn host(&self) -> &str {
+        match self {
+            Refusal::Address { host, .. } | Refusal::Port { host, .. } => host,
+        }
+    }
+
+    /// The range of an address refusal.
     pub fn range(&self) -> Option<Range> {
         match self {
             Refusal::Address { special, .. } => Some(special.range),

@@ -44,7 +44,7 @@ use serde_json::{Map, Value, json};
 
 use super::exec::{decode_lossy, kind_of};
 use super::fetch_guard::{
-    self, CheckedResolver, Found, HopRefused, MAX_REDIRECTS, UrlRefusal, check_url, entry_for,
+    self, CheckedResolver, Found, MAX_REDIRECTS, UrlRefusal, check_url, entry_for,
 };
 use super::net_policy::{AllowList, Refusal};
 use crate::catalog::ErrorCode;
@@ -223,7 +223,7 @@ impl WebFetch {
             return token_refused(&place);
         }
         if let Err(reason) = check_url(&self.allow, &args.url) {
-            return url_refused(&args.url, &args.url, None, &reason);
+            return url_refused(&args.url, At::Request, &reason);
         }
         let requested = args.url.to_string();
         let sent = self
@@ -236,13 +236,10 @@ impl WebFetch {
             Ok(response) => response,
             Err(err) => {
                 return match fetch_guard::refusal_in(&err) {
-                    Some(Found::Hop(hop)) => hop_refused(&args.url, hop),
-                    Some(Found::Resolved(refusal)) => {
-                        // The URL the resolver was resolving for: the
-                        // request's, or a redirect hop's.
-                        let at = err.url().unwrap_or(&args.url);
-                        url_refused(&args.url, at, None, &UrlRefusal::Policy(refusal.clone()))
+                    Some(Found::Hop(hop)) => {
+                        url_refused(&args.url, At::Hop(hop.hop, &hop.url), &hop.reason)
                     }
+                    Some(Found::Resolved(refusal)) => resolved_refused(&args.url, refusal),
                     Some(Found::TooManyRedirects) => ToolOutcome::from_code(
                         ErrorCode::InvalidInput,
                         format!(
@@ -354,28 +351,52 @@ fn token_refused(place: &str) -> ToolOutcome {
     )
 }
 
-/// A URL the policy refused: the request's own (`hop: None`) or a
-/// redirect hop's.
-fn url_refused(requested: &Url, at: &Url, hop: Option<usize>, reason: &UrlRefusal) -> ToolOutcome {
-    let place = match hop {
-        None if at == requested => format!("`{at}`"),
-        None => format!("`{at}` (redirected from `{requested}`)"),
-        Some(n) => format!("redirect {n} of `{requested}` to `{at}`"),
-    };
+/// Where in a call the policy refused.
+#[derive(Debug, Clone, Copy)]
+enum At<'a> {
+    /// The request's own URL.
+    Request,
+    /// Redirect hop `n` (1 for the first), to this URL.
+    Hop(usize, &'a Url),
+    /// A redirect hop to this name, whose addresses the resolver refused
+    /// (reqwest's error does not say which hop).
+    RedirectedName(&'a str),
+}
+
+/// A URL the policy refused, with a message naming where and why, and a
+/// hint naming the allow-list entry that would let it through.
+fn url_refused(requested: &Url, at: At<'_>, reason: &UrlRefusal) -> ToolOutcome {
     let mut data = Map::new();
     data.insert("url".into(), json!(requested.as_str()));
-    data.insert("refused_url".into(), json!(at.as_str()));
     data.insert("error_kind".into(), json!("policy"));
-    if let Some(n) = hop {
-        data.insert("hop".into(), json!(n));
-    }
+    let (place, entry) = match at {
+        At::Request => {
+            data.insert("refused_url".into(), json!(requested.as_str()));
+            (format!("`{requested}`"), entry_for(requested))
+        }
+        At::Hop(n, url) => {
+            data.insert("refused_url".into(), json!(url.as_str()));
+            data.insert("hop".into(), json!(n));
+            (
+                format!("redirect {n} of `{requested}` to `{url}`"),
+                entry_for(url),
+            )
+        }
+        At::RedirectedName(name) => {
+            data.insert("refused_host".into(), json!(name));
+            (
+                format!("a redirect of `{requested}` to `{name}`"),
+                Some(name.to_owned()),
+            )
+        }
+    };
     let (message, hint) = match reason {
         UrlRefusal::Policy(refusal) => {
             if let Refusal::Address { ip, special, .. } = refusal {
                 data.insert("address".into(), json!(ip.to_string()));
                 data.insert("range".into(), json!(special.range.name()));
             }
-            let entry = entry_for(at).unwrap_or_else(|| at.to_string());
+            let entry = entry.unwrap_or_else(|| requested.to_string());
             (
                 format!(
                     "web_fetch refused {place}: {refusal}. hale does not connect to loopback, \
@@ -405,8 +426,18 @@ fn url_refused(requested: &Url, at: &Url, hop: Option<usize>, reason: &UrlRefusa
     refused(message, hint, Value::Object(data))
 }
 
-fn hop_refused(requested: &Url, hop: &HopRefused) -> ToolOutcome {
-    url_refused(requested, &hop.url, Some(hop.hop), &hop.reason)
+/// A refusal by the resolver: of the request's own host, or (when the
+/// refused name is another) of a redirect hop's.
+fn resolved_refused(requested: &Url, refusal: &Refusal) -> ToolOutcome {
+    let same = |a: &str, b: &str| {
+        a.trim_end_matches('.')
+            .eq_ignore_ascii_case(b.trim_end_matches('.'))
+    };
+    let at = match requested.host_str() {
+        Some(host) if same(host, refusal.host()) => At::Request,
+        _ => At::RedirectedName(refusal.host()),
+    };
+    url_refused(requested, at, &UrlRefusal::Policy(refusal.clone()))
 }
 
 impl Tool for WebFetch {
