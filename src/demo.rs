@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use axum::Router;
 use axum::routing::get;
+use hale_actors::builtin::AllowList;
 use hale_actors::catalog::ErrorCode;
 use hale_actors::escalation::{Answer, Approval};
 use hale_actors::event::{Event, EventKind, Level};
@@ -235,15 +236,17 @@ async fn run_in(dir: &Path, options: DemoOptions, style: Style, started: Instant
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding the loopback API of scenario 1")?;
-    let api_url = format!(
-        "http://{}/data",
-        listener
-            .local_addr()
-            .context("the loopback API's address")?
-    );
+    let api_addr = listener
+        .local_addr()
+        .context("the loopback API's address")?;
+    let api_url = format!("http://{api_addr}/data");
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let config = demo_config(dir)?;
+    let mut config = demo_config(dir)?;
+    // web_fetch refuses loopback unless allow-listed: allow exactly the
+    // demo's API.
+    config.builtin.web_fetch.allow = AllowList::parse([api_addr.to_string()])
+        .context("allow-listing the loopback API of scenario 1")?;
     let weather_down = dir.join("weather-is-down");
     say(&style.dim(&format!("  data directory {}", config.data_dir.display())));
     let runtime = tokio::time::timeout(START_TIMEOUT, Runtime::start(config))

@@ -102,7 +102,7 @@ async fn shutdown_signal() {
 /// A bad configuration, a data directory in use, an address that cannot
 /// be bound, or a runtime that fails to start or stop.
 pub async fn run(options: ServeOptions) -> Result<()> {
-    let config = options
+    let mut config = options
         .config
         .runtime_config()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -110,6 +110,12 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let token = ensure_token(&data_dir.join("token"))?;
+    // An agent that learned the token must not use it through web_fetch.
+    config
+        .builtin
+        .web_fetch
+        .forbidden_values
+        .push(token.clone());
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("binding {}", options.listen))?;

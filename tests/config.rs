@@ -170,6 +170,7 @@ glob_max_results = 10
 grep_max_matches = 20
 web_fetch_timeout = "5s"
 web_fetch_max_bytes = 2048
+web_fetch_allow = ["127.0.0.1:8080", "internal.example.com"]
 
 [[tools.exec_approval]]
 pattern = '^sudo\b'
@@ -273,6 +274,14 @@ fn a_full_example_maps_to_the_actor_configs() {
     assert_eq!(b.grep.max_matches, 20);
     assert_eq!(b.web_fetch.timeout, Duration::from_secs(5));
     assert_eq!(b.web_fetch.max_bytes, 2048);
+    let allowed: Vec<_> = b
+        .web_fetch
+        .allow
+        .entries()
+        .iter()
+        .map(|e| e.as_str())
+        .collect();
+    assert_eq!(allowed, ["127.0.0.1:8080", "internal.example.com"]);
     // The built-in tools accept these settings.
     assert!(hale_actors::builtin::Exec::new(b.exec.clone()).is_ok());
 
@@ -595,6 +604,21 @@ fn tool_policy_errors() {
         2
     );
     assert_eq!(line_of("data_dir = \"\"\n", "must not be empty"), 1);
+    let allow = "[tools]\nweb_fetch_allow = [\n  \"127.0.0.1:8080\",\n  \"http://10.0.0.1/\",\n]\n";
+    assert_eq!(
+        line_of(
+            allow,
+            "tools.web_fetch_allow: `http://10.0.0.1/`: not an address"
+        ),
+        4
+    );
+    assert_eq!(
+        line_of(
+            "[tools]\nweb_fetch_allow = [\"10.0.0.1/8\"]\n",
+            "did you mean 10.0.0.0/8"
+        ),
+        2
+    );
 }
 
 #[test]
@@ -694,7 +718,12 @@ fn the_template_examples_are_valid_when_uncommented() {
     assert_eq!(b.edit_file, d.edit_file);
     assert_eq!(b.glob, d.glob);
     assert_eq!(b.grep, d.grep);
-    assert_eq!(b.web_fetch, d.web_fetch);
+    // The allow-list example is an example, not the default (none).
+    let mut fetch = b.web_fetch.clone();
+    assert_eq!(fetch.allow.entries().len(), 2);
+    assert!(d.web_fetch.allow.is_empty());
+    fetch.allow = d.web_fetch.allow.clone();
+    assert_eq!(fetch, d.web_fetch);
     assert_eq!(config.workspace_root(), Path::new("/t/./.hale/workspace"));
 }
 

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use hale_actors::builtin::{WebFetch, WebFetchConfig, WebFetchError};
-use hale_actors::{ErrorCode, HintKind, Status, Tool, ToolOutcome};
+use hale_actors::builtin::{AllowList, WebFetch, WebFetchConfig, WebFetchError};
+use hale_actors::{ErrorCode, HintKind, Severity, Status, Tool, ToolOutcome};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -93,8 +93,14 @@ fn response(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
     Reply::Bytes(bytes)
 }
 
+/// A fetcher that may reach the loopback servers of these tests (any port
+/// of 127.0.0.1: the address policy refuses loopback by default).
 fn fetcher(config: WebFetchConfig) -> WebFetch {
-    WebFetch::new(config).unwrap()
+    WebFetch::new(WebFetchConfig {
+        allow: AllowList::parse(["127.0.0.1"]).unwrap(),
+        ..config
+    })
+    .unwrap()
 }
 
 fn default_fetcher() -> WebFetch {
@@ -311,4 +317,93 @@ fn zero_limits_are_rejected() {
     })
     .unwrap_err();
     assert!(matches!(err, WebFetchError::ZeroLimit("max_bytes")));
+}
+
+/// A chain of loopback servers, each redirecting to the next; the last
+/// answers 200. Returns the servers, first first.
+async fn redirect_chain(redirects: usize) -> Vec<Server> {
+    let mut chain = vec![serve(response("200 OK", &[], b"end of the chain")).await];
+    for _ in 0..redirects {
+        let next = format!("{}/", chain.last().unwrap().url);
+        chain.push(serve(response("302 Found", &[("Location", &next)], b"")).await);
+    }
+    chain.reverse();
+    chain
+}
+
+#[tokio::test]
+async fn five_redirects_are_followed_and_a_sixth_is_refused() {
+    let tool = default_fetcher();
+    let five = redirect_chain(5).await;
+    let outcome = fetch(&tool, &five[0].url).await;
+    assert_eq!(outcome.status, Status::Success, "{outcome:?}");
+    assert_eq!(outcome.data["body"], "end of the chain");
+
+    let mut six = redirect_chain(6).await;
+    let outcome = fetch(&tool, &six[0].url).await;
+    assert_eq!(outcome.code, Some(ErrorCode::InvalidInput), "{outcome:?}");
+    assert!(!outcome.retryable);
+    assert!(
+        outcome.message.contains("more than 5 times"),
+        "{}",
+        outcome.message
+    );
+    // The last server was never asked.
+    assert!(six.last_mut().unwrap().requests.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn loopback_is_refused_by_default_with_a_typed_outcome_and_a_hint() {
+    let mut server = serve(response("200 OK", &[], b"secret")).await;
+    let tool = WebFetch::new(WebFetchConfig::default()).unwrap();
+    let url = format!("{}/metrics", server.url);
+    let outcome = fetch(&tool, &url).await;
+    assert_eq!(
+        outcome.code,
+        Some(ErrorCode::PermissionDenied),
+        "{outcome:?}"
+    );
+    // Severity error, not the catalog's critical: a typed outcome for the
+    // model, not an escalation.
+    assert_eq!(outcome.severity, Severity::Error);
+    assert!(!outcome.retryable && !outcome.recoverable);
+    assert_eq!(outcome.data["range"], "loopback");
+    assert_eq!(outcome.data["url"], url);
+    let entry = server.url.trim_start_matches("http://").to_owned();
+    assert_eq!(outcome.hints[0].suggestions, [entry]);
+    assert!(outcome.hints[0].message.contains("[tools] web_fetch_allow"));
+    assert!(
+        server.requests.try_recv().is_err(),
+        "the server was reached"
+    );
+}
+
+#[tokio::test]
+async fn a_forbidden_value_in_a_header_is_refused_without_echoing_it() {
+    let mut server = serve(response("200 OK", &[], b"ok")).await;
+    let token = "0123456789abcdef0123456789abcdef";
+    let tool = fetcher(WebFetchConfig {
+        forbidden_values: [token].into_iter().collect(),
+        ..WebFetchConfig::default()
+    });
+    assert_eq!(
+        format!("{:?}", tool.config().forbidden_values),
+        "ForbiddenValues(1 redacted)"
+    );
+    let outcome = tool
+        .call(
+            json!({ "url": server.url, "headers": { "X-Api": format!("Bearer {token}") } }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
+    assert_eq!(
+        outcome.code,
+        Some(ErrorCode::PermissionDenied),
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.severity, Severity::Error);
+    assert!(!serde_json::to_string(&outcome).unwrap().contains(token));
+    assert!(server.requests.try_recv().is_err());
+    let outcome = fetch(&tool, &server.url).await;
+    assert!(outcome.is_success(), "{outcome:?}");
 }

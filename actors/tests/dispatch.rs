@@ -12,7 +12,7 @@ use axum::Router as HttpRouter;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use hale_actors::builtin::{
-    Exec, ExecConfig, ReadFile, ReadFileConfig, WebFetch, WebFetchConfig, Workspace,
+    AllowList, Exec, ExecConfig, ReadFile, ReadFileConfig, WebFetch, WebFetchConfig, Workspace,
 };
 use hale_actors::dispatch::{DispatchConfig, Dispatcher, Endpoints, RegistryRouter, Router};
 use hale_actors::recovery::{FallbackChain, RetryConfig};
@@ -24,6 +24,15 @@ use serde_json::{Value, json};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
+}
+
+/// `web_fetch` settings that may reach the loopback servers of these
+/// tests (the address policy refuses loopback by default).
+fn loopback_fetch() -> WebFetchConfig {
+    WebFetchConfig {
+        allow: AllowList::parse(["127.0.0.1"]).unwrap(),
+        ..WebFetchConfig::default()
+    }
 }
 
 /// Serves `app` on a free loopback port; returns the base URL.
@@ -83,7 +92,7 @@ async fn web_fetch_waits_out_retry_after_then_succeeds() {
         }),
     ))
     .await;
-    let fetch: Arc<dyn Tool> = Arc::new(WebFetch::new(WebFetchConfig::default()).unwrap());
+    let fetch: Arc<dyn Tool> = Arc::new(WebFetch::new(loopback_fetch()).unwrap());
     let config = DispatchConfig {
         retry: RetryConfig {
             // The computed backoff would be 10 ms: only Retry-After explains
@@ -243,7 +252,7 @@ async fn a_storm_of_callers_sends_no_more_retries_than_the_budget() {
         }),
     ))
     .await;
-    let fetch: Arc<dyn Tool> = Arc::new(WebFetch::new(WebFetchConfig::default()).unwrap());
+    let fetch: Arc<dyn Tool> = Arc::new(WebFetch::new(loopback_fetch()).unwrap());
     let (ttl, floor, ratio) = (Duration::from_secs(30), 1u32, 0.1);
     let config = DispatchConfig {
         retry: RetryConfig {

@@ -30,7 +30,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hale_actors::audit::{AuditConfig, Retention};
-use hale_actors::builtin::{BlockRule, BuiltinConfig, Exec, ExecConfigError};
+use hale_actors::builtin::{
+    AllowEntry, AllowList, BlockRule, BuiltinConfig, Exec, ExecConfigError,
+};
 use hale_actors::dispatch::{DispatchConfig, DispatchConfigError, Endpoints};
 use hale_actors::mcp::{McpServerConfig, McpTransport};
 use hale_actors::memory::MemoryConfig;
@@ -618,6 +620,17 @@ impl Resolver<'_> {
         if let Some(n) = tools.web_fetch_max_bytes {
             builtin.web_fetch.max_bytes = n;
         }
+        let mut allow = Vec::with_capacity(tools.web_fetch_allow.len());
+        for entry in &tools.web_fetch_allow {
+            let parsed = entry.get_ref().parse::<AllowEntry>().map_err(|error| {
+                self.invalid(
+                    Some(entry.span()),
+                    format!("tools.web_fetch_allow: {error}"),
+                )
+            })?;
+            allow.push(parsed);
+        }
+        builtin.web_fetch.allow = AllowList::from(allow);
         Ok(builtin)
     }
 

@@ -50,6 +50,8 @@ pub(crate) struct RawTools {
     pub grep_max_matches: Option<usize>,
     pub web_fetch_timeout: Option<Dur>,
     pub web_fetch_max_bytes: Option<usize>,
+    #[serde(default)]
+    pub web_fetch_allow: Vec<Spanned<String>>,
 }
 
 /// `[[tools.exec_approval]]`.

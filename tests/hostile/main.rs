@@ -1,9 +1,13 @@
 //! The agent is untrusted: each test is a hostile agent attempting one
-//! attack against the real runtime, and asserts that the guard held
-//! (nothing ran or leaked, hale still serves) and that the message ended
-//! in the documented state. One test binary, so the suite links it once.
+//! attack of issue 11 against the real runtime, and asserts that the guard
+//! held (nothing ran or leaked, hale still serves) and that the message
+//! ended in the documented state. One test binary, so the suite links it
+//! once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod approvals;
+#[path = "../runtime/support.rs"]
 mod support;
+mod support_web;
+mod web;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use hale::actors::builtin::AllowList;
 use hale::actors::escalation::Answer;
 use hale::actors::event::EventKind;
 use hale::actors::mcp::{McpServerConfig, McpState};
@@ -38,12 +39,15 @@ async fn scenario_1_web_fetch_times_out_once_then_succeeds_after_a_retry() {
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/data", listener.local_addr().unwrap());
+    let addr = listener.local_addr().unwrap();
+    let url = format!("http://{addr}/data");
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
     config.builtin.web_fetch.timeout = Duration::from_millis(400);
+    // web_fetch refuses loopback unless allow-listed: allow this API only.
+    config.builtin.web_fetch.allow = AllowList::parse([addr.to_string()]).unwrap();
     let runtime = start(config).await;
     let session = runtime.create_session("default").await.unwrap();
     let record = ask(

@@ -8,15 +8,20 @@
 //! the hints an agent needs to repair its call.
 
 pub mod exec;
+pub mod fetch_guard;
 pub mod files;
+pub mod net_policy;
 pub mod search;
 pub mod web_fetch;
 pub mod workspace;
 
 pub use exec::{BlockRule, Exec, ExecConfig, ExecConfigError};
 pub use files::{EditFile, EditFileConfig, ReadFile, ReadFileConfig, WriteFile, WriteFileConfig};
+pub use net_policy::{AllowEntry, AllowEntryError, AllowList};
 pub use search::{Glob, GlobConfig, Grep, GrepConfig};
-pub use web_fetch::{WebFetch, WebFetchConfig, WebFetchError, classify_reqwest_error};
+pub use web_fetch::{
+    ForbiddenValues, WebFetch, WebFetchConfig, WebFetchError, classify_reqwest_error,
+};
 pub use workspace::{Workspace, WorkspaceError};
 
 use std::path::PathBuf;

@@ -8,8 +8,34 @@
 //! exists to turn each of them into the right catalog code, so recovery can
 //! react without reading error text. It only reports: retrying is the
 //! recovery layer's job, so a call never repeats a request itself.
+//!
+//! # Where it may connect
+//! The URL is the agent's, so it is hostile input: it may name hale's own
+//! control plane on loopback, a cloud metadata service, or a private
+//! network. Every address a call connects to passes the address policy
+//! ([`net_policy`](super::net_policy), with the operator's
+//! `[tools] web_fetch_allow`): the URL's host before sending, each address
+//! a name resolves to (inside the client, so the checked address is the
+//! one connected to), and every redirect hop, at most
+//! [`MAX_REDIRECTS`](super::fetch_guard::MAX_REDIRECTS) of them
+//! ([`fetch_guard`](super::fetch_guard)). A cross-origin hop loses
+//! `Authorization` and `Cookie` (reqwest's own rule, held by tests).
+//! Proxy settings in the environment (`HTTP_PROXY`, ...) are ignored: a
+//! proxy would connect on hale's behalf to addresses no check saw. A
+//! request carrying one of [`WebFetchConfig::forbidden_values`] (hale's
+//! own API token) in its URL or headers is refused.
+//!
+//! A refusal is `PERMISSION_DENIED`, not retryable and not recoverable
+//! (so no fallback tool is tried in its place), with a hint naming
+//! `[tools] web_fetch_allow`. Its severity is lowered from the catalog's
+//! `critical` to `error`: a refused address is the guard working, not an
+//! incident for a human, so the session hands the typed outcome back to
+//! the model instead of opening an escalation (critical outcomes
+//! escalate). An operator who wants the address allow-lists it.
 
 use std::error::Error as _;
+use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use reqwest::Url;
@@ -17,9 +43,13 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AF
 use serde_json::{Map, Value, json};
 
 use super::exec::{decode_lossy, kind_of};
+use super::fetch_guard::{
+    self, CheckedResolver, Found, MAX_REDIRECTS, UrlRefusal, check_url, entry_for,
+};
+use super::net_policy::{AllowList, Refusal};
 use crate::catalog::ErrorCode;
 use crate::classify::{self, MAX_EXCERPT_BYTES};
-use crate::outcome::ToolOutcome;
+use crate::outcome::{Hint, HintKind, Severity, ToolOutcome};
 use crate::tool::{BoxFuture, Tool, ToolContext, ToolSpec};
 
 /// The default limit on a whole request, from connecting to the last body
@@ -41,17 +71,80 @@ pub struct WebFetchConfig {
     pub max_bytes: usize,
     /// The `User-Agent` header sent with every request.
     pub user_agent: String,
+    /// `[tools] web_fetch_allow`: loopback, link-local, private and other
+    /// special-purpose addresses (and names) the operator lets calls
+    /// reach. Empty by default: none.
+    pub allow: AllowList,
+    /// Values no request may carry in its URL or headers: hale's own API
+    /// token, filled in by `hale serve`. Empty by default.
+    pub forbidden_values: ForbiddenValues,
+}
+
+/// Secret values a request must never carry (hale's control-plane
+/// token): an agent that learned one must not be able to use it through
+/// `web_fetch`. Its `Debug` shows only how many there are.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ForbiddenValues(Vec<String>);
+
+impl ForbiddenValues {
+    /// Values shorter than this are ignored: they would match ordinary
+    /// text. hale's token is 64 characters.
+    pub const MIN_LEN: usize = 8;
+
+    /// Adds a value (ignored if shorter than [`Self::MIN_LEN`]).
+    pub fn push(&mut self, value: impl Into<String>) {
+        let value = value.into();
+        if value.len() >= Self::MIN_LEN && !self.0.contains(&value) {
+            self.0.push(value);
+        }
+    }
+
+    /// How many values are held.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no value is held.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `text` contains any of the values.
+    fn found_in(&self, text: &[u8]) -> bool {
+        self.0
+            .iter()
+            .any(|v| text.windows(v.len()).any(|window| window == v.as_bytes()))
+    }
+}
+
+impl<S: Into<String>> FromIterator<S> for ForbiddenValues {
+    fn from_iter<I: IntoIterator<Item = S>>(values: I) -> Self {
+        let mut all = Self::default();
+        for value in values {
+            all.push(value);
+        }
+        all
+    }
+}
+
+impl fmt::Debug for ForbiddenValues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ForbiddenValues({} redacted)", self.0.len())
+    }
 }
 
 impl Default for WebFetchConfig {
     /// [`DEFAULT_TIMEOUT`], [`DEFAULT_CONNECT_TIMEOUT`],
-    /// [`DEFAULT_MAX_BYTES`] and a `hale/<version>` user agent.
+    /// [`DEFAULT_MAX_BYTES`], a `hale/<version>` user agent, an empty
+    /// allow-list and no forbidden values.
     fn default() -> Self {
         Self {
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_bytes: DEFAULT_MAX_BYTES,
             user_agent: concat!("hale/", env!("CARGO_PKG_VERSION")).to_owned(),
+            allow: AllowList::default(),
+            forbidden_values: ForbiddenValues::default(),
         }
     }
 }
@@ -73,12 +166,18 @@ pub enum WebFetchError {
 pub struct WebFetch {
     spec: ToolSpec,
     config: WebFetchConfig,
+    allow: Arc<AllowList>,
     client: reqwest::Client,
 }
 
 impl WebFetch {
     /// Validates the configuration and builds the one HTTP client every
-    /// call shares (so connections are pooled across calls).
+    /// call shares (so connections are pooled across calls): no proxy,
+    /// the checking resolver (bounded by `connect_timeout`), and the
+    /// checking redirect policy.
+    ///
+    /// # Errors
+    /// A zero limit, or a client reqwest cannot build.
     pub fn new(config: WebFetchConfig) -> Result<Self, WebFetchError> {
         if config.timeout.is_zero() {
             return Err(WebFetchError::ZeroLimit("timeout"));
@@ -89,15 +188,23 @@ impl WebFetch {
         if config.max_bytes == 0 {
             return Err(WebFetchError::ZeroLimit("max_bytes"));
         }
+        let allow = Arc::new(config.allow.clone());
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.connect_timeout)
             .user_agent(config.user_agent.clone())
+            .no_proxy()
+            .dns_resolver(Arc::new(CheckedResolver::new(
+                Arc::clone(&allow),
+                config.connect_timeout,
+            )))
+            .redirect(fetch_guard::redirect_policy(Arc::clone(&allow)))
             .build()
             .map_err(WebFetchError::Client)?;
         Ok(Self {
             spec: spec(&config),
             config,
+            allow,
             client,
         })
     }
@@ -112,12 +219,37 @@ impl WebFetch {
             Ok(args) => args,
             Err(message) => return ToolOutcome::from_code(ErrorCode::InvalidInput, message),
         };
+        if let Some(place) = self.forbidden_in(&args) {
+            return token_refused(&place);
+        }
+        if let Err(reason) = check_url(&self.allow, &args.url) {
+            return url_refused(&args.url, At::Request, &reason);
+        }
         let requested = args.url.to_string();
-        let sent = self.client.get(args.url).headers(args.headers).send().await;
+        let sent = self
+            .client
+            .get(args.url.clone())
+            .headers(args.headers)
+            .send()
+            .await;
         let mut response = match sent {
             Ok(response) => response,
             Err(err) => {
-                return with_fields(classify_reqwest_error(&err), [("url", json!(requested))]);
+                return match fetch_guard::refusal_in(&err) {
+                    Some(Found::Hop(hop)) => {
+                        url_refused(&args.url, At::Hop(hop.hop, &hop.url), &hop.reason)
+                    }
+                    Some(Found::Resolved(refusal)) => resolved_refused(&args.url, refusal),
+                    Some(Found::TooManyRedirects) => ToolOutcome::from_code(
+                        ErrorCode::InvalidInput,
+                        format!(
+                            "`{requested}` redirects more than {MAX_REDIRECTS} times; web_fetch \
+                             follows at most {MAX_REDIRECTS}"
+                        ),
+                    )
+                    .with_data(json!({ "url": requested, "error_kind": "redirects" })),
+                    None => with_fields(classify_reqwest_error(&err), [("url", json!(requested))]),
+                };
             }
         };
         let status = response.status().as_u16();
@@ -174,6 +306,140 @@ impl WebFetch {
     }
 }
 
+impl WebFetch {
+    /// Where the call carries a forbidden value (`url` or
+    /// `headers.<name>`), if it does.
+    fn forbidden_in(&self, args: &FetchArgs) -> Option<String> {
+        let values = &self.config.forbidden_values;
+        if values.is_empty() {
+            return None;
+        }
+        if values.found_in(args.url.as_str().as_bytes()) {
+            return Some("`url`".to_owned());
+        }
+        args.headers
+            .iter()
+            .find(|(_, value)| values.found_in(value.as_bytes()))
+            .map(|(name, _)| format!("header `{name}`"))
+    }
+}
+
+/// The outcome of a refused call: `PERMISSION_DENIED` at severity
+/// `error` (a typed outcome for the model, not an escalation; see the
+/// module docs).
+fn refused(message: String, hint: Hint, data: Value) -> ToolOutcome {
+    ToolOutcome::from_code(ErrorCode::PermissionDenied, message)
+        .with_severity(Severity::Error)
+        .with_hint(hint)
+        .with_data(data)
+}
+
+/// A request carrying hale's own token. Neither the message nor the data
+/// repeats the URL, which may hold the token.
+fn token_refused(place: &str) -> ToolOutcome {
+    refused(
+        format!(
+            "web_fetch refused the request: its {place} carries hale's own API token, which is \
+             the operator's key to hale's control plane and never leaves in a tool call"
+        ),
+        Hint::new(
+            HintKind::TryInstead,
+            "Send the request without hale's token; tools cannot act on hale's control plane. \
+             Ask the operator if the task needs it.",
+        ),
+        json!({ "error_kind": "forbidden_value", "field": place }),
+    )
+}
+
+/// Where in a call the policy refused.
+#[derive(Debug, Clone, Copy)]
+enum At<'a> {
+    /// The request's own URL.
+    Request,
+    /// Redirect hop `n` (1 for the first), to this URL.
+    Hop(usize, &'a Url),
+    /// A redirect hop to this name, whose addresses the resolver refused
+    /// (reqwest's error does not say which hop).
+    RedirectedName(&'a str),
+}
+
+/// A URL the policy refused, with a message naming where and why, and a
+/// hint naming the allow-list entry that would let it through.
+fn url_refused(requested: &Url, at: At<'_>, reason: &UrlRefusal) -> ToolOutcome {
+    let mut data = Map::new();
+    data.insert("url".into(), json!(requested.as_str()));
+    data.insert("error_kind".into(), json!("policy"));
+    let (place, entry) = match at {
+        At::Request => {
+            data.insert("refused_url".into(), json!(requested.as_str()));
+            (format!("`{requested}`"), entry_for(requested))
+        }
+        At::Hop(n, url) => {
+            data.insert("refused_url".into(), json!(url.as_str()));
+            data.insert("hop".into(), json!(n));
+            (
+                format!("redirect {n} of `{requested}` to `{url}`"),
+                entry_for(url),
+            )
+        }
+        At::RedirectedName(name) => {
+            data.insert("refused_host".into(), json!(name));
+            (
+                format!("a redirect of `{requested}` to `{name}`"),
+                Some(name.to_owned()),
+            )
+        }
+    };
+    let (message, hint) = match reason {
+        UrlRefusal::Policy(refusal) => {
+            if let Refusal::Address { ip, special, .. } = refusal {
+                data.insert("address".into(), json!(ip.to_string()));
+                data.insert("range".into(), json!(special.range.name()));
+            }
+            let entry = entry.unwrap_or_else(|| requested.to_string());
+            (
+                format!(
+                    "web_fetch refused {place}: {refusal}. hale does not connect to loopback, \
+                     link-local, private or other special-purpose addresses unless the \
+                     operator allow-lists them"
+                ),
+                Hint::new(
+                    HintKind::TryInstead,
+                    format!(
+                        "Only the operator can allow this, by adding \"{entry}\" to \
+                         `[tools] web_fetch_allow` in hale's config; the agent cannot. Fetch a \
+                         public URL instead, or ask the operator."
+                    ),
+                )
+                .with_suggestions([entry]),
+            )
+        }
+        UrlRefusal::Scheme(_) | UrlRefusal::NoHost => (
+            format!("web_fetch refused {place}: {reason}"),
+            Hint::new(
+                HintKind::TryInstead,
+                "web_fetch follows only http and https URLs with a host (see `[tools] \
+                 web_fetch_allow` for which addresses it may reach); fetch such a URL directly.",
+            ),
+        ),
+    };
+    refused(message, hint, Value::Object(data))
+}
+
+/// A refusal by the resolver: of the request's own host, or (when the
+/// refused name is another) of a redirect hop's.
+fn resolved_refused(requested: &Url, refusal: &Refusal) -> ToolOutcome {
+    let same = |a: &str, b: &str| {
+        a.trim_end_matches('.')
+            .eq_ignore_ascii_case(b.trim_end_matches('.'))
+    };
+    let at = match requested.host_str() {
+        Some(host) if same(host, refusal.host()) => At::Request,
+        _ => At::RedirectedName(refusal.host()),
+    };
+    url_refused(requested, at, &UrlRefusal::Policy(refusal.clone()))
+}
+
 impl Tool for WebFetch {
     fn spec(&self) -> &ToolSpec {
         &self.spec
@@ -187,13 +453,16 @@ impl Tool for WebFetch {
 fn spec(config: &WebFetchConfig) -> ToolSpec {
     let description = format!(
         "Fetch a URL with an HTTP GET and return the response body as text, with the final URL \
-         (after redirects), status and content type. Only http and https URLs are accepted. \
+         (after redirects, at most {redirects}), status and content type. Only http and https \
+         URLs are accepted. Loopback, link-local and private addresses (and names resolving to \
+         them) are refused with PERMISSION_DENIED unless the operator allow-listed them. \
          Bodies longer than {max} bytes are cut (`truncated: true`, status `partial`). The whole \
          request is limited to {timeout} ms. HTTP errors come back classified (404 NOT_FOUND, \
          429 RATE_LIMITED with the server's Retry-After, 5xx SERVICE_UNAVAILABLE, ...); the call \
          itself never retries.",
         max = config.max_bytes,
         timeout = config.timeout.as_millis(),
+        redirects = MAX_REDIRECTS,
     );
     let schema = json!({
         "type": "object",
