@@ -284,7 +284,11 @@ fn scan(line: &str) -> Result<Vec<Token>, Irreducible> {
                     Some('|') => tokens.push(Token::Separator),
                     _ => tokens.push(Token::Pipe),
                 }
-                i += if matches!(next, Some('|' | '&')) { 2 } else { 1 };
+                i += if matches!(next, Some('|' | '&')) {
+                    2
+                } else {
+                    1
+                };
             }
             '<' | '>' => {
                 // Digits right before the operator name a file descriptor.
@@ -425,7 +429,9 @@ fn dollar(chars: &[char], i: usize, w: &mut RawWord) -> Result<usize, Irreducibl
 fn unquote(raw: &str) -> Result<String, Irreducible> {
     match shlex::split(raw) {
         Some(mut words) if words.len() == 1 => Ok(words.remove(0)),
-        _ => Err(Irreducible::Quoting("a word the splitter reads differently")),
+        _ => Err(Irreducible::Quoting(
+            "a word the splitter reads differently",
+        )),
     }
 }
 
@@ -484,7 +490,13 @@ fn simple_command(
             wrapped.push(
                 rest.iter()
                     .enumerate()
-                    .map(|(i, w)| if i == 0 { basename(&w.text) } else { w.text.clone() })
+                    .map(|(i, w)| {
+                        if i == 0 {
+                            basename(&w.text)
+                        } else {
+                            w.text.clone()
+                        }
+                    })
                     .collect(),
             );
         }
@@ -870,14 +882,23 @@ mod tests {
             ("ls |& grep x", &["ls", "grep x"]),
             ("sleep 1 & touch pwned", &["sleep 1", "touch pwned"]),
             ("(touch pwned)", &["touch pwned"]),
-            ("(cd a && touch pwned) | cat", &["cd a", "touch pwned", "cat"]),
+            (
+                "(cd a && touch pwned) | cat",
+                &["cd a", "touch pwned", "cat"],
+            ),
             ("{ touch pwned; }", &["touch pwned"]),
             ("echo hi\ntouch pwned", &["echo hi", "touch pwned"]),
             ("if true; then touch pwned; fi", &["true", "touch pwned"]),
-            ("while false; do touch pwned; done", &["false", "touch pwned"]),
+            (
+                "while false; do touch pwned; done",
+                &["false", "touch pwned"],
+            ),
             ("! touch pwned", &["touch pwned"]),
             ("f() { touch pwned; }; f", &["f", "touch pwned", "f"]),
-            ("case x in x) touch pwned;; esac", &["case x in x", "touch pwned"]),
+            (
+                "case x in x) touch pwned;; esac",
+                &["case x in x", "touch pwned"],
+            ),
         ];
         for (line, want) in table {
             assert_eq!(texts(line), *want, "{line:?}");
@@ -888,7 +909,10 @@ mod tests {
     fn comments_end_at_the_newline() {
         assert_eq!(texts("echo hi # touch pwned"), ["echo hi"]);
         // A quote inside a comment opens nothing.
-        assert_eq!(texts("echo hi # it's\ntouch pwned"), ["echo hi", "touch pwned"]);
+        assert_eq!(
+            texts("echo hi # it's\ntouch pwned"),
+            ["echo hi", "touch pwned"]
+        );
         assert_eq!(texts("# only a comment"), Vec::<String>::new());
     }
 
@@ -919,8 +943,14 @@ mod tests {
                 "sudo -u postgres -E /usr/bin/dropdb x",
                 &["sudo -u postgres -E /usr/bin/dropdb x", "dropdb x"],
             ),
-            ("sudo -upostgres dropdb x", &["sudo -upostgres dropdb x", "dropdb x"]),
-            ("sudo --user=pg dropdb x", &["sudo --user=pg dropdb x", "dropdb x"]),
+            (
+                "sudo -upostgres dropdb x",
+                &["sudo -upostgres dropdb x", "dropdb x"],
+            ),
+            (
+                "sudo --user=pg dropdb x",
+                &["sudo --user=pg dropdb x", "dropdb x"],
+            ),
             (
                 "env -i A=1 touch pwned",
                 &["env -i A=1 touch pwned", "touch pwned"],
@@ -930,10 +960,19 @@ mod tests {
                 "timeout -s KILL 5 touch pwned",
                 &["timeout -s KILL 5 touch pwned", "touch pwned"],
             ),
-            ("nice -n 5 touch pwned", &["nice -n 5 touch pwned", "touch pwned"]),
-            ("nice -10 touch pwned", &["nice -10 touch pwned", "touch pwned"]),
+            (
+                "nice -n 5 touch pwned",
+                &["nice -n 5 touch pwned", "touch pwned"],
+            ),
+            (
+                "nice -10 touch pwned",
+                &["nice -10 touch pwned", "touch pwned"],
+            ),
             ("exec touch pwned", &["exec touch pwned", "touch pwned"]),
-            ("command -p touch pwned", &["command -p touch pwned", "touch pwned"]),
+            (
+                "command -p touch pwned",
+                &["command -p touch pwned", "touch pwned"],
+            ),
             (
                 "sudo nohup touch pwned",
                 &["sudo nohup touch pwned", "nohup touch pwned", "touch pwned"],
@@ -994,7 +1033,10 @@ mod tests {
             ("echo pwned | xargs touch", I::Xargs),
             ("env -S 'touch pwned'", I::EnvSplitString),
             ("echo 'unclosed", I::Quoting("a single quote is not closed")),
-            ("echo \"unclosed", I::Quoting("a double quote is not closed")),
+            (
+                "echo \"unclosed",
+                I::Quoting("a double quote is not closed"),
+            ),
             ("echo \\", I::Quoting("a backslash ends the line")),
             ("echo >", I::Redirection("no target at the end")),
             ("echo > ; x", I::Redirection("no target before an operator")),
@@ -1006,7 +1048,10 @@ mod tests {
             refused("sudo --frob touch pwned"),
             I::WrapperOption { .. }
         ));
-        assert!(matches!(refused("sudo -X touch pwned"), I::WrapperOption { .. }));
+        assert!(matches!(
+            refused("sudo -X touch pwned"),
+            I::WrapperOption { .. }
+        ));
     }
 
     #[test]
@@ -1018,7 +1063,10 @@ mod tests {
         // A shell running a script file, or not fed by a pipe, is fine.
         assert_eq!(texts("sh build.sh"), ["sh build.sh"]);
         assert_eq!(texts("cat x | sh build.sh"), ["cat x", "sh build.sh"]);
-        assert_eq!(texts("bash -e -o pipefail run.sh"), ["bash -e -o pipefail run.sh"]);
+        assert_eq!(
+            texts("bash -e -o pipefail run.sh"),
+            ["bash -e -o pipefail run.sh"]
+        );
     }
 
     /// Property: any words, quoted by `shlex` and joined with an operator,
@@ -1042,9 +1090,8 @@ mod tests {
         for _ in 0..2000 {
             let left: Vec<String> = (0..rng.usize(1..4)).map(|_| word(&mut rng)).collect();
             let right: Vec<String> = (0..rng.usize(1..4)).map(|_| word(&mut rng)).collect();
-            let quote = |words: &[String]| {
-                shlex::try_join(words.iter().map(String::as_str)).unwrap()
-            };
+            let quote =
+                |words: &[String]| shlex::try_join(words.iter().map(String::as_str)).unwrap();
             let op = ["; ", " && ", " || ", "\n", " & "][rng.usize(..5)];
             let line = format!("{}{op}{}", quote(&left), quote(&right));
             let commands = simple_commands(&line)
