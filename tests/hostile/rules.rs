@@ -7,6 +7,7 @@ use std::time::Duration;
 use hale::actors::builtin::BlockRule;
 use hale::actors::escalation::{Answer, Approval};
 use hale::actors::session::{APPROVE, DENY};
+use hale::actors::store::MessageState;
 use hale::runtime::Runtime;
 use serde_json::json;
 
@@ -25,7 +26,16 @@ async fn escalates(
     let text = plan(json!([step("exec", json!({ "command": command }))]));
     let id = runtime.send(session, &text).await.unwrap();
     let approval = eventually(WAIT, &format!("an approval for {command:?}"), || async {
-        runtime.approvals(true).await.unwrap().into_iter().next()
+        if let Some(approval) = runtime.approvals(true).await.unwrap().into_iter().next() {
+            return Some(approval);
+        }
+        // Finished without asking anyone: the guard did not hold.
+        let message = runtime.sessions().message(&id).await.ok()?;
+        assert!(
+            !matches!(message.state, MessageState::Done | MessageState::Failed),
+            "{command:?} was not escalated: {message:?}"
+        );
+        None
     })
     .await;
     assert_eq!(
@@ -139,6 +149,24 @@ async fn anchored_rules_see_the_program_and_dropdb_escalates_both_ways() {
     let outcome = runs(&runtime, &session, r#"echo "touch pwned""#).await;
     assert_eq!(outcome["status"], "success", "{outcome}");
     assert_eq!(outcome["data"]["stdout"], "touch pwned\n");
+
+    // Anchored, the rule still sees every simple command's program, and
+    // what it cannot read still escalates.
+    for command in [
+        "t''ouch pwned",
+        "/usr/bin/touch pwned",
+        "true; touch pwned",
+        "false || touch pwned",
+        "echo x | touch pwned",
+        "nohup touch pwned",
+        "sh -c 'touch pwned'",
+        "eval 'touch pwned'",
+        "$(echo touch) pwned",
+    ] {
+        let (_, outcome) = escalates(&runtime, &session, command, DENY).await;
+        assert_eq!(outcome["status"], "blocked", "{command:?}: {outcome}");
+        assert!(!workspace.join("pwned").exists(), "{command:?} ran");
+    }
 
     let absolute = format!("{}/dropdb production", workspace.display());
     for command in [
