@@ -60,6 +60,9 @@ pub enum Irreducible {
     /// `eval` runs its arguments as a command line.
     #[error("eval")]
     Eval,
+    /// `trap` runs a string as a command line when a signal arrives.
+    #[error("trap (a string run as a command)")]
+    Trap,
     /// `alias` can rename any command for the lines after it.
     #[error("alias")]
     Alias,
@@ -72,9 +75,13 @@ pub enum Irreducible {
     /// The program is `$VAR` or `${VAR}` (or contains one).
     #[error("variable in program position")]
     VariableProgram,
-    /// The program is a glob (`/usr/bin/tou?h`).
+    /// The program is a glob (`/usr/bin/tou?h`) or, for bash, a brace
+    /// expansion (`{touch,x}`).
     #[error("glob in program position")]
     GlobProgram,
+    /// Wrappers nested deeper than [`MAX_WRAPPERS`].
+    #[error("more than {MAX_WRAPPERS} nested wrappers")]
+    TooManyWrappers,
     /// `xargs` builds its command's arguments from its input.
     #[error("xargs (arguments from input)")]
     Xargs,
@@ -98,6 +105,10 @@ pub enum Irreducible {
     #[error("unparseable redirection: {0}")]
     Redirection(&'static str),
 }
+
+/// How many wrappers (`sudo nohup env ...`) one simple command may nest;
+/// more is refused rather than looked through.
+pub const MAX_WRAPPERS: usize = 8;
 
 /// One simple command of a command line: its words with quotes and
 /// escapes removed.
@@ -190,17 +201,21 @@ struct RawWord {
     raw: String,
     /// A `$` expansion outside single quotes.
     dollar: bool,
-    /// The unquoted glob characters (`*`, `?`, `[`, `]`), in order.
+    /// The unquoted pattern characters (`*`, `?`, `[`, `]`, `{`, `}`), in
+    /// order.
     globs: String,
 }
 
 impl RawWord {
+    /// Whether the shell may expand the word into other words: `*`, `?`,
+    /// a bracket expression, or (bash) a brace expansion.
     fn is_glob(&self) -> bool {
-        self.globs.contains(['*', '?'])
-            || self
-                .globs
-                .find('[')
-                .is_some_and(|open| self.globs.get(open..).is_some_and(|s| s.contains(']')))
+        let pair = |open: char, close: char| {
+            self.globs
+                .find(open)
+                .is_some_and(|at| self.globs.get(at..).is_some_and(|s| s.contains(close)))
+        };
+        self.globs.contains(['*', '?']) || pair('[', ']') || pair('{', '}')
     }
 }
 
@@ -316,7 +331,7 @@ fn scan(line: &str) -> Result<Vec<Token>, Irreducible> {
                 tokens.push(Token::Redirect(format!("{fd}{op}")));
                 i += len;
             }
-            '*' | '?' | '[' | ']' => {
+            '*' | '?' | '[' | ']' | '{' | '}' => {
                 let w = word.get_or_insert_with(RawWord::default);
                 w.raw.push(c);
                 w.globs.push(c);
@@ -480,6 +495,9 @@ fn simple_command(
     let mut rest: &[Word] = &words;
     let mut first = true;
     while let Some(program) = rest.first() {
+        if wrapped.len() > MAX_WRAPPERS {
+            return Err(Irreducible::TooManyWrappers);
+        }
         if program.dollar {
             return Err(Irreducible::VariableProgram);
         }
@@ -505,6 +523,15 @@ fn simple_command(
         let args = rest.get(1..).unwrap_or_default();
         rest = match name.as_str() {
             "eval" => return Err(Irreducible::Eval),
+            // `trap ACTION SIGNAL...`; `trap - SIG` and `trap '' SIG` run nothing.
+            "trap"
+                if args.len() > 1
+                    && args
+                        .first()
+                        .is_some_and(|a| !matches!(a.text.as_str(), "" | "-")) =>
+            {
+                return Err(Irreducible::Trap);
+            }
             "alias" => return Err(Irreducible::Alias),
             "xargs" => return Err(Irreducible::Xargs),
             "su" | "runuser" => {
@@ -809,8 +836,8 @@ impl Wrapper {
             i += 1;
         }
         i += self.operands;
-        if self.name == "env" {
-            while args.get(i).is_some_and(|a| a.text.contains('=')) {
+        if matches!(self.name, "env" | "sudo") {
+            while args.get(i).is_some_and(|a| is_assignment(&a.text)) {
                 i += 1;
             }
         }
@@ -865,6 +892,9 @@ mod tests {
             ("echo 5$", &["echo 5$"]),
             ("echo a#b", &["echo a#b"]),
             ("[ -f x ]", &["[ -f x ]"]),
+            ("{ echo; }", &["echo"]),
+            ("echo {a,b} '{x,y}'", &["echo {a,b} {x,y}"]),
+            ("trap - EXIT", &["trap - EXIT"]),
         ];
         for (line, want) in table {
             assert_eq!(texts(line), *want, "{line:?}");
@@ -978,6 +1008,10 @@ mod tests {
                 &["sudo nohup touch pwned", "nohup touch pwned", "touch pwned"],
             ),
             ("exec >log", &["exec >log"]),
+            (
+                "sudo PGHOST=h dropdb x",
+                &["sudo PGHOST=h dropdb x", "dropdb x"],
+            ),
             ("env", &["env"]),
             ("time -p make", &["time -p make", "make"]),
         ];
@@ -991,6 +1025,7 @@ mod tests {
         use Irreducible as I;
         let shell = |s: &str| I::ShellCommand(s.into());
         let pipe = |s: &str| I::PipeIntoShell(s.into());
+        let deep = format!("{}touch pwned", "nohup ".repeat(MAX_WRAPPERS + 2));
         let table: Vec<(&str, Irreducible)> = vec![
             ("$(echo touch) pwned", I::CommandSubstitution),
             ("`echo touch` pwned", I::CommandSubstitution),
@@ -1030,6 +1065,9 @@ mod tests {
             ("/usr/bin/tou?h pwned", I::GlobProgram),
             ("/usr/bin/touc* pwned", I::GlobProgram),
             ("/usr/bin/touc[h] pwned", I::GlobProgram),
+            ("{touch,pwned}", I::GlobProgram),
+            ("trap 'touch pwned' EXIT", I::Trap),
+            (&deep, I::TooManyWrappers),
             ("echo pwned | xargs touch", I::Xargs),
             ("env -S 'touch pwned'", I::EnvSplitString),
             ("echo 'unclosed", I::Quoting("a single quote is not closed")),
@@ -1067,6 +1105,18 @@ mod tests {
             texts("bash -e -o pipefail run.sh"),
             ["bash -e -o pipefail run.sh"]
         );
+    }
+
+    #[test]
+    fn long_lines_are_read_in_linear_time() {
+        let started = std::time::Instant::now();
+        let many = "touch 'a b' \"c$d\" >x; ".repeat(20_000);
+        assert_eq!(simple_commands(&many).unwrap().len(), 20_000);
+        let wide = format!("echo {}", "a ".repeat(100_000));
+        assert_eq!(simple_commands(&wide).unwrap()[0].words.len(), 100_001);
+        let wrapped = format!("sudo nohup env {}", "x ".repeat(100_000));
+        assert_eq!(simple_commands(&wrapped).unwrap()[0].wrapped.len(), 3);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     /// Property: any words, quoted by `shlex` and joined with an operator,
