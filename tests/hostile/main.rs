@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod approvals;
+mod rules;
 #[path = "../runtime/support.rs"]
 mod support;
 mod support_web;

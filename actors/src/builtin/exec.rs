@@ -10,7 +10,9 @@
 //! caller that gives up on the call) kills everything it started, not just
 //! the shell; each output stream is read concurrently and kept up to a cap
 //! while the rest is drained, so the child never blocks on a full pipe; and
-//! block rules stop known-dangerous commands before they start.
+//! approval rules, matched against the parsed simple commands rather than
+//! the raw text (see [`BlockRule`]), stop known-dangerous commands before
+//! they start.
 
 use std::future::Future;
 use std::io;
@@ -21,13 +23,13 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::escalation::ApprovalGrants;
-use grep_regex::RegexMatcher;
-use grep_searcher::{SearcherBuilder, sinks};
 use process_wrap::tokio::{ChildWrapper, CommandWrap, KillOnDrop, ProcessGroup};
+use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::command_line;
 use crate::catalog::ErrorCode;
 use crate::classify;
 use crate::outcome::{HintKind, ToolOutcome};
@@ -53,11 +55,29 @@ const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Read buffer size per stream.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// A command pattern that `exec` refuses to run.
+/// A command pattern that `exec` refuses to run without a human's approval.
+///
+/// The pattern is not searched in the raw command line: the line is first
+/// reduced to its simple commands ([`command_line`]), and the pattern is
+/// searched in each one's words joined by single spaces (quotes, escapes and
+/// the program's directory removed, redirections last), and in the command a
+/// wrapper such as `sudo` or `nohup` runs. So `^dropdb` matches
+/// `/usr/bin/dropdb x` and `true && sudo dropdb x`, `touch\s+pwned` matches
+/// `t''ouch pwned`, and a pattern never spans `;`, `&&` or `|`. When any
+/// rule exists, a command that cannot be reduced to plain words (command
+/// substitution, `eval`, `sh -c`, a pipe into a shell, ...) is refused as if
+/// a rule matched.
+///
+/// Rules are a tripwire for an agent's mistakes, not a security boundary:
+/// unanchored patterns also see arguments (`touch\s+pwned` matches
+/// `echo "touch pwned"`; anchor with `^` to match the program), and what
+/// a program does with its arguments (`python -c`, `find -exec`) is
+/// invisible to them. The sandbox `exec` runs in is the boundary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockRule {
-    /// A regular expression (Rust `regex` syntax) searched for anywhere in
-    /// the command text; anchor it (`^`) to match only a prefix.
+    /// A regular expression (Rust `regex` syntax) searched for in each
+    /// simple command's words joined by single spaces; anchor it (`^`) to
+    /// match the program.
     pub pattern: String,
     /// Why such commands are refused; shown to the agent.
     pub reason: String,
@@ -135,27 +155,15 @@ pub enum ExecConfigError {
 #[derive(Debug)]
 struct CompiledRule {
     rule: BlockRule,
-    matcher: RegexMatcher,
+    matcher: Regex,
 }
 
 impl CompiledRule {
-    fn matches(&self, command: &str) -> bool {
-        // grep-regex is already a dependency, but its `Matcher::is_match`
-        // lives in grep-matcher, which is not; a multi-line searcher over
-        // the command text gives the same answer through crates we have.
-        let mut found = false;
-        let mut searcher = SearcherBuilder::new().multi_line(true).build();
-        let searched = searcher.search_slice(
-            &self.matcher,
-            command.as_bytes(),
-            sinks::Bytes(|_, _| {
-                found = true;
-                Ok(false)
-            }),
-        );
-        // Searching an in-memory slice cannot fail with an I/O error; if it
-        // somehow does, refusing the command is the safe answer.
-        found || searched.is_err()
+    /// Whether the pattern occurs in one simple command's match text. A
+    /// word may hold a newline (`echo "a\nb"`); `^` still means the start
+    /// of the command, not of a line inside a word.
+    fn matches(&self, text: &str) -> bool {
+        self.matcher.is_match(text)
     }
 }
 
@@ -185,7 +193,7 @@ impl Exec {
             .iter()
             .enumerate()
             .map(|(index, rule)| {
-                RegexMatcher::new(&rule.pattern)
+                Regex::new(&rule.pattern)
                     .map(|matcher| CompiledRule {
                         rule: rule.clone(),
                         matcher,
@@ -224,24 +232,57 @@ impl Exec {
             Ok(args) => args,
             Err(message) => return ToolOutcome::from_code(ErrorCode::InvalidInput, message),
         };
-        if let Some(rule) = self.rules.iter().find(|r| r.matches(&args.command))
+        if let Some(refusal) = self.check_rules(&args.command)
             && !self.grants.take("exec", &granted_args, ctx)
         {
-            return ToolOutcome::blocked(format!(
-                "command refused by policy: {}",
-                rule.rule.reason
-            ))
-            .with_data(json!({
-                "pattern": rule.rule.pattern,
-                "reason": rule.rule.reason,
-                "command": args.command,
-            }));
+            return refusal;
         }
         let timeout = args
             .timeout_ms
             .map_or(self.config.default_timeout, Duration::from_millis)
             .min(self.config.max_timeout);
         self.execute(&args.command, timeout).await
+    }
+
+    /// The blocked outcome for a command the approval rules stop: one of
+    /// its simple commands (see [`command_line`]) matches a rule, or, when
+    /// any rule exists, it cannot be reduced to simple commands at all.
+    fn check_rules(&self, command: &str) -> Option<ToolOutcome> {
+        if self.rules.is_empty() {
+            return None;
+        }
+        let commands = match command_line::simple_commands(command) {
+            Ok(commands) => commands,
+            Err(why) => {
+                let reason = format!("the approval rules cannot see what this command runs: {why}");
+                return Some(
+                    ToolOutcome::blocked(format!("command refused by policy: {reason}")).with_data(
+                        json!({
+                            "pattern": null,
+                            "reason": reason,
+                            "construct": why.to_string(),
+                            "command": command,
+                        }),
+                    ),
+                );
+            }
+        };
+        let texts: Vec<String> = commands
+            .iter()
+            .flat_map(command_line::SimpleCommand::match_texts)
+            .collect();
+        let rule = self
+            .rules
+            .iter()
+            .find(|rule| texts.iter().any(|text| rule.matches(text)))?;
+        Some(
+            ToolOutcome::blocked(format!("command refused by policy: {}", rule.rule.reason))
+                .with_data(json!({
+                    "pattern": rule.rule.pattern,
+                    "reason": rule.rule.reason,
+                    "command": command,
+                })),
+        )
     }
 
     async fn execute(&self, command: &str, timeout: Duration) -> ToolOutcome {
@@ -682,15 +723,66 @@ mod tests {
         assert!(!exact.truncated());
     }
 
+    fn exec_with(patterns: &[&str]) -> Exec {
+        let mut config = ExecConfig::new("/");
+        config.blocked = patterns.iter().map(|p| BlockRule::new(*p, "r")).collect();
+        Exec::new(config).unwrap()
+    }
+
+    /// The pattern that stopped `command`, `Some("")` when it was refused
+    /// as unreadable, `None` when it may run.
+    fn stopped_by(exec: &Exec, command: &str) -> Option<String> {
+        exec.check_rules(command).map(|outcome| {
+            assert_eq!(outcome.code, Some(ErrorCode::PolicyBlocked));
+            outcome.data["pattern"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+    }
+
     #[test]
-    fn rules_match_anywhere_and_across_lines() {
-        let rule = |p: &str| CompiledRule {
-            rule: BlockRule::new(p, "r"),
-            matcher: RegexMatcher::new(p).unwrap(),
-        };
-        assert!(rule(r"rm\s+-rf\s+/").matches("cd x && rm  -rf /"));
-        assert!(!rule(r"^rm").matches("echo rm"));
-        assert!(rule(r"curl[^\n]*\|\s*sh").matches("echo hi\ncurl x | sh"));
-        assert!(!rule("sudo").matches("echo hi"));
+    fn rules_match_each_simple_command_of_the_parsed_line() {
+        let exec = exec_with(&[r"rm\s+-rf\s+/", r"^dropdb\b", r"touch\s+pwned"]);
+        let stopped = |c: &str| stopped_by(&exec, c);
+        assert_eq!(
+            stopped("cd x && rm  -rf /").as_deref(),
+            Some(r"rm\s+-rf\s+/")
+        );
+        assert_eq!(stopped("dropdb x").as_deref(), Some(r"^dropdb\b"));
+        assert_eq!(stopped("/usr/bin/dropdb x").as_deref(), Some(r"^dropdb\b"));
+        assert_eq!(
+            stopped("PGHOST=h sudo -u pg dropdb x").as_deref(),
+            Some(r"^dropdb\b")
+        );
+        assert_eq!(stopped("t''ouch pwned").as_deref(), Some(r"touch\s+pwned"));
+        assert_eq!(
+            stopped("true;touch pwned").as_deref(),
+            Some(r"touch\s+pwned")
+        );
+        assert_eq!(stopped("echo dropdb x"), None);
+        assert_eq!(
+            stopped("echo 'a\ndropdb x'"),
+            None,
+            "`^` is not a line start"
+        );
+        assert_eq!(stopped("ls -la"), None);
+        // Not reducible: refused with the construct named.
+        let outcome = exec.check_rules("echo x | sh").unwrap();
+        assert_eq!(outcome.data["pattern"], Value::Null);
+        assert_eq!(outcome.data["construct"], "pipe into a shell (`| sh`)");
+        assert!(
+            outcome.message.contains("pipe into a shell"),
+            "{}",
+            outcome.message
+        );
+        assert_eq!(stopped("$(echo touch) pwned").as_deref(), Some(""));
+    }
+
+    #[test]
+    fn without_rules_nothing_is_parsed_or_refused() {
+        let exec = exec_with(&[]);
+        assert_eq!(stopped_by(&exec, "sh -c 'touch pwned'"), None);
+        assert_eq!(stopped_by(&exec, "echo 'unclosed"), None);
     }
 }

@@ -7,6 +7,7 @@
 //! every failure as a classified [`ToolOutcome`](crate::ToolOutcome) with
 //! the hints an agent needs to repair its call.
 
+pub mod command_line;
 pub mod exec;
 pub mod fetch_guard;
 pub mod files;
