@@ -34,7 +34,7 @@ pub use schema::{MIGRATIONS, Migration};
 pub use sessions::{
     Finish, JournalRecord, MessageRecord, MessageState, SessionRecord, SessionStore,
 };
-pub use sqlite::{DEFAULT_PATH, Durability, SqliteStore, StoreConfig, WriterStats};
+pub use sqlite::{PRIVATE_FILE_MODE, database_files, DEFAULT_PATH, Durability, SqliteStore, StoreConfig, WriterStats};
 
 /// The durable store, as the actors see it.
 ///
