@@ -229,6 +229,11 @@ impl DataDir {
         ] {
             fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
         }
+        let token = root.join(TOKEN_FILE);
+        if token.exists() {
+            restrict_file(&token)
+                .map_err(io_err(format!("cannot set the mode of {}", token.display())))?;
+        }
         let ledger = ProcessLedger {
             dir: Arc::new(root.join(PGROUPS_DIR)),
         };

@@ -726,7 +726,19 @@ impl Runtime {
     /// # Errors
     /// The escalation actor is unavailable.
     pub async fn approvals(&self, open_only: bool) -> Result<Vec<Approval>, RuntimeError> {
-        Ok(self.inner.escalation.list(open_only).await?)
+        let approvals = self.inner.escalation.list(open_only).await?;
+        Ok(approvals.into_iter().map(|a| self.masked(a)).collect())
+    }
+
+    /// `value` with its secrets masked (known values and patterns), for
+    /// what is shown to people; unchanged if it does not survive the trip
+    /// through JSON.
+    fn masked<T: Serialize + serde::de::DeserializeOwned>(&self, value: T) -> T {
+        let Ok(mut json) = serde_json::to_value(&value) else {
+            return value;
+        };
+        self.inner.redactor.redact_value(&mut json);
+        serde_json::from_value(json).unwrap_or(value)
     }
 
     /// Decides an approval.
