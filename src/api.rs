@@ -670,12 +670,7 @@ async fn list_approvals(
         }
     };
     let approvals = state.runtime.approvals(open_only).await?;
-    Ok(Json(
-        approvals
-            .iter()
-            .map(|a| shown(&state, a))
-            .collect(),
-    ))
+    Ok(Json(approvals.iter().map(|a| shown(&state, a)).collect()))
 }
 
 /// Decides an approval with an option (or `abort`) or instructions.

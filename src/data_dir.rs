@@ -45,8 +45,8 @@
 //! store sets those).
 
 use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -197,8 +197,10 @@ impl DataDir {
             .mode(PRIVATE_FILE_MODE)
             .open(&lock_path)
             .map_err(io_err(format!("cannot open {}", lock_path.display())))?;
-        restrict_file(&lock_path)
-            .map_err(io_err(format!("cannot set the mode of {}", lock_path.display())))?;
+        restrict_file(&lock_path).map_err(io_err(format!(
+            "cannot set the mode of {}",
+            lock_path.display()
+        )))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -231,8 +233,10 @@ impl DataDir {
         }
         let token = root.join(TOKEN_FILE);
         if token.exists() {
-            restrict_file(&token)
-                .map_err(io_err(format!("cannot set the mode of {}", token.display())))?;
+            restrict_file(&token).map_err(io_err(format!(
+                "cannot set the mode of {}",
+                token.display()
+            )))?;
         }
         let ledger = ProcessLedger {
             dir: Arc::new(root.join(PGROUPS_DIR)),

@@ -27,6 +27,7 @@ use hale_actors::event::{Event, EventSink, Level};
 use hale_actors::mcp::{ManageMcp, McpRouter, McpServerConfig, McpServers, McpTransport};
 use hale_actors::memory::{MemoryConfig, MemoryHandle, Remember, memory_supervisor};
 use hale_actors::model::{ModelConfig, Models};
+use hale_actors::secrets::{KnownSecrets, MIN_KNOWN_SECRET_LEN, NotAdded};
 use hale_actors::session::{
     AgentSpec, IncidentLearning, LearningConfig, MessageId, SessionEnv, SessionError,
     SessionSettings, Sessions,
@@ -34,7 +35,6 @@ use hale_actors::session::{
 use hale_actors::store::{
     EventQuery, MessageRecord, SessionStore, SqliteStore, Store, StoreConfig,
 };
-use hale_actors::secrets::{KnownSecrets, MIN_KNOWN_SECRET_LEN, NotAdded};
 use hale_actors::tool::{Tool, ToolRegistry};
 use hale_supervision::{
     ChildId, ChildInfo, ChildKind, ChildSpec, Strategy, SupervisorEvent, SupervisorEventKind,
@@ -358,9 +358,8 @@ impl Runtime {
         let events: Arc<dyn Store> = Arc::new(store.clone());
         let (audit_spec, audit) = audit_child("audit", Arc::clone(&events), config.audit.clone())
             .map_err(|e| config_error("audit", e))?;
-        let tap = Arc::new(
-            EventTap::new(Arc::new(audit.sink())).with_redactor(Arc::clone(&redactor)),
-        );
+        let tap =
+            Arc::new(EventTap::new(Arc::new(audit.sink())).with_redactor(Arc::clone(&redactor)));
         let sink: Arc<dyn EventSink> = tap.clone();
         if let Some(mode) = data_dir.tightened() {
             sink.emit(Event::new(

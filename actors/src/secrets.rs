@@ -356,10 +356,7 @@ mod tests {
         assert!(!secrets.mask(&text).contains("ss"));
         let mut value = json!({"list": ["x pa\"ss\\word y"], "pa\"ss\\word": 1});
         secrets.mask_value(&mut value);
-        assert_eq!(
-            value,
-            json!({"list": ["x [REDACTED] y"], "[REDACTED]": 1})
-        );
+        assert_eq!(value, json!({"list": ["x [REDACTED] y"], "[REDACTED]": 1}));
     }
 
     #[test]
@@ -372,7 +369,9 @@ mod tests {
             message: "sekrit-value-42".into(),
             suggestions: vec!["use sekrit-value-42".into()],
         });
-        outcome.extra.insert("more".into(), json!("sekrit-value-42"));
+        outcome
+            .extra
+            .insert("more".into(), json!("sekrit-value-42"));
         secrets.mask_outcome(&mut outcome);
         let text = serde_json::to_string(&outcome).unwrap();
         assert!(!text.contains("sekrit-value-42"), "{text}");

@@ -134,7 +134,10 @@ async fn a_printed_password_and_the_known_token_leak_nowhere() {
     let record = ask(
         &runtime,
         &session,
-        &plan(json!([step("exec", json!({"command": format!("echo {TOKEN} >/dev/null")}))])),
+        &plan(json!([step(
+            "exec",
+            json!({"command": format!("echo {TOKEN} >/dev/null")})
+        )])),
     )
     .await;
     assert_eq!(steps_of(&record)[0]["status"], "success", "{record:?}");
@@ -149,7 +152,11 @@ async fn a_printed_password_and_the_known_token_leak_nowhere() {
         streamed.push(event);
     }
     assert!(!streamed.is_empty());
-    assert_clean("the live events", &events_text(&streamed), &[PASSWORD, TOKEN]);
+    assert_clean(
+        "the live events",
+        &events_text(&streamed),
+        &[PASSWORD, TOKEN],
+    );
     let trail = logs(&runtime).await;
     assert!(
         trail.iter().any(|e| e.kind == EventKind::ToolOutcome),
@@ -197,7 +204,10 @@ async fn a_password_in_a_blocked_command_is_masked_in_the_approval() {
     let session = runtime.create_session("default").await.unwrap();
     let command = format!("echo deploy MY_DB_PASSWORD={PASSWORD} >> deploys.txt");
     let id = runtime
-        .send(&session, &plan(json!([step("exec", json!({"command": command}))])))
+        .send(
+            &session,
+            &plan(json!([step("exec", json!({"command": command}))])),
+        )
         .await
         .unwrap();
     let approval = eventually(WAIT, "the approval", || async {
@@ -343,9 +353,10 @@ async fn an_open_data_directory_is_tightened_at_start_with_a_warning() {
     assert_eq!(mode(&data.join("lock")), 0o600, "lock tightened");
     assert_eq!(mode(&data.join("token")), 0o600, "token tightened");
     let warned = eventually(WAIT, "the warning event", || async {
-        logs(&runtime).await.into_iter().find(|e| {
-            e.source == "hale/data_dir" && e.message.contains("tightened")
-        })
+        logs(&runtime)
+            .await
+            .into_iter()
+            .find(|e| e.source == "hale/data_dir" && e.message.contains("tightened"))
     })
     .await;
     assert!(warned.message.contains("755"), "{warned:?}");

@@ -60,7 +60,11 @@ pub async fn ask(runtime: &Runtime, session: &str, text: &str) -> MessageRecord 
 
 /// The step outcomes of a scripted reply.
 pub fn steps_of(record: &MessageRecord) -> Vec<Value> {
-    assert_eq!(record.state, MessageState::Done, "message not done: {record:?}");
+    assert_eq!(
+        record.state,
+        MessageState::Done,
+        "message not done: {record:?}"
+    );
     let reply: Value = serde_json::from_str(record.reply.as_deref().unwrap_or("null"))
         .unwrap_or_else(|e| panic!("reply is not JSON ({e}): {:?}", record.reply));
     reply["steps"]

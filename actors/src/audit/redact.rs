@@ -412,12 +412,24 @@ mod tests {
             "GET /v1 failed: Authorization: Bearer abcdef123456",
             "GET /v1 failed: Authorization: [REDACTED]",
         ),
-        ("token is bearer abc.def-ghi_jkl", "token is bearer [REDACTED]"),
-        ("curl -H 'X: Basic dXNlcjpwYXNz'", "curl -H 'X: Basic [REDACTED]'"),
+        (
+            "token is bearer abc.def-ghi_jkl",
+            "token is bearer [REDACTED]",
+        ),
+        (
+            "curl -H 'X: Basic dXNlcjpwYXNz'",
+            "curl -H 'X: Basic [REDACTED]'",
+        ),
         ("the bearer of bad news", "the bearer of bad news"),
-        ("the basic configuration works", "the basic configuration works"),
+        (
+            "the basic configuration works",
+            "the basic configuration works",
+        ),
         // Provider key shapes.
-        ("key sk-ant-api03-AbCdEfGhIjKlMnOpQrSt rejected", "key [REDACTED] rejected"),
+        (
+            "key sk-ant-api03-AbCdEfGhIjKlMnOpQrSt rejected",
+            "key [REDACTED] rejected",
+        ),
         ("sk-proj-0123456789abcdefXYZ", "[REDACTED]"),
         ("ghp_0123456789abcdefghijABCDEFGHIJ", "[REDACTED]"),
         ("github_pat_11ABCDEFG0123456789_abcdefghij", "[REDACTED]"),
@@ -432,9 +444,18 @@ mod tests {
         ("sketchy-but-fine", "sketchy-but-fine"),
         // Assignments: the `_` prefix, case, `: ` forms, quotes.
         ("MY_DB_PASSWORD=hunter2hunter2", "MY_DB_PASSWORD=[REDACTED]"),
-        ("run: MY_DB_PASSWORD=hunter2 ./x", "run: MY_DB_PASSWORD=[REDACTED] ./x"),
-        ("export GITHUB_TOKEN=abc123", "export GITHUB_TOKEN=[REDACTED]"),
-        ("AWS_SECRET_ACCESS_KEY=abc/def+ghi", "AWS_SECRET_ACCESS_KEY=[REDACTED]"),
+        (
+            "run: MY_DB_PASSWORD=hunter2 ./x",
+            "run: MY_DB_PASSWORD=[REDACTED] ./x",
+        ),
+        (
+            "export GITHUB_TOKEN=abc123",
+            "export GITHUB_TOKEN=[REDACTED]",
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY=abc/def+ghi",
+            "AWS_SECRET_ACCESS_KEY=[REDACTED]",
+        ),
         ("KEY=abcdef", "KEY=[REDACTED]"),
         ("SECRET=s3cr3t", "SECRET=[REDACTED]"),
         ("dbpassword=xyz", "dbpassword=[REDACTED]"),
@@ -470,7 +491,10 @@ mod tests {
         ("PWD=/home/x", "PWD=/home/x"),
         ("if token == expected {", "if token == expected {"),
         (r#"{"key": "user_id"}"#, r#"{"key": "user_id"}"#),
-        ("api_key_env = \"OPENAI_API_KEY\"", "api_key_env = \"OPENAI_API_KEY\""),
+        (
+            "api_key_env = \"OPENAI_API_KEY\"",
+            "api_key_env = \"OPENAI_API_KEY\"",
+        ),
         ("nothing to see", "nothing to see"),
         // URLs.
         (

@@ -31,9 +31,9 @@
 //! and acknowledgement by [`StoreConfig::write_timeout`], reads by
 //! [`StoreConfig::read_timeout`] (a read past it is interrupted).
 
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -193,14 +193,11 @@ fn restrict_files(path: &Path) -> Result<(), StoreError> {
     for file in database_files(path) {
         match std::fs::metadata(&file) {
             Ok(meta) if meta.permissions().mode() & 0o777 != PRIVATE_FILE_MODE => {
-                std::fs::set_permissions(
-                    &file,
-                    std::fs::Permissions::from_mode(PRIVATE_FILE_MODE),
-                )
-                .map_err(|source| StoreError::Io {
-                    op: "restrict the database files to their owner",
-                    source,
-                })?;
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(PRIVATE_FILE_MODE))
+                    .map_err(|source| StoreError::Io {
+                        op: "restrict the database files to their owner",
+                        source,
+                    })?;
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -502,10 +499,7 @@ impl Store for SqliteStore {
         }))
     }
 
-    fn insert_approval(
-        &self,
-        mut approval: NewApproval,
-    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+    fn insert_approval(&self, mut approval: NewApproval) -> BoxFuture<'_, Result<u64, StoreError>> {
         if let Some(redactor) = self.redactor() {
             redactor.redact_value(&mut approval.request);
         }
