@@ -298,7 +298,7 @@ pub(crate) fn mask_outcome_with(outcome: &mut ToolOutcome, mask: &mut dyn FnMut(
     mask_json(&mut outcome.data, mask);
     for hint in &mut outcome.hints {
         mask(&mut hint.message);
-        hint.suggestions.iter_mut().for_each(|s| mask(s));
+        hint.suggestions.iter_mut().for_each(&mut *mask);
     }
     for value in outcome.extra.values_mut() {
         mask_json(value, mask);
