@@ -11,6 +11,7 @@ use std::path::Path;
 use hale::actors::builtin::BlockRule;
 use hale::actors::escalation::Answer;
 use hale::actors::event::{Event, EventKind};
+use hale::actors::mcp::{McpServerConfig, McpTransport};
 use hale::actors::session::{ABORT_OPTION, DENY};
 use hale::actors::store::MessageState;
 use serde_json::{Value, json};
@@ -363,5 +364,44 @@ async fn an_open_data_directory_is_tightened_at_start_with_a_warning() {
     let session = runtime.create_session("default").await.unwrap();
     let record = ask(&runtime, &session, &plan(json!([]))).await;
     assert_eq!(record.state, MessageState::Done);
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_servers_env_value_is_masked_by_value() {
+    const VAULT: &str = "s.Vq7xK2mN9pL4";
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    // The server's key: hale passes it on, so hale knows it is secret.
+    // (The server itself need not run for that.)
+    let mut server = McpServerConfig::stdio("vault", "/bin/false", Vec::<String>::new());
+    if let McpTransport::Stdio { env, .. } = &mut server.transport {
+        env.insert("VAULT_TOKEN".into(), VAULT.into());
+    }
+    server.disabled = true;
+    config.mcp.push(server);
+    let runtime = start(config).await;
+    let workspace = runtime.config().builtin.workspace_root.clone();
+    // No pattern knows this shape; only the value can be matched.
+    std::fs::write(workspace.join("cache.txt"), format!("vault {VAULT} ok\n")).unwrap();
+    let session = runtime.create_session("default").await.unwrap();
+    let record = ask(
+        &runtime,
+        &session,
+        &plan(json!([
+            step("read_file", json!({"path": "cache.txt"})),
+            step("exec", json!({"command": "cat cache.txt"})),
+        ])),
+    )
+    .await;
+    let steps = steps_of(&record);
+    assert_eq!(steps[0]["data"]["content"], "vault [REDACTED] ok\n");
+    assert_eq!(steps[1]["data"]["stdout"], "vault [REDACTED] ok\n");
+    assert_clean("the journal", &journal(&runtime, &session).await, &[VAULT]);
+    assert_clean(
+        "the audit trail",
+        &events_text(&logs(&runtime).await),
+        &[VAULT],
+    );
     runtime.shutdown().await.unwrap();
 }
