@@ -36,6 +36,10 @@ pub struct ServeOptions {
     pub allow_chaos: bool,
     /// How long open requests may take to finish at shutdown.
     pub drain: Duration,
+    /// Secret values masked everywhere, shared with whatever else masks
+    /// (the log writer): the runtime adds the token and the keys it finds
+    /// at start.
+    pub secrets: hale_actors::secrets::KnownSecrets,
 }
 
 /// Reads the token in `path`, creating it (mode 0600, 32 random bytes as
@@ -107,10 +111,11 @@ async fn shutdown_signal() {
 /// A bad configuration, a data directory in use, an address that cannot
 /// be bound, or a runtime that fails to start or stop.
 pub async fn run(options: ServeOptions) -> Result<()> {
-    let config = options
+    let mut config = options
         .config
         .runtime_config()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    config.secrets = options.secrets.clone();
     let data_dir = config.data_dir.clone();
     // Made with its final mode, so a fresh directory is never open to
     // others; an existing one is tightened (with a warning) by the runtime.
@@ -120,6 +125,8 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         .create(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let token = ensure_token(&data_dir.join("token"))?;
+    // Masked from the first log line on (the runtime would add it at start).
+    let _ = config.secrets.add(&token);
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("binding {}", options.listen))?;
