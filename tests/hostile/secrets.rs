@@ -405,3 +405,40 @@ async fn an_mcp_servers_env_value_is_masked_by_value() {
     );
     runtime.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_errors_are_masked() {
+    use tower::ServiceExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = start(config(dir.path())).await;
+    let (app, _doc) = hale::api::router(hale::api::ApiState {
+        runtime: runtime.clone(),
+        token: TOKEN.into(),
+        allow_chaos: false,
+    });
+    // A caller's input echoed in an error message (`state=...`).
+    let request = axum::http::Request::builder()
+        .uri("/v1/approvals?state=MY_DB_PASSWORD%3Dhunter2hunter2")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), axum::http::StatusCode::BAD_REQUEST);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("MY_DB_PASSWORD=[REDACTED]"), "{body}");
+    assert_clean("the API error", &body.to_string(), &[PASSWORD]);
+    // Still serving.
+    let request = axum::http::Request::builder()
+        .uri("/v1/approvals")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), axum::http::StatusCode::OK);
+    runtime.shutdown().await.unwrap();
+}
