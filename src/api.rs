@@ -673,12 +673,7 @@ async fn list_approvals(
         }
     };
     let approvals = state.runtime.approvals(open_only).await?;
-    Ok(Json(
-        approvals
-            .iter()
-            .map(|a| serde_json::to_value(a).unwrap_or(Value::Null))
-            .collect(),
-    ))
+    Ok(Json(approvals.iter().map(|a| shown(&state, a)).collect()))
 }
 
 /// Decides an approval with an option (or `abort`) or instructions.
@@ -703,9 +698,7 @@ async fn decide_approval(
     };
     let by = operator_claim(headers.get(OPERATOR_HEADER))?;
     let resolution = state.runtime.resolve_approval(&id, answer, &by).await?;
-    Ok(Json(
-        serde_json::to_value(resolution).unwrap_or(Value::Null),
-    ))
+    Ok(Json(shown(&state, &resolution)))
 }
 
 /// The header naming who decides an approval. The token authenticates;
@@ -983,13 +976,13 @@ async fn events(
                         if session.is_some() && a.request.requester != session {
                             continue;
                         }
-                        sse("approval.opened", &a)
+                        sse("approval.opened", &shown(&state, &a))
                     }
                     Some(ApprovalNotice::Resolved(a)) => {
                         if session.is_some() && a.request.requester != session {
                             continue;
                         }
-                        sse("approval.resolved", &a)
+                        sse("approval.resolved", &shown(&state, &a))
                     }
                     None => return,
                 },
@@ -998,7 +991,7 @@ async fn events(
                         if session.as_ref().is_some_and(|s| s != &record.session) {
                             continue;
                         }
-                        sse("message.done", &MessageResource::from(record))
+                        sse("message.done", &shown(&state, &MessageResource::from(record)))
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         sse("lagged", &json!({"missed": n}))
@@ -1012,6 +1005,36 @@ async fn events(
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// `value` as JSON with its secrets masked (known values and patterns):
+/// approvals and messages hold what tools printed and agents wrote.
+fn shown(state: &ApiState, value: &impl Serialize) -> Value {
+    let mut value = serde_json::to_value(value).unwrap_or(Value::Null);
+    state.runtime.redactor().redact_value(&mut value);
+    value
+}
+
+/// The most of an error body read back to mask it (errors are a line).
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// Masks secrets in every error answer: an error message can quote what
+/// failed (a request's text, a store error, a path), and it is shown to
+/// whoever called.
+async fn redact_errors(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_ERROR_BODY_BYTES)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let masked = state.runtime.redactor().redact_str(&text).into_owned();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(masked))
 }
 
 fn sse(name: &str, value: &impl Serialize) -> SseEvent {
@@ -1187,6 +1210,7 @@ pub fn router(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(open)
         .fallback(|| async { ApiError::not_found("no such route; see /v1/openapi.json") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), redact_errors))
         .with_state(state);
     (app, doc)
 }

@@ -39,9 +39,20 @@
 //! Known limit: a group whose leader has exited but whose other members
 //! still run is not reaped (with the leader gone nothing proves the group
 //! id was not reused).
+//!
+//! # Permissions
+//!
+//! The directory holds the API token, the audit trail and every session's
+//! journal, so it is the operator's alone: created with
+//! [`data_dir_mode`] (0700) whatever the umask, and a directory found more
+//! open (an older hale made it 0755) is tightened at open with a warning
+//! ([`DataDir::tightened`] says from what). The lock file is 0600, as are
+//! the token ([`restrict_file`]) and `hale.db` with its WAL files (the
+//! store sets those).
 
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -59,6 +70,55 @@ pub const TOKEN_FILE: &str = "token";
 pub const WORKSPACE_DIR: &str = "workspace";
 /// The process-group ledger's directory.
 pub const PGROUPS_DIR: &str = "pgroups";
+
+/// The mode of the data directory: 0700, owner only. The one place the
+/// mode is decided (a sandboxed `exec` running as another user would need
+/// 0711 to reach the workspace without listing anything).
+pub fn data_dir_mode() -> u32 {
+    0o700
+}
+
+/// The mode of the private files in the data directory (the lock, the
+/// token; the store applies the same to `hale.db` and its WAL files).
+pub const PRIVATE_FILE_MODE: u32 = hale_actors::store::PRIVATE_FILE_MODE;
+
+/// Sets `path` to [`PRIVATE_FILE_MODE`] if it has another mode.
+///
+/// # Errors
+/// The mode cannot be read or set.
+pub fn restrict_file(path: &Path) -> io::Result<()> {
+    let mode = fs::metadata(path)?.permissions().mode() & 0o777;
+    if mode != PRIVATE_FILE_MODE {
+        fs::set_permissions(path, fs::Permissions::from_mode(PRIVATE_FILE_MODE))?;
+    }
+    Ok(())
+}
+
+/// Creates `root` with [`data_dir_mode`] if missing, else brings its mode
+/// to [`data_dir_mode`]; returns the mode it had when that was more open.
+fn secure_root(root: &Path) -> io::Result<Option<u32>> {
+    let wanted = data_dir_mode();
+    if !root.exists() {
+        if let Some(parent) = root.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            fs::create_dir_all(parent)?;
+        }
+        match DirBuilder::new().mode(wanted).create(root) {
+            Ok(()) => {}
+            // Made by someone else in between: checked below like any other.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mode = fs::metadata(root)?.permissions().mode() & 0o777;
+    if mode == wanted {
+        return Ok(None);
+    }
+    // The umask can only have narrowed a fresh directory; set it exactly.
+    fs::set_permissions(root, fs::Permissions::from_mode(wanted))?;
+    Ok((mode & !wanted != 0).then_some(mode))
+}
 
 /// Why the data directory cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +150,7 @@ pub struct DataDir {
     workspace: PathBuf,
     ledger: ProcessLedger,
     reaped: Vec<LedgerRecord>,
+    tightened: Option<u32>,
     _lock: File,
 }
 
@@ -123,15 +184,29 @@ impl DataDir {
             let dir = root.clone();
             move |source| DataDirError::Io { dir, what, source }
         };
-        fs::create_dir_all(&root).map_err(io_err("cannot create it".into()))?;
+        let tightened =
+            secure_root(&root).map_err(io_err("cannot create it or set its mode".into()))?;
+        if let Some(mode) = tightened {
+            tracing::warn!(
+                target: "hale::data_dir",
+                "data directory {} was mode {mode:o}, readable by others; tightened to {:o}",
+                root.display(),
+                data_dir_mode()
+            );
+        }
         let lock_path = root.join(LOCK_FILE);
         let mut lock = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(PRIVATE_FILE_MODE)
             .open(&lock_path)
             .map_err(io_err(format!("cannot open {}", lock_path.display())))?;
+        restrict_file(&lock_path).map_err(io_err(format!(
+            "cannot set the mode of {}",
+            lock_path.display()
+        )))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -162,6 +237,13 @@ impl DataDir {
         ] {
             fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
         }
+        let token = root.join(TOKEN_FILE);
+        if token.exists() {
+            restrict_file(&token).map_err(io_err(format!(
+                "cannot set the mode of {}",
+                token.display()
+            )))?;
+        }
         let ledger = ProcessLedger {
             dir: Arc::new(root.join(PGROUPS_DIR)),
         };
@@ -183,8 +265,15 @@ impl DataDir {
             workspace,
             ledger,
             reaped,
+            tightened,
             _lock: lock,
         })
+    }
+
+    /// The mode the directory had when it was found more open than
+    /// [`data_dir_mode`] and tightened at open.
+    pub fn tightened(&self) -> Option<u32> {
+        self.tightened
     }
 
     /// The directory.

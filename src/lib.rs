@@ -14,6 +14,7 @@ pub mod data_dir;
 pub mod demo;
 pub mod drive;
 pub mod fault_mcp;
+pub mod masked_log;
 pub mod metrics;
 pub mod runtime;
 pub mod serve;

@@ -3,9 +3,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use hale::actors::audit::Redactor;
+use hale::actors::secrets::KnownSecrets;
 
 /// hale: a self-healing runtime for AI agents.
 #[derive(Debug, Parser)]
@@ -289,14 +292,20 @@ enum BenchCommand {
 
 /// Logs go to stderr: in stdio mode stdout carries the protocol only.
 /// `RUST_LOG` overrides the default filter.
-fn log_to_stderr() {
+/// Secrets are masked: the known values in `secrets` (the runtime adds
+/// the token and keys it finds at start) and the patterns.
+fn log_to_stderr(secrets: &KnownSecrets) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("hale=info,rmcp=error"));
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+    let builder = tracing_subscriber::fmt()
         .with_ansi(false)
-        .with_env_filter(filter)
-        .try_init();
+        .with_env_filter(filter);
+    let _ = match Redactor::with_known(secrets.clone()) {
+        Ok(redactor) => builder
+            .with_writer(hale::masked_log::MaskedStderr::new(Arc::new(redactor)))
+            .try_init(),
+        Err(_) => builder.with_writer(std::io::stderr).try_init(),
+    };
 }
 
 fn main() -> ExitCode {
@@ -415,12 +424,14 @@ fn main() -> ExitCode {
                 listen,
                 allow_chaos,
             } => {
-                log_to_stderr();
+                let secrets = KnownSecrets::new();
+                log_to_stderr(&secrets);
                 hale::serve::run(hale::serve::ServeOptions {
                     config,
                     listen,
                     allow_chaos,
                     drain: Duration::from_secs(10),
+                    secrets,
                 })
                 .await
             }
@@ -431,7 +442,7 @@ fn main() -> ExitCode {
                 command,
                 wait_secs,
             } => {
-                log_to_stderr();
+                log_to_stderr(&KnownSecrets::new());
                 hale::drive::run(hale::drive::DriveOptions {
                     data_dir,
                     sessions,
@@ -451,7 +462,7 @@ fn main() -> ExitCode {
                 startup_delay_ms,
                 exit_after_ms,
             } => {
-                log_to_stderr();
+                log_to_stderr(&KnownSecrets::new());
                 let listen = match http {
                     Some(addr) => hale::fault_mcp::Listen::Http(addr),
                     None => hale::fault_mcp::Listen::Stdio,
@@ -470,7 +481,7 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
             }
             Command::Bench { bench } => {
-                log_to_stderr();
+                log_to_stderr(&KnownSecrets::new());
                 // Run on a worker thread, where hale's own callers live.
                 let task = tokio::spawn(async move {
                     match bench {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
+use hale_actors::audit::Redactor;
 use hale_actors::event::{Event, EventKind, EventSink, Level};
 use tokio::sync::broadcast;
 
@@ -217,6 +218,7 @@ pub struct EventTap {
     inner: Arc<dyn EventSink>,
     metrics: Arc<Metrics>,
     live: broadcast::Sender<Event>,
+    redactor: Option<Arc<Redactor>>,
 }
 
 impl std::fmt::Debug for EventTap {
@@ -233,7 +235,18 @@ impl EventTap {
             inner,
             metrics: Arc::new(Metrics::default()),
             live,
+            redactor: None,
         }
+    }
+
+    /// Masks secrets in every event streamed to live subscribers
+    /// (`/v1/events`). The audit trail redacts what it stores itself, in
+    /// batches off the emitting path; the live copy is redacted here, and
+    /// only while someone is subscribed.
+    #[must_use]
+    pub fn with_redactor(mut self, redactor: Arc<Redactor>) -> Self {
+        self.redactor = Some(redactor);
+        self
     }
 
     /// The counters.
@@ -255,7 +268,11 @@ impl EventSink for EventTap {
         }
         self.metrics.count(&event);
         if self.live.receiver_count() > 0 {
-            let _ = self.live.send(event.clone());
+            let mut live = event.clone();
+            if let Some(redactor) = &self.redactor {
+                redactor.redact_event(&mut live);
+            }
+            let _ = self.live.send(live);
         }
         self.inner.emit(event);
     }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use hale_actors::audit::{AuditConfig, AuditHandle, audit_child};
+use hale_actors::audit::{AuditConfig, AuditHandle, Redactor, audit_child};
 use hale_actors::builtin::{BuiltinConfig, builtin_tools, tools_supervisor};
 use hale_actors::dispatch::{DispatchConfig, Dispatcher, Endpoints, RegistryRouter, Router};
 use hale_actors::escalation::{
@@ -24,9 +24,10 @@ use hale_actors::escalation::{
     StoreApprovals, escalation_child,
 };
 use hale_actors::event::{Event, EventSink, Level};
-use hale_actors::mcp::{ManageMcp, McpRouter, McpServerConfig, McpServers};
+use hale_actors::mcp::{ManageMcp, McpRouter, McpServerConfig, McpServers, McpTransport};
 use hale_actors::memory::{MemoryConfig, MemoryHandle, Remember, memory_supervisor};
 use hale_actors::model::{ModelConfig, Models};
+use hale_actors::secrets::{KnownSecrets, MIN_KNOWN_SECRET_LEN, NotAdded};
 use hale_actors::session::{
     AgentSpec, IncidentLearning, LearningConfig, MessageId, SessionEnv, SessionError,
     SessionSettings, Sessions,
@@ -83,6 +84,11 @@ pub struct RuntimeConfig {
     pub session_intensity: (u32, Duration),
     /// The MEMORY.md file (default `<workspace>/memory/MEMORY.md`).
     pub memory_path: Option<PathBuf>,
+    /// Secret values to mask everywhere besides those the runtime finds
+    /// itself at start (the token file, `HALE_TOKEN`, each model's
+    /// `api_key_env` value, each stdio MCP server's `env` values; see
+    /// [`Runtime::start`]). Shared: a value added later is masked too.
+    pub secrets: KnownSecrets,
 }
 
 impl RuntimeConfig {
@@ -105,6 +111,7 @@ impl RuntimeConfig {
             compaction_interval: Duration::from_secs(60),
             session_intensity: (1000, Duration::from_secs(10)),
             memory_path: None,
+            secrets: KnownSecrets::new(),
             data_dir,
         }
     }
@@ -183,6 +190,42 @@ pub enum RuntimeError {
     UnknownActor(String),
 }
 
+/// Adds to `config.secrets` the values the runtime knows are secret: the
+/// API token (the token file, `HALE_TOKEN`), each model's `api_key_env`
+/// value and each stdio MCP server's `env` values. A value too short to
+/// mask without mangling ordinary text is reported, not masked.
+fn collect_known_secrets(config: &RuntimeConfig, data_dir: &DataDir) {
+    let mut found: Vec<(String, String)> = Vec::new();
+    if let Ok(token) = std::fs::read_to_string(data_dir.token_path()) {
+        found.push(("the token file".to_owned(), token));
+    }
+    if let Ok(token) = std::env::var("HALE_TOKEN") {
+        found.push(("HALE_TOKEN".to_owned(), token));
+    }
+    for model in &config.models {
+        if let Some(var) = &model.api_key_env
+            && let Ok(key) = std::env::var(var)
+        {
+            found.push((format!("model `{}` api_key_env", model.name), key));
+        }
+    }
+    for server in &config.mcp {
+        if let McpTransport::Stdio { env, .. } = &server.transport {
+            for (name, value) in env {
+                found.push((format!("mcp `{}` env {name}", server.name), value.clone()));
+            }
+        }
+    }
+    for (what, value) in found {
+        if let Err(NotAdded::TooShort) = config.secrets.add(&value) {
+            tracing::warn!(
+                what,
+                "a secret value is shorter than {MIN_KNOWN_SECRET_LEN} characters: not masked by value"
+            );
+        }
+    }
+}
+
 fn config_error(part: &'static str, e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Config {
         part,
@@ -225,6 +268,7 @@ struct Inner {
     dispatcher: Arc<Dispatcher>,
     sessions: Arc<Sessions>,
     tap: Arc<EventTap>,
+    redactor: Arc<Redactor>,
     ready: AtomicBool,
     stopped: AtomicBool,
     config: RuntimeConfig,
@@ -265,11 +309,17 @@ impl Runtime {
     /// # Errors
     /// A data directory in use, a store that cannot open, a misconfigured
     /// part, a tree that cannot start.
-    pub async fn start(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+    pub async fn start(mut config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let data_dir =
             DataDir::open_with_workspace(&config.data_dir, &config.builtin.workspace_root)?;
+        collect_known_secrets(&config, &data_dir);
+        config.audit.redaction.known = config.secrets.clone();
+        let redactor = Arc::new(
+            Redactor::new(&config.audit.redaction).map_err(|e| config_error("redaction", e))?,
+        );
         let store = SqliteStore::open(StoreConfig::new(data_dir.db_path())).await?;
-        match Self::start_tree(config, data_dir, store.clone()).await {
+        store.set_redactor(Arc::clone(&redactor));
+        match Self::start_tree(config, data_dir, store.clone(), redactor).await {
             Ok(runtime) => Ok(runtime),
             Err(e) => {
                 let _ = store.close().await;
@@ -303,12 +353,25 @@ impl Runtime {
         mut config: RuntimeConfig,
         data_dir: DataDir,
         store: SqliteStore,
+        redactor: Arc<Redactor>,
     ) -> Result<Self, RuntimeError> {
         let events: Arc<dyn Store> = Arc::new(store.clone());
         let (audit_spec, audit) = audit_child("audit", Arc::clone(&events), config.audit.clone())
             .map_err(|e| config_error("audit", e))?;
-        let tap = Arc::new(EventTap::new(Arc::new(audit.sink())));
+        let tap =
+            Arc::new(EventTap::new(Arc::new(audit.sink())).with_redactor(Arc::clone(&redactor)));
         let sink: Arc<dyn EventSink> = tap.clone();
+        if let Some(mode) = data_dir.tightened() {
+            sink.emit(Event::new(
+                Level::Warning,
+                "hale/data_dir",
+                hale_actors::event::EventKind::Log,
+                format!(
+                    "the data directory was mode {mode:o}, open to other users; tightened to {:o}",
+                    crate::data_dir::data_dir_mode()
+                ),
+            ));
+        }
 
         let memory_path = config
             .memory_path
@@ -334,7 +397,8 @@ impl Runtime {
         let memory = memory_handles
             .into_iter()
             .next()
-            .ok_or_else(|| config_error("memory", "no memory file"))?;
+            .ok_or_else(|| config_error("memory", "no memory file"))?
+            .with_redactor(Arc::clone(&redactor));
 
         let approvals = Arc::new(StoreApprovals::new(Arc::clone(&events)));
         let (escalation_spec, escalation) = escalation_child(approvals, Arc::clone(&sink));
@@ -353,6 +417,7 @@ impl Runtime {
             Arc::clone(&sink),
         )
         .map_err(|e| config_error("models", e))?;
+        models.set_redactor(Arc::clone(&redactor));
         for mcp in &mut config.mcp {
             mcp.recorder = data_dir.ledger().hook();
         }
@@ -389,11 +454,10 @@ impl Runtime {
             Arc::new(RegistryRouter::new(registry)),
             Arc::new(McpRouter::new(Arc::clone(&mcp))),
         ];
-        let dispatcher = Arc::new(Dispatcher::new(
-            routers,
-            Arc::clone(&endpoints),
-            Arc::clone(&sink),
-        ));
+        let dispatcher = Arc::new(
+            Dispatcher::new(routers, Arc::clone(&endpoints), Arc::clone(&sink))
+                .with_redactor(Arc::clone(&redactor)),
+        );
 
         let learning = IncidentLearning::new(
             config.learning.clone(),
@@ -461,6 +525,7 @@ impl Runtime {
                 dispatcher,
                 sessions,
                 tap,
+                redactor,
                 ready: AtomicBool::new(false),
                 stopped: AtomicBool::new(false),
                 config,
@@ -577,6 +642,18 @@ impl Runtime {
         self.inner.tap.subscribe()
     }
 
+    /// What masks secrets: the known values (token, model keys, MCP
+    /// `env`) and the patterns. For everything shown to people (API
+    /// errors, approvals, logs).
+    pub fn redactor(&self) -> &Arc<Redactor> {
+        &self.inner.redactor
+    }
+
+    /// The known secret values (shared with every masking point).
+    pub fn known_secrets(&self) -> &KnownSecrets {
+        self.inner.redactor.known()
+    }
+
     /// The store (audit trail, approvals, inboxes and journals).
     pub fn store(&self) -> &SqliteStore {
         &self.inner.store
@@ -660,7 +737,19 @@ impl Runtime {
     /// # Errors
     /// The escalation actor is unavailable.
     pub async fn approvals(&self, open_only: bool) -> Result<Vec<Approval>, RuntimeError> {
-        Ok(self.inner.escalation.list(open_only).await?)
+        let approvals = self.inner.escalation.list(open_only).await?;
+        Ok(approvals.into_iter().map(|a| self.masked(a)).collect())
+    }
+
+    /// `value` with its secrets masked (known values and patterns), for
+    /// what is shown to people; unchanged if it does not survive the trip
+    /// through JSON.
+    fn masked<T: Serialize + serde::de::DeserializeOwned>(&self, value: T) -> T {
+        let Ok(mut json) = serde_json::to_value(&value) else {
+            return value;
+        };
+        self.inner.redactor.redact_value(&mut json);
+        serde_json::from_value(json).unwrap_or(value)
     }
 
     /// Decides an approval.

@@ -11,7 +11,7 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -36,6 +36,10 @@ pub struct ServeOptions {
     pub allow_chaos: bool,
     /// How long open requests may take to finish at shutdown.
     pub drain: Duration,
+    /// Secret values masked everywhere, shared with whatever else masks
+    /// (the log writer): the runtime adds the token and the keys it finds
+    /// at start.
+    pub secrets: hale_actors::secrets::KnownSecrets,
 }
 
 /// Reads the token in `path`, creating it (mode 0600, 32 random bytes as
@@ -45,7 +49,12 @@ pub struct ServeOptions {
 /// The file cannot be read or created, or the OS has no randomness.
 pub fn ensure_token(path: &Path) -> Result<String> {
     match std::fs::read_to_string(path) {
-        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
+        Ok(text) if !text.trim().is_empty() => {
+            // A token file made by an older hale or by hand may be open.
+            crate::data_dir::restrict_file(path)
+                .with_context(|| format!("setting the mode of {}", path.display()))?;
+            return Ok(text.trim().to_owned());
+        }
         Ok(_) => anyhow::bail!("{} is empty; delete it to get a new token", path.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -106,8 +115,14 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         .config
         .runtime_config()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    config.secrets = options.secrets.clone();
     let data_dir = config.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)
+    // Made with its final mode, so a fresh directory is never open to
+    // others; an existing one is tightened (with a warning) by the runtime.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(crate::data_dir::data_dir_mode())
+        .create(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let token = ensure_token(&data_dir.join("token"))?;
     // An agent that learned the token must not use it through web_fetch.
@@ -116,6 +131,8 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         .web_fetch
         .forbidden_values
         .push(token.clone());
+    // Masked from the first log line on (the runtime would add it at start).
+    let _ = config.secrets.add(&token);
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("binding {}", options.listen))?;

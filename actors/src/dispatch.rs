@@ -31,6 +31,7 @@ use dashmap::DashMap;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::audit::Redactor;
 use crate::catalog::ErrorCode;
 use crate::event::{Event, EventKind, EventSink, Level};
 use crate::outcome::ToolOutcome;
@@ -307,6 +308,8 @@ pub struct Dispatcher {
     routers: Vec<Arc<dyn Router>>,
     endpoints: Arc<Endpoints>,
     sink: Arc<dyn EventSink>,
+    /// Masks secrets in every outcome handed back (see [`with_redactor`](Dispatcher::with_redactor)).
+    redactor: Option<Arc<Redactor>>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -339,7 +342,19 @@ impl Dispatcher {
             routers,
             endpoints,
             sink,
+            redactor: None,
         }
+    }
+
+    /// Masks secrets (known values and patterns) in every outcome this
+    /// dispatcher hands back, before the caller sees it: the model's view,
+    /// the session journal and the events built from the outcome then all
+    /// hold the same masked text, so a resumed session reads exactly what
+    /// the live one did.
+    #[must_use]
+    pub fn with_redactor(mut self, redactor: Arc<Redactor>) -> Self {
+        self.redactor = Some(redactor);
+        self
     }
 
     /// The shared per-endpoint state.
@@ -375,6 +390,15 @@ impl Dispatcher {
     /// dropped with it (its tool decides what that means), and nothing is
     /// retried afterwards.
     pub async fn call(&self, name: &str, args: Value, ctx: &ToolContext) -> ToolOutcome {
+        let mut outcome = self.call_unmasked(name, args, ctx).await;
+        if let Some(redactor) = &self.redactor {
+            redactor.redact_outcome(&mut outcome);
+        }
+        outcome
+    }
+
+    /// [`call`](Self::call) before the outcome is masked.
+    async fn call_unmasked(&self, name: &str, args: Value, ctx: &ToolContext) -> ToolOutcome {
         let Some(targets) = self.route(name) else {
             return unknown_tool(name, self.names());
         };

@@ -22,6 +22,7 @@ mod open_enum;
 pub mod outcome;
 pub mod process;
 pub mod recovery;
+pub mod secrets;
 pub mod session;
 pub mod store;
 pub mod supervision_events;

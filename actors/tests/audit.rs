@@ -28,6 +28,7 @@ fn quiet() -> AuditConfig {
         redaction: RedactionConfig {
             secret_env_vars: Vec::new(),
             secrets: Vec::new(),
+            known: hale_actors::secrets::KnownSecrets::new(),
         },
         ..AuditConfig::default()
     }
@@ -270,6 +271,7 @@ async fn secrets_are_redacted_in_message_and_data_before_storage() {
             redaction: RedactionConfig {
                 secret_env_vars: vec!["PATH".into()],
                 secrets: vec!["correct-horse-battery".into()],
+                known: hale_actors::secrets::KnownSecrets::new(),
             },
             ..quiet()
         },

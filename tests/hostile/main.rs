@@ -8,7 +8,9 @@
 
 mod approvals;
 mod rules;
+mod secrets;
 #[path = "../runtime/support.rs"]
 mod support;
+mod support_secrets;
 mod support_web;
 mod web;

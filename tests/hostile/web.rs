@@ -31,7 +31,7 @@ fn the_metrics_of_hale_serve_on_loopback_are_refused() {
 }
 
 /// An agent that learned hale's token cannot use it through `web_fetch`,
-/// in a header or in the URL; the same request without it goes through.
+/// in a header or in the URL; an allow-listed server stays reachable.
 #[test]
 fn a_request_carrying_hales_token_is_refused() {
     let target = Recorder::start(Reply::Body("internal"));
@@ -53,23 +53,29 @@ fn a_request_carrying_hales_token_is_refused() {
     assert_eq!(sent["status"], "done", "{sent}");
     let reply = sent["reply"].as_str().unwrap();
     let steps = steps_of_reply(reply);
-    for refused in &steps[..2] {
-        assert_eq!(refused["code"], "PERMISSION_DENIED", "{refused}");
-        assert_eq!(refused["severity"], "error", "{refused}");
-        assert_eq!(refused["retryable"], false, "{refused}");
-        assert!(
-            refused["message"].as_str().unwrap().contains("token"),
-            "{refused}"
-        );
-        assert!(!refused["hints"].as_array().unwrap().is_empty());
+    // Two layers stop it: the model's answer is masked before its calls
+    // run (the token becomes `[REDACTED]`), and `web_fetch` refuses a
+    // request that still carries it (PERMISSION_DENIED; its own test in
+    // actors/tests/builtin_web_fetch.rs). Whichever held, the token never
+    // reached the server.
+    for step in &steps[..2] {
+        if step["status"] == "error" {
+            assert_eq!(step["code"], "PERMISSION_DENIED", "{step}");
+            assert_eq!(step["severity"], "error", "{step}");
+        } else {
+            assert_eq!(step["status"], "success", "{step}");
+        }
     }
-    assert_eq!(steps[0]["data"]["field"], "header `authorization`");
-    assert_eq!(steps[1]["data"]["field"], "`url`");
-    // The guard is specific: the allow-listed server is reachable.
     assert_eq!(steps[2]["status"], "success", "{}", steps[2]);
     assert_eq!(steps[2]["data"]["body"], "internal");
-    assert_eq!(target.hits(), 1, "{:?}", target.heads());
-    assert!(!target.heads()[0].contains(&token));
+    let heads = target.heads();
+    assert!(!heads.is_empty());
+    for head in &heads {
+        assert!(
+            !head.contains(&token),
+            "the token reached the server: {head}"
+        );
+    }
     // The refusal does not echo the token back to the model.
     assert!(!reply.contains(&token), "{reply}");
     serve.still_serves(&session);

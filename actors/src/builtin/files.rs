@@ -18,6 +18,12 @@
 //! old workspace path, `memory/MEMORY.md`, one meaning: `read_file` reads
 //! the lessons from the actor, and `write_file` and `edit_file` are refused
 //! with a hint to use `remember`.
+//!
+//! What an agent reads has its secrets masked (the dispatcher replaces
+//! them with `[REDACTED]`), so a file read, changed and written back whole
+//! would lose its secrets: `write_file` refuses content holding the
+//! marker, and `edit_file` a `new_text` adding one (`INVALID_INPUT`, not
+//! retryable, with a hint).
 
 // Failures here are the tool's answer, a `ToolOutcome` handed to the agent
 // as is; boxing it on the error path would only be unboxed again, and that
@@ -34,8 +40,8 @@ use serde_json::{Value, json};
 use super::workspace::{Workspace, invalid_input, io_failure, parse_args};
 use crate::catalog::ErrorCode;
 use crate::memory::{DEFAULT_MEMORY_PATH, MemoryHandle};
-use crate::outcome::ToolOutcome;
-use crate::outcome::{Hint, HintKind};
+use crate::outcome::{Hint, HintKind, ToolOutcome};
+use crate::secrets::REDACTED;
 use crate::tool::{BoxFuture, Tool, ToolContext, ToolSpec};
 
 /// A UTF-8 character is at most this long, so reading this many bytes past
@@ -489,6 +495,9 @@ fn write(
     memory: &[MemoryHandle],
 ) -> Result<ToolOutcome, ToolOutcome> {
     let args: WriteArgs = parse_args("write_file", args)?;
+    if args.content.contains(REDACTED) {
+        return Err(masked_text_refused("write_file", "content", &args.path));
+    }
     let bytes = args.content.len() as u64;
     if bytes > config.max_bytes {
         return Err(ToolOutcome::from_code(
@@ -554,6 +563,11 @@ fn edit(
     memory: &[MemoryHandle],
 ) -> Result<ToolOutcome, ToolOutcome> {
     let args: EditArgs = parse_args("edit_file", args)?;
+    // A marker already in the file (so in `old_text`) may stay; a new one
+    // is a masked read being written back.
+    if count_matches(&args.new_text, REDACTED) > count_matches(&args.old_text, REDACTED) {
+        return Err(masked_text_refused("edit_file", "new_text", &args.path));
+    }
     if args.old_text.is_empty() {
         return Err(invalid_input(
             "`old_text` is empty; give the exact text to replace (use write_file to write a whole file)",
@@ -752,6 +766,31 @@ fn not_regular(shown: &str) -> ToolOutcome {
         "`{shown}` is not a regular file (a device, socket or pipe)"
     ))
     .with_data(json!({ "path": shown }))
+}
+
+/// The refusal of text holding the redaction marker: what the agent read
+/// was masked, and writing it back would replace the real secret with the
+/// marker (damage no retry repairs).
+fn masked_text_refused(tool: &str, field: &str, path: &str) -> ToolOutcome {
+    let mut outcome = ToolOutcome::from_code(
+        ErrorCode::InvalidInput,
+        format!(
+            "`{field}` contains `{REDACTED}`: {tool} does not write the redaction marker into a file"
+        ),
+    )
+    .with_hint(Hint::new(
+        HintKind::TryInstead,
+        format!(
+            "`{REDACTED}` marks a secret hale masked in what you read; the file holds the real \
+             value. Do not write the masked text back: leave the lines holding `{REDACTED}` out \
+             of the change (edit_file with an old_text that avoids them), or ask a human to set \
+             the secret."
+        ),
+    ))
+    .with_data(json!({ "path": path, "marker": REDACTED }));
+    outcome.retryable = false;
+    outcome.recoverable = true;
+    outcome
 }
 
 /// Replaces `target` with `content` atomically: a temporary file in the

@@ -11,6 +11,7 @@ use serde_json::json;
 use super::actor::{Change, MemoryMsg, Msg};
 use super::document::Lesson;
 use super::durable::Fence;
+use crate::audit::Redactor;
 use crate::catalog::ErrorCode;
 use crate::outcome::ToolOutcome;
 use crate::tool_actor::{DEFAULT_READY_WAIT, Taken};
@@ -40,6 +41,8 @@ pub struct MemoryHandle {
     fence: Fence,
     ready_wait: Duration,
     call_timeout: Duration,
+    /// Masks secrets in what is written (see [`MemoryHandle::with_redactor`]).
+    redactor: Option<Arc<Redactor>>,
 }
 
 impl std::fmt::Debug for MemoryHandle {
@@ -64,6 +67,7 @@ impl MemoryHandle {
             fence,
             ready_wait: DEFAULT_READY_WAIT,
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            redactor: None,
         }
     }
 
@@ -82,6 +86,23 @@ impl MemoryHandle {
     /// stopped a dead one's write: [`Fence::refused`]).
     pub fn fence(&self) -> &Fence {
         &self.fence
+    }
+
+    /// Masks secrets (known values and patterns) in every lesson, edit and
+    /// replacement written through this handle and its clones: MEMORY.md
+    /// goes into every session's system prompt and is read by people, so
+    /// a secret an agent (or an incident) put in a lesson would be
+    /// repeated forever.
+    #[must_use]
+    pub fn with_redactor(mut self, redactor: Arc<Redactor>) -> Self {
+        self.redactor = Some(redactor);
+        self
+    }
+
+    fn redact(&self, text: &mut String) {
+        if let Some(redactor) = &self.redactor {
+            redactor.redact_string(text);
+        }
     }
 
     /// Sets how long a request waits for a restarting actor.
@@ -110,7 +131,9 @@ impl MemoryHandle {
     /// file when missing), unless the same lesson text is already there.
     /// Answered once the file holding it is durable; the data is
     /// `{path, section, lesson, added}`.
-    pub async fn remember(&self, lesson: Lesson) -> ToolOutcome {
+    pub async fn remember(&self, mut lesson: Lesson) -> ToolOutcome {
+        self.redact(&mut lesson.section);
+        self.redact(&mut lesson.text);
         if let Err(e) = lesson.validate() {
             return ToolOutcome::from_code(ErrorCode::InvalidInput, e.to_string())
                 .with_data(json!({ "path": &*self.display }));
@@ -127,16 +150,20 @@ impl MemoryHandle {
         old_text: impl Into<String>,
         new_text: impl Into<String>,
     ) -> ToolOutcome {
+        let mut new_text = new_text.into();
+        self.redact(&mut new_text);
         let change = Change::Edit {
             old_text: old_text.into(),
-            new_text: new_text.into(),
+            new_text,
         };
         self.write(change, false).await
     }
 
     /// Replaces the whole file. Data `{path, bytes}`.
     pub async fn replace(&self, content: impl Into<String>) -> ToolOutcome {
-        self.write(Change::Replace(content.into()), false).await
+        let mut content = content.into();
+        self.redact(&mut content);
+        self.write(Change::Replace(content), false).await
     }
 
     async fn write(&self, change: Change, idempotent: bool) -> ToolOutcome {

@@ -40,7 +40,7 @@
 //! a wedged actor ends in `ETIMEDOUT`, never a hang.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use hale_supervision::{
@@ -54,6 +54,7 @@ use super::{
     AnthropicClient, ModelClient, ModelConfig, ModelMsg, ModelReply, ModelRequest, OpenAiClient,
     Provider, ScriptedModel,
 };
+use crate::audit::Redactor;
 use crate::catalog::ErrorCode;
 use crate::dispatch::{EndpointHealth, Endpoints, ToolContext, state_name};
 use crate::event::{Event, EventKind, EventSink, Level};
@@ -200,6 +201,8 @@ pub struct Models {
     retry: RetryPolicy,
     ready_wait: Duration,
     supervisor: RwLock<Option<SupervisorRef>>,
+    /// Masks secrets in replies and failures (see [`Models::set_redactor`]).
+    redactor: OnceLock<Arc<Redactor>>,
 }
 
 impl std::fmt::Debug for Models {
@@ -331,6 +334,7 @@ impl Models {
             retry,
             ready_wait: options.ready_wait,
             supervisor: RwLock::new(None),
+            redactor: OnceLock::new(),
         }))
     }
 
@@ -433,6 +437,41 @@ impl Models {
     /// Dropping the future abandons the turn: the request in flight is left
     /// to finish in its actor and its answer is dropped; nothing is retried.
     pub async fn complete(
+        &self,
+        chain: &[String],
+        request: &ModelRequest,
+        ctx: &ToolContext,
+    ) -> Result<ModelReply, ToolOutcome> {
+        let mut answer = self.complete_unmasked(chain, request, ctx).await;
+        if let Some(redactor) = self.redactor.get() {
+            match &mut answer {
+                Ok(reply) => {
+                    // The text is shown to people: every pattern. The
+                    // arguments are a command the agent meant: only the
+                    // known values, so a pattern cannot rewrite a call.
+                    if let Some(text) = &mut reply.text {
+                        redactor.redact_string(text);
+                    }
+                    for call in &mut reply.tool_calls {
+                        redactor.known().mask_value(&mut call.arguments);
+                    }
+                }
+                Err(outcome) => redactor.redact_outcome(outcome),
+            }
+        }
+        answer
+    }
+
+    /// Masks secrets in every answer [`complete`](Self::complete) gives
+    /// from now on: the reply's text (known values and patterns), its tool
+    /// calls' arguments (known values only) and a failure's outcome (a
+    /// provider's error can quote the key it refused). Set once, at start;
+    /// a second call is ignored.
+    pub fn set_redactor(&self, redactor: Arc<Redactor>) {
+        let _ = self.redactor.set(redactor);
+    }
+
+    async fn complete_unmasked(
         &self,
         chain: &[String],
         request: &ModelRequest,

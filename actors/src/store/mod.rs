@@ -34,7 +34,10 @@ pub use schema::{MIGRATIONS, Migration};
 pub use sessions::{
     Finish, JournalRecord, MessageRecord, MessageState, SessionRecord, SessionStore,
 };
-pub use sqlite::{DEFAULT_PATH, Durability, SqliteStore, StoreConfig, WriterStats};
+pub use sqlite::{
+    DEFAULT_PATH, Durability, PRIVATE_FILE_MODE, SqliteStore, StoreConfig, WriterStats,
+    database_files,
+};
 
 /// The durable store, as the actors see it.
 ///

@@ -31,9 +31,10 @@
 //! and acknowledgement by [`StoreConfig::write_timeout`], reads by
 //! [`StoreConfig::read_timeout`] (a read past it is interrupted).
 
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -51,6 +52,7 @@ use super::{
     AppendError, ApprovalRecord, ApprovalTransition, EventQuery, NewApproval, Order, Prune, Store,
     StoreError,
 };
+use crate::audit::Redactor;
 use crate::catalog::ErrorCode;
 use crate::event::{Event, EventKind, Level};
 use crate::tool::BoxFuture;
@@ -152,6 +154,64 @@ struct Counters {
     rows: AtomicU64,
 }
 
+/// The mode of the database and of its `-wal` and `-shm` files: the
+/// audit trail, approvals and journals are the operator's alone.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// The database file and the files SQLite keeps beside it in WAL mode.
+pub fn database_files(path: &Path) -> [PathBuf; 3] {
+    let with = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    [path.to_owned(), with("-wal"), with("-shm")]
+}
+
+/// Creates the database file with [`PRIVATE_FILE_MODE`] if it is missing,
+/// whatever the umask, before SQLite opens it (SQLite would create it with
+/// 0644 less the umask, and give its `-wal` and `-shm` the same mode).
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(PRIVATE_FILE_MODE)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::Io {
+            op: "create the database file",
+            source,
+        }),
+    }
+}
+
+/// Sets [`PRIVATE_FILE_MODE`] on the database and its WAL files that
+/// exist (a file made by an older hale, or under another umask).
+fn restrict_files(path: &Path) -> Result<(), StoreError> {
+    for file in database_files(path) {
+        match std::fs::metadata(&file) {
+            Ok(meta) if meta.permissions().mode() & 0o777 != PRIVATE_FILE_MODE => {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(PRIVATE_FILE_MODE))
+                    .map_err(|source| StoreError::Io {
+                        op: "restrict the database files to their owner",
+                        source,
+                    })?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StoreError::Io {
+                    op: "read the database files' mode",
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The SQLite [`Store`]. Clones share the writer and the read pool.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -166,6 +226,8 @@ struct Inner {
     write_timeout: Duration,
     read_timeout: Duration,
     path: PathBuf,
+    /// Masks secrets in what is written (see [`SqliteStore::set_redactor`]).
+    redactor: OnceLock<Arc<Redactor>>,
 }
 
 impl SqliteStore {
@@ -197,10 +259,14 @@ impl SqliteStore {
                 source,
             })?;
         }
+        create_private(&config.path)?;
         let mut conn =
             Connection::open(&config.path).map_err(|e| StoreError::database("open", e))?;
         configure_writer(&conn, &config)?;
         migrate(&mut conn)?;
+        // WAL mode made the `-wal` and `-shm` files; SQLite gives them the
+        // database's mode, but an existing file may predate that mode.
+        restrict_files(&config.path)?;
 
         let counters = Arc::new(Counters::default());
         let (writer, queue) = mpsc::channel(config.queue.max(1));
@@ -230,8 +296,33 @@ impl SqliteStore {
                 write_timeout: config.write_timeout,
                 read_timeout: config.read_timeout,
                 path: config.path,
+                redactor: OnceLock::new(),
             }),
         })
+    }
+
+    /// Masks secrets in everything written from now on, the last line
+    /// before the disk: approvals (request and decision) get every pattern
+    /// and the known values, since people read them; inbox texts, replies
+    /// and journal entries get the known values (their patterns, where
+    /// wanted, were applied upstream, where the live session sees the same
+    /// text); a failure's error text gets every pattern. Audit events are
+    /// redacted by the audit trail before they arrive. Set once, at start,
+    /// for every clone; a second call is ignored.
+    pub fn set_redactor(&self, redactor: Arc<Redactor>) {
+        let _ = self.inner.redactor.set(redactor);
+    }
+
+    fn redactor(&self) -> Option<&Arc<Redactor>> {
+        self.inner.redactor.get()
+    }
+
+    /// `text` without the known secret values.
+    fn mask_known(&self, mut text: String) -> String {
+        if let Some(redactor) = self.redactor() {
+            redactor.known().mask_string(&mut text);
+        }
+        text
     }
 
     /// The database file.
@@ -408,7 +499,10 @@ impl Store for SqliteStore {
         }))
     }
 
-    fn insert_approval(&self, approval: NewApproval) -> BoxFuture<'_, Result<u64, StoreError>> {
+    fn insert_approval(&self, mut approval: NewApproval) -> BoxFuture<'_, Result<u64, StoreError>> {
+        if let Some(redactor) = self.redactor() {
+            redactor.redact_value(&mut approval.request);
+        }
         Box::pin(self.write("insert approval", move |reply| {
             Op::Write(Write::InsertApproval { approval, reply })
         }))
@@ -416,8 +510,11 @@ impl Store for SqliteStore {
 
     fn transition_approval(
         &self,
-        transition: ApprovalTransition,
+        mut transition: ApprovalTransition,
     ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        if let (Some(redactor), Some(resolution)) = (self.redactor(), &mut transition.resolution) {
+            redactor.redact_value(resolution);
+        }
         Box::pin(self.write("transition approval", move |reply| {
             Op::Write(Write::TransitionApproval { transition, reply })
         }))
@@ -1014,6 +1111,7 @@ impl SessionStore for SqliteStore {
         session: String,
         text: String,
     ) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        let text = self.mask_known(text);
         Box::pin(async move {
             let seq = self
                 .session_write("enqueue", SessionWrite::Enqueue { session, text })
@@ -1043,7 +1141,11 @@ impl SessionStore for SqliteStore {
         })
     }
 
-    fn finish(&self, finish: Finish) -> BoxFuture<'_, Result<bool, StoreError>> {
+    fn finish(&self, mut finish: Finish) -> BoxFuture<'_, Result<bool, StoreError>> {
+        finish.reply = finish.reply.map(|r| self.mask_known(r));
+        if let (Some(redactor), Some(error)) = (self.redactor(), &mut finish.error) {
+            redactor.redact_string(error);
+        }
         Box::pin(async move {
             let n = self
                 .session_write("finish message", SessionWrite::Finish(finish))
@@ -1058,6 +1160,7 @@ impl SessionStore for SqliteStore {
         message: u64,
         entry: String,
     ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let entry = self.mask_known(entry);
         Box::pin(self.session_write(
             "journal",
             SessionWrite::Journal {
