@@ -294,7 +294,13 @@ struct RootObserver {
 impl SupervisorObserver for RootObserver {
     fn observe(&self, event: &SupervisorEvent) {
         self.audit.observe(event);
-        if let (SupervisorEventKind::ChildStarted { .. }, Some(child)) = (&event.kind, &event.child)
+        // Only a restart needs re-attaching: `start` attaches the first
+        // incarnations itself. A first start handled here, late on a busy
+        // machine, would forget sessions that had already started and
+        // strand their new messages.
+        if let (SupervisorEventKind::ChildStarted { restarts, .. }, Some(child)) =
+            (&event.kind, &event.child)
+            && *restarts > 0
         {
             let _ = self.attach.send(child.as_str().to_owned());
         }

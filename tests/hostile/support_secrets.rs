@@ -51,11 +51,7 @@ pub fn step(tool: &str, args: Value) -> Value {
 
 /// Sends and waits (bounded), returning the finished message.
 pub async fn ask(runtime: &Runtime, session: &str, text: &str) -> MessageRecord {
-    let (id, record) = runtime
-        .send_and_wait(session, text, WAIT)
-        .await
-        .expect("send failed");
-    record.unwrap_or_else(|| panic!("message {id} did not finish within {WAIT:?}"))
+    crate::support::ask(runtime, session, text, WAIT).await
 }
 
 /// The step outcomes of a scripted reply.
