@@ -54,6 +54,60 @@ pub const WORKSPACE_DIR: &str = "workspace";
 /// The process-group ledger's directory.
 pub const PGROUPS_DIR: &str = "pgroups";
 
+/// Lays the data directory out for `exec` running as another user than
+/// hale (hale as root, `[tools.sandbox] user`): the directory becomes
+/// 0711, so that user can reach the workspace through it but list nothing;
+/// every file directly in it (`hale.db` and its WAL and shared memory, the
+/// token, the lock) becomes 0600 and `pgroups/` 0700; and the workspace,
+/// with everything in it, belongs to that user (symbolic links are not
+/// followed). Ancestors of the data directory are left alone: they must be
+/// searchable by that user already.
+///
+/// # Errors
+/// The first change that failed, naming its path.
+pub fn share_with_sandbox_user(
+    root: &Path,
+    workspace: &Path,
+    uid: u32,
+    gid: u32,
+) -> Result<(), DataDirError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io_err = |what: String| {
+        let dir = root.to_path_buf();
+        move |source| DataDirError::Io { dir, what, source }
+    };
+    let chmod = |path: &Path, mode: u32| {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(io_err(format!("cannot chmod {:o} {}", mode, path.display())))
+    };
+    chmod(root, 0o711)?;
+    for entry in fs::read_dir(root).map_err(io_err("cannot list it".into()))? {
+        let entry = entry.map_err(io_err("cannot list it".into()))?;
+        let path = entry.path();
+        let kind = entry
+            .file_type()
+            .map_err(io_err(format!("cannot stat {}", path.display())))?;
+        if kind.is_file() {
+            chmod(&path, 0o600)?;
+        } else if kind.is_dir() && path != workspace {
+            chmod(&path, 0o700)?;
+        }
+    }
+    chown_tree(workspace, uid, gid)
+        .map_err(io_err(format!("cannot chown {}", workspace.display())))
+}
+
+/// `lchown`s `path` and, when it is a directory, everything below it.
+fn chown_tree(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    if fs::symlink_metadata(path)?.is_dir() {
+        for entry in fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
 /// Why the data directory cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {

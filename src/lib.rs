@@ -16,6 +16,7 @@ pub mod drive;
 pub mod fault_mcp;
 pub mod metrics;
 pub mod runtime;
+pub mod sandbox;
 pub mod serve;
 pub mod tree_demo;
 

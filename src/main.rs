@@ -215,6 +215,10 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         wait_secs: u64,
     },
+    /// Run one command confined (Landlock, network, limits, user): the
+    /// wrapper `exec` runs every command through. See `hale::sandbox`.
+    #[command(hide = true, name = "sandbox-exec")]
+    SandboxExec(hale::sandbox::SandboxExecArgs),
     /// Measure the runtime end to end (figures in BENCHMARKS.md).
     #[command(hide = true)]
     Bench {
@@ -301,6 +305,11 @@ fn log_to_stderr() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread exists: a multi-threaded process cannot enter a
+    // new user namespace.
+    if let Command::SandboxExec(args) = &cli.command {
+        return hale::sandbox::run(args);
+    }
     if let Command::Init { path, force } = &cli.command {
         return match hale::config::write_template(path, *force) {
             Ok(()) => {
@@ -325,7 +334,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Init { .. } => Ok(()),
+            Command::Init { .. } | Command::SandboxExec(_) => Ok(()),
             Command::Demo {
                 interactive,
                 keep,

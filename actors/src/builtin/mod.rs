@@ -9,12 +9,16 @@
 
 pub mod exec;
 pub mod files;
+pub mod sandbox;
 pub mod search;
 pub mod web_fetch;
 pub mod workspace;
 
 pub use exec::{BlockRule, Exec, ExecConfig, ExecConfigError};
 pub use files::{EditFile, EditFileConfig, ReadFile, ReadFileConfig, WriteFile, WriteFileConfig};
+pub use sandbox::{
+    NetworkPolicy, SandboxConfig, SandboxLimits, SandboxMode, SandboxUser,
+};
 pub use search::{Glob, GlobConfig, Grep, GrepConfig};
 pub use web_fetch::{WebFetch, WebFetchConfig, WebFetchError, classify_reqwest_error};
 pub use workspace::{Workspace, WorkspaceError};
@@ -94,11 +98,20 @@ pub fn builtin_tools(config: &BuiltinConfig) -> Result<Vec<Arc<dyn Tool>>, Built
     let workspace = Workspace::new(&config.workspace_root)?;
     let mut exec = config.exec.clone();
     exec.workspace_root = workspace.root().to_path_buf();
+    // Files the file tools write belong to the user `exec` runs as, so
+    // its commands can work on them.
+    let owner = exec.sandbox.user.as_ref().map(|u| (u.uid, u.gid));
+    let mut write_file = config.write_file;
+    let mut edit_file = config.edit_file;
+    if owner.is_some() && exec.sandbox.mode == SandboxMode::Landlock {
+        write_file.owner = owner;
+        edit_file.owner = owner;
+    }
     Ok(vec![
         Arc::new(Exec::new(exec)?.with_grants(config.grants.clone())),
         Arc::new(ReadFile::new(workspace.clone(), config.read_file)),
-        Arc::new(WriteFile::new(workspace.clone(), config.write_file)),
-        Arc::new(EditFile::new(workspace.clone(), config.edit_file)),
+        Arc::new(WriteFile::new(workspace.clone(), write_file)),
+        Arc::new(EditFile::new(workspace.clone(), edit_file)),
         Arc::new(Glob::new(workspace.clone(), config.glob)),
         Arc::new(Grep::new(workspace, config.grep)),
         Arc::new(WebFetch::new(config.web_fetch.clone())?),

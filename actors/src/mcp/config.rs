@@ -73,7 +73,16 @@ pub struct McpServerConfig {
     /// Told of every stdio server's process group while it lives (none by
     /// default).
     pub recorder: ProcessHook,
+    /// Names of hale's environment variables a stdio server gets on
+    /// purpose (`[[mcp]] inherit_env`). Beyond them it gets only its
+    /// configured `env`, `PATH`, `LANG`, `TERM` and `HOME`: hale's own
+    /// environment (model keys, `HALE_TOKEN`) is not inherited.
+    pub inherit_env: Vec<String>,
 }
+
+/// The variables of hale's environment every stdio server gets: enough to
+/// find programs and keep per-user caches (`HOME`) working offline.
+pub const MCP_BASE_ENV: &[&str] = &["PATH", "LANG", "TERM", "HOME"];
 
 impl McpServerConfig {
     /// A server with hale's defaults: 30 s per call, 20 s to connect,
@@ -96,7 +105,30 @@ impl McpServerConfig {
             probe_after: Duration::from_secs(5),
             disabled: false,
             recorder: ProcessHook::default(),
+            inherit_env: Vec::new(),
         }
+    }
+
+    /// The whole environment of this server's process: [`MCP_BASE_ENV`]
+    /// and [`inherit_env`](Self::inherit_env) from hale's own, then the
+    /// configured `env` (which wins).
+    pub fn process_env(&self) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+        let mut env: BTreeMap<std::ffi::OsString, std::ffi::OsString> = BTreeMap::new();
+        for name in MCP_BASE_ENV
+            .iter()
+            .copied()
+            .chain(self.inherit_env.iter().map(String::as_str))
+        {
+            if let Some(value) = std::env::var_os(name) {
+                env.insert(name.into(), value);
+            }
+        }
+        if let McpTransport::Stdio { env: configured, .. } = &self.transport {
+            for (name, value) in configured {
+                env.insert(name.into(), value.into());
+            }
+        }
+        env.into_iter().collect()
     }
 
     /// A stdio server running `command` with `args`.
