@@ -250,3 +250,43 @@ pub struct McpConfigError {
     /// What is wrong with it.
     pub problem: String,
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// A stdio server's environment is built: the base names, the names it
+    /// inherits on purpose and its configured `env`, nothing else of
+    /// hale's (this test process has `CARGO_*` variables; none may pass).
+    #[test]
+    fn stdio_environment_is_built_not_inherited() {
+        let mut config = McpServerConfig::new(
+            "s",
+            McpTransport::Stdio {
+                command: "server".into(),
+                args: vec![],
+                env: BTreeMap::from([("CONFIGURED".to_owned(), "yes".to_owned())]),
+                cwd: None,
+            },
+        );
+        config.inherit_env = vec!["CARGO_PKG_NAME".into()];
+        let env = config.process_env();
+        let names: Vec<String> = env
+            .iter()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        for name in &names {
+            assert!(
+                MCP_BASE_ENV.contains(&name.as_str())
+                    || name == "CONFIGURED"
+                    || name == "CARGO_PKG_NAME",
+                "{name} leaked into {names:?}"
+            );
+        }
+        assert!(names.contains(&"CONFIGURED".to_owned()));
+        assert!(names.contains(&"CARGO_PKG_NAME".to_owned()));
+        assert!(names.contains(&"PATH".to_owned()));
+    }
+}
