@@ -271,6 +271,15 @@ enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The sandbox's cost: p50 of `exec` running `true`, sandbox off and on.
+    Exec {
+        /// Calls per variant.
+        #[arg(long, default_value_t = 500)]
+        calls: usize,
+        /// Parent of the temporary workspace (default: the temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// RSS per idle session: create N sessions, report VmRSS before and after.
     Idle {
         /// How many to create.
@@ -500,6 +509,9 @@ fn main() -> ExitCode {
                                 dir,
                             })
                             .await
+                        }
+                        BenchCommand::Exec { calls, dir } => {
+                            hale::bench::exec(hale::bench::ExecOptions { calls, dir }).await
                         }
                         BenchCommand::Idle {
                             sessions,
