@@ -754,7 +754,10 @@ pub async fn exec(options: ExecOptions) -> anyhow::Result<()> {
     }
     off_samples.sort();
     on_samples.sort();
-    let (off50, on50) = (percentile(&off_samples, 50.0), percentile(&on_samples, 50.0));
+    let (off50, on50) = (
+        percentile(&off_samples, 50.0),
+        percentile(&on_samples, 50.0),
+    );
     println!(
         "exec `true`, {} calls each: off p50 {:.0} us p90 {:.0} us; landlock p50 {:.0} us p90 {:.0} us; added p50 {:.0} us",
         options.calls,

@@ -77,8 +77,11 @@ pub fn share_with_sandbox_user(
         move |source| DataDirError::Io { dir, what, source }
     };
     let chmod = |path: &Path, mode: u32| {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))
-            .map_err(io_err(format!("cannot chmod {:o} {}", mode, path.display())))
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err(format!(
+            "cannot chmod {:o} {}",
+            mode,
+            path.display()
+        )))
     };
     chmod(root, 0o711)?;
     for entry in fs::read_dir(root).map_err(io_err("cannot list it".into()))? {
@@ -93,8 +96,7 @@ pub fn share_with_sandbox_user(
             chmod(&path, 0o700)?;
         }
     }
-    chown_tree(workspace, uid, gid)
-        .map_err(io_err(format!("cannot chown {}", workspace.display())))
+    chown_tree(workspace, uid, gid).map_err(io_err(format!("cannot chown {}", workspace.display())))
 }
 
 /// `lchown`s `path` and, when it is a directory, everything below it.

@@ -45,8 +45,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use hale_actors::builtin::{NetworkPolicy, SandboxConfig, SandboxMode, SandboxUser};
 use hale_actors::builtin::sandbox::{EXIT_LANDLOCK_UNAVAILABLE, EXIT_SETUP_FAILED, WRAPPER_PREFIX};
+use hale_actors::builtin::{NetworkPolicy, SandboxConfig, SandboxMode, SandboxUser};
 use landlock::{
     ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, Ruleset, RulesetAttr,
     RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope, path_beneath_rules,
@@ -215,9 +215,7 @@ fn confine(args: &SandboxExecArgs) -> Result<(), SandboxError> {
     if root && let Some(name) = &args.user {
         drop_to(name)?;
     }
-    let status = ruleset
-        .restrict_self()
-        .map_err(|e| setup("landlock", e))?;
+    let status = ruleset.restrict_self().map_err(|e| setup("landlock", e))?;
     if status.ruleset == RulesetStatus::NotEnforced {
         return Err(SandboxError::Unavailable(
             "the ruleset was not enforced".into(),

@@ -743,7 +743,10 @@ fn sandbox_settings() {
     .unwrap();
     let sandbox = &config.builtin_config().exec.sandbox;
     assert_eq!(sandbox.mode, SandboxMode::Off);
-    assert_eq!(sandbox.helper.as_deref(), Some(std::path::Path::new("/opt/hale")));
+    assert_eq!(
+        sandbox.helper.as_deref(),
+        Some(std::path::Path::new("/opt/hale"))
+    );
     assert_eq!(sandbox.run_as, "agent");
     assert_eq!(sandbox.network, NetworkPolicy::Tcp(vec![443, 8080]));
     assert_eq!(sandbox.limits.max_processes, Some(64));

@@ -628,7 +628,9 @@ impl Resolver<'_> {
                 other => {
                     return Err(self.invalid(
                         Some(mode.span()),
-                        format!("tools.sandbox.mode must be \"landlock\" or \"off\", got \"{other}\""),
+                        format!(
+                            "tools.sandbox.mode must be \"landlock\" or \"off\", got \"{other}\""
+                        ),
                     ));
                 }
             };
@@ -777,7 +779,10 @@ impl Resolver<'_> {
                     for (key, span) in [
                         ("args", server.args.as_ref().map(Spanned::span)),
                         ("env", server.env.as_ref().map(Spanned::span)),
-                        ("inherit_env", server.inherit_env.as_ref().map(Spanned::span)),
+                        (
+                            "inherit_env",
+                            server.inherit_env.as_ref().map(Spanned::span),
+                        ),
                         ("cwd", server.cwd.as_ref().map(Spanned::span)),
                     ] {
                         if let Some(span) = span {

@@ -69,7 +69,10 @@ async fn served_exec_reaches_no_secret_and_not_the_api() {
         .cloned()
         .unwrap();
     assert!(
-        exec_node["sandbox"].as_str().unwrap().starts_with("landlock"),
+        exec_node["sandbox"]
+            .as_str()
+            .unwrap()
+            .starts_with("landlock"),
         "{exec_node}"
     );
     let token = served.token();
@@ -102,7 +105,10 @@ async fn served_exec_reaches_no_secret_and_not_the_api() {
     // prober would, so the message finishes instead of escalating).
     for i in [0, 1, 2, 3] {
         let out = output(&steps[i]);
-        assert!(out.contains("rc=") && !out.contains("rc=0"), "step {i}: {out}");
+        assert!(
+            out.contains("rc=") && !out.contains("rc=0"),
+            "step {i}: {out}"
+        );
     }
     assert!(!output(&steps[1]).contains("SQLite format"), "{}", steps[1]);
     // The environment is built: these names and the one passed on purpose.
@@ -126,7 +132,10 @@ async fn served_exec_reaches_no_secret_and_not_the_api() {
             "unexpected variable {name} in {env}"
         );
     }
-    assert!(env.contains("HOSTILE_PASSED_ON_PURPOSE=visible-on-purpose"), "{env}");
+    assert!(
+        env.contains("HOSTILE_PASSED_ON_PURPOSE=visible-on-purpose"),
+        "{env}"
+    );
     // hale's API is out of reach (no route out of the namespace).
     let curl_out = output(&steps[5]);
     assert!(!curl_out.contains("curl=0"), "{curl_out}");
@@ -160,7 +169,10 @@ async fn files_outside_the_workspace_are_unreachable() {
     std::fs::write(&visible, FAKE_SECRET).unwrap();
     std::fs::set_permissions(&visible, std::fs::Permissions::from_mode(0o644)).unwrap();
     let read_tmp = format!("cat {} 2>&1; echo rc=$?", visible.display());
-    let write_tmp = format!("(echo pwned > {}/pwned) 2>&1; echo rc=$?", outside.display());
+    let write_tmp = format!(
+        "(echo pwned > {}/pwned) 2>&1; echo rc=$?",
+        outside.display()
+    );
     let session = runtime.sessions().create("default", None).await.unwrap();
     let record = ask(
         &runtime,
@@ -180,7 +192,10 @@ async fn files_outside_the_workspace_are_unreachable() {
     }
     for (i, step) in steps.iter().take(4).enumerate() {
         let out = output(step);
-        assert!(out.contains("rc=") && !out.contains("rc=0"), "step {i}: {out}");
+        assert!(
+            out.contains("rc=") && !out.contains("rc=0"),
+            "step {i}: {out}"
+        );
     }
     assert!(!outside.join("pwned").exists());
     assert!(!data.join("pwned").exists());

@@ -55,7 +55,11 @@ pub async fn ask(runtime: &Runtime, session: &str, text: &str) -> MessageRecord 
 
 /// The step outcomes of a scripted reply.
 pub fn steps_of(record: &MessageRecord) -> Vec<Value> {
-    assert_eq!(record.state, MessageState::Done, "message not done: {record:?}");
+    assert_eq!(
+        record.state,
+        MessageState::Done,
+        "message not done: {record:?}"
+    );
     let reply: Value = serde_json::from_str(record.reply.as_deref().unwrap_or("null")).unwrap();
     reply["steps"].as_array().cloned().unwrap()
 }
@@ -145,7 +149,11 @@ impl Served {
             .send()
             .await
             .unwrap();
-        assert!(response.status().is_success(), "{path}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
         response.json().await.unwrap()
     }
 
@@ -159,7 +167,11 @@ impl Served {
             .send()
             .await
             .unwrap();
-        assert!(response.status().is_success(), "{path}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
         response.json().await.unwrap()
     }
 

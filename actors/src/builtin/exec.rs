@@ -599,13 +599,14 @@ impl Drop for PrivateTmp {
 /// A refusal to run because the sandbox cannot be used: not retryable (the
 /// machine will not change between two calls), not escalated, with a hint.
 fn sandbox_refusal(message: String) -> ToolOutcome {
-    ToolOutcome::from_code(ErrorCode::Other("SANDBOX_UNAVAILABLE".into()), message)
-        .with_hint(Hint::new(
+    ToolOutcome::from_code(ErrorCode::Other("SANDBOX_UNAVAILABLE".into()), message).with_hint(
+        Hint::new(
             HintKind::TryInstead,
             "exec cannot run commands until the operator fixes the sandbox (or sets \
              [tools.sandbox] mode = \"off\"); use read_file, write_file, edit_file, glob and \
              grep meanwhile",
-        ))
+        ),
+    )
 }
 
 /// The outcome of a wrapper that refused to set the sandbox up (its own
@@ -618,8 +619,10 @@ fn wrapper_failure(status: ExitStatus, output: &Output) -> Option<ToolOutcome> {
     let stderr = output.err.text();
     let line = stderr.lines().find(|l| l.starts_with(WRAPPER_PREFIX))?;
     Some(
-        sandbox_refusal(format!("exec is disabled: the sandbox could not be set up: {line}"))
-            .with_data(output.data([("exit_code", json!(code))])),
+        sandbox_refusal(format!(
+            "exec is disabled: the sandbox could not be set up: {line}"
+        ))
+        .with_data(output.data([("exit_code", json!(code))])),
     )
 }
 

@@ -16,9 +16,7 @@ pub mod workspace;
 
 pub use exec::{BlockRule, Exec, ExecConfig, ExecConfigError};
 pub use files::{EditFile, EditFileConfig, ReadFile, ReadFileConfig, WriteFile, WriteFileConfig};
-pub use sandbox::{
-    NetworkPolicy, SandboxConfig, SandboxLimits, SandboxMode, SandboxUser,
-};
+pub use sandbox::{NetworkPolicy, SandboxConfig, SandboxLimits, SandboxMode, SandboxUser};
 pub use search::{Glob, GlobConfig, Grep, GrepConfig};
 pub use web_fetch::{WebFetch, WebFetchConfig, WebFetchError, classify_reqwest_error};
 pub use workspace::{Workspace, WorkspaceError};

@@ -211,9 +211,7 @@ impl SandboxConfig {
             (SandboxMode::Landlock, Some(why), _) => {
                 format!("landlock unavailable, exec refused: {why}")
             }
-            (SandboxMode::Landlock, None, None) => {
-                "landlock without a helper, exec refused".into()
-            }
+            (SandboxMode::Landlock, None, None) => "landlock without a helper, exec refused".into(),
             (SandboxMode::Landlock, None, Some(_)) => {
                 let user = self
                     .user
@@ -276,10 +274,7 @@ impl SandboxConfig {
             std::env::var_os(name).unwrap_or_else(|| OsString::from(default))
         };
         let mut env = vec![
-            (
-                "PATH".into(),
-                var("PATH", "/usr/local/bin:/usr/bin:/bin"),
-            ),
+            ("PATH".into(), var("PATH", "/usr/local/bin:/usr/bin:/bin")),
             ("LANG".into(), var("LANG", "C.UTF-8")),
             ("TERM".into(), var("TERM", "dumb")),
             ("HOME".into(), workspace.as_os_str().to_owned()),

@@ -123,7 +123,10 @@ impl McpServerConfig {
                 env.insert(name.into(), value);
             }
         }
-        if let McpTransport::Stdio { env: configured, .. } = &self.transport {
+        if let McpTransport::Stdio {
+            env: configured, ..
+        } = &self.transport
+        {
             for (name, value) in configured {
                 env.insert(name.into(), value.into());
             }
