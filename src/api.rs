@@ -428,6 +428,10 @@ pub struct ActorResource {
     pub restarts: u64,
     /// Why it last exited.
     pub last_exit: Option<String>,
+    /// On the `exec` tool only: the sandbox in force (`off`,
+    /// `landlock (network none, as nobody)`, or why exec is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
 }
 
 /// An MCP server's report.
@@ -801,6 +805,7 @@ async fn tree(State(state): State<ApiState>) -> Result<Json<Vec<ActorResource>>,
         nodes
             .into_iter()
             .map(|n| ActorResource {
+                sandbox: (n.id == "hale/tools/exec").then(|| state.runtime.sandbox()),
                 id: n.id,
                 kind: n.kind,
                 state: n.state,

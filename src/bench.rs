@@ -12,6 +12,9 @@
 //!   latency (p50/p99) and many sessions at once (messages/s).
 //! - [`idle`]: process RSS per idle session (`VmRSS` before and after
 //!   creating N sessions), or per bare ractor actor for comparison.
+//! - [`exec`]: the sandbox's cost per command: `exec` running `true`
+//!   through the `exec` tool with the sandbox off and on, interleaved in
+//!   the same run (p50/p90).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -691,4 +694,94 @@ async fn idle_actors(options: &IdleOptions) -> anyhow::Result<()> {
     parent.stop(None);
     let _ = parent_task.await;
     Ok(())
+}
+
+/// Options of `hale bench exec`.
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    /// Calls per variant.
+    pub calls: usize,
+    /// Parent of the temporary workspace (default: the temp dir).
+    pub dir: Option<PathBuf>,
+}
+
+/// `hale bench exec`: p50/p90 of `exec` running `true`, sandbox off and
+/// on (this binary as the wrapper), alternating call by call so both see
+/// the same machine.
+///
+/// # Errors
+/// The workspace cannot be made, the sandbox cannot be prepared, or a
+/// call fails.
+pub async fn exec(options: ExecOptions) -> anyhow::Result<()> {
+    use hale_actors::builtin::{Exec, ExecConfig, SandboxConfig};
+    let dir = match &options.dir {
+        Some(parent) => tempfile::tempdir_in(parent),
+        None => tempfile::tempdir(),
+    }
+    .context("creating the temporary workspace")?;
+    let mut sandbox = SandboxConfig {
+        helper: crate::sandbox::default_helper(),
+        ..SandboxConfig::default()
+    };
+    crate::sandbox::prepare(&mut sandbox).context("preparing the sandbox")?;
+    if let Some(why) = &sandbox.unavailable {
+        bail!("the sandbox cannot run here: {why}");
+    }
+    if sandbox.helper.is_none() {
+        bail!("run this as the hale binary (it is the sandbox's wrapper)");
+    }
+    if let Some(user) = &sandbox.user {
+        std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid))
+            .context("handing the workspace to the sandbox user")?;
+    }
+    println!("exec sandbox: {}", sandbox.describe());
+    let tool = |sandbox: SandboxConfig| {
+        let mut config = ExecConfig::new(dir.path());
+        config.sandbox = sandbox;
+        Exec::new(config)
+    };
+    let off = tool(SandboxConfig::off())?;
+    let on = tool(sandbox)?;
+    for _ in 0..20 {
+        time_true(&off).await?;
+        time_true(&on).await?;
+    }
+    let mut off_samples = Vec::with_capacity(options.calls);
+    let mut on_samples = Vec::with_capacity(options.calls);
+    for _ in 0..options.calls {
+        off_samples.push(time_true(&off).await?);
+        on_samples.push(time_true(&on).await?);
+    }
+    off_samples.sort();
+    on_samples.sort();
+    let (off50, on50) = (
+        percentile(&off_samples, 50.0),
+        percentile(&on_samples, 50.0),
+    );
+    println!(
+        "exec `true`, {} calls each: off p50 {:.0} us p90 {:.0} us; landlock p50 {:.0} us p90 {:.0} us; added p50 {:.0} us",
+        options.calls,
+        us(off50),
+        us(percentile(&off_samples, 90.0)),
+        us(on50),
+        us(percentile(&on_samples, 90.0)),
+        us(on50.saturating_sub(off50)),
+    );
+    Ok(())
+}
+
+/// One `exec` call running `true`, timed.
+async fn time_true(exec: &hale_actors::builtin::Exec) -> anyhow::Result<Duration> {
+    use hale_actors::tool::Tool;
+    let started = Instant::now();
+    let outcome = exec
+        .call(
+            json!({ "command": "true" }),
+            &hale_actors::ToolContext::default(),
+        )
+        .await;
+    if outcome.status != Status::Success {
+        bail!("`true` failed: {}", serde_json::to_string(&outcome)?);
+    }
+    Ok(started.elapsed())
 }

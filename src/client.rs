@@ -369,6 +369,14 @@ impl Client {
         }
         let rows = rows(&nodes, &["id", "kind", "state", "restarts", "last_exit"]);
         print_table(&["ID", "KIND", "STATE", "RESTARTS", "LAST EXIT"], &rows);
+        if let Some(sandbox) = nodes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|n| n["sandbox"].as_str())
+        {
+            println!("exec sandbox: {sandbox}");
+        }
         Ok(())
     }
 

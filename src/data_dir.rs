@@ -94,6 +94,66 @@ pub fn restrict_file(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The data directory's mode when a sandbox user must reach the workspace
+/// through it: traversable, not listable.
+const SANDBOX_SHARED_MODE: u32 = 0o711;
+
+/// Lays the data directory out for `exec` running as another user than
+/// hale (hale as root, `[tools.sandbox] user`): the directory becomes
+/// 0711, so that user can reach the workspace through it but list nothing;
+/// every file directly in it (`hale.db` and its WAL and shared memory, the
+/// token, the lock) becomes 0600 and `pgroups/` 0700; and the workspace,
+/// with everything in it, belongs to that user (symbolic links are not
+/// followed). Ancestors of the data directory are left alone: they must be
+/// searchable by that user already.
+///
+/// # Errors
+/// The first change that failed, naming its path.
+pub fn share_with_sandbox_user(
+    root: &Path,
+    workspace: &Path,
+    uid: u32,
+    gid: u32,
+) -> Result<(), DataDirError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io_err = |what: String| {
+        let dir = root.to_path_buf();
+        move |source| DataDirError::Io { dir, what, source }
+    };
+    let chmod = |path: &Path, mode: u32| {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err(format!(
+            "cannot chmod {:o} {}",
+            mode,
+            path.display()
+        )))
+    };
+    chmod(root, SANDBOX_SHARED_MODE)?;
+    for entry in fs::read_dir(root).map_err(io_err("cannot list it".into()))? {
+        let entry = entry.map_err(io_err("cannot list it".into()))?;
+        let path = entry.path();
+        let kind = entry
+            .file_type()
+            .map_err(io_err(format!("cannot stat {}", path.display())))?;
+        if kind.is_file() {
+            chmod(&path, 0o600)?;
+        } else if kind.is_dir() && path != workspace {
+            chmod(&path, 0o700)?;
+        }
+    }
+    chown_tree(workspace, uid, gid).map_err(io_err(format!("cannot chown {}", workspace.display())))
+}
+
+/// `lchown`s `path` and, when it is a directory, everything below it.
+fn chown_tree(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    if fs::symlink_metadata(path)?.is_dir() {
+        for entry in fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
 /// Creates `root` with [`data_dir_mode`] if missing, else brings its mode
 /// to [`data_dir_mode`]; returns the mode it had when that was more open.
 fn secure_root(root: &Path) -> io::Result<Option<u32>> {
@@ -117,7 +177,9 @@ fn secure_root(root: &Path) -> io::Result<Option<u32>> {
     }
     // The umask can only have narrowed a fresh directory; set it exactly.
     fs::set_permissions(root, fs::Permissions::from_mode(wanted))?;
-    Ok((mode & !wanted != 0).then_some(mode))
+    // 0711 is the layout hale itself gives a sandbox user
+    // (`share_with_sandbox_user`, applied again after this): not a finding.
+    Ok((mode & !wanted != 0 && mode != SANDBOX_SHARED_MODE).then_some(mode))
 }
 
 /// Why the data directory cannot be used.

@@ -17,6 +17,7 @@ pub mod fault_mcp;
 pub mod masked_log;
 pub mod metrics;
 pub mod runtime;
+pub mod sandbox;
 pub mod serve;
 pub mod tree_demo;
 

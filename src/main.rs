@@ -218,6 +218,10 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         wait_secs: u64,
     },
+    /// Run one command confined (Landlock, network, limits, user): the
+    /// wrapper `exec` runs every command through. See `hale::sandbox`.
+    #[command(hide = true, name = "sandbox-exec")]
+    SandboxExec(hale::sandbox::SandboxExecArgs),
     /// Measure the runtime end to end (figures in BENCHMARKS.md).
     #[command(hide = true)]
     Bench {
@@ -270,6 +274,15 @@ enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The sandbox's cost: p50 of `exec` running `true`, sandbox off and on.
+    Exec {
+        /// Calls per variant.
+        #[arg(long, default_value_t = 500)]
+        calls: usize,
+        /// Parent of the temporary workspace (default: the temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// RSS per idle session: create N sessions, report VmRSS before and after.
     Idle {
         /// How many to create.
@@ -310,6 +323,11 @@ fn log_to_stderr(secrets: &KnownSecrets) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread exists: a multi-threaded process cannot enter a
+    // new user namespace.
+    if let Command::SandboxExec(args) = &cli.command {
+        return hale::sandbox::run(args);
+    }
     if let Command::Init { path, force } = &cli.command {
         return match hale::config::write_template(path, *force) {
             Ok(()) => {
@@ -334,7 +352,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Init { .. } => Ok(()),
+            Command::Init { .. } | Command::SandboxExec(_) => Ok(()),
             Command::Demo {
                 interactive,
                 keep,
@@ -502,6 +520,9 @@ fn main() -> ExitCode {
                                 dir,
                             })
                             .await
+                        }
+                        BenchCommand::Exec { calls, dir } => {
+                            hale::bench::exec(hale::bench::ExecOptions { calls, dir }).await
                         }
                         BenchCommand::Idle {
                             sessions,

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hale_actors::audit::{AuditConfig, AuditHandle, Redactor, audit_child};
-use hale_actors::builtin::{BuiltinConfig, builtin_tools, tools_supervisor};
+use hale_actors::builtin::{BuiltinConfig, SandboxMode, builtin_tools, tools_supervisor};
 use hale_actors::dispatch::{DispatchConfig, Dispatcher, Endpoints, RegistryRouter, Router};
 use hale_actors::escalation::{
     Answer, Approval, ApprovalNotice, AskApproval, Escalation, EscalationError, Resolution,
@@ -97,8 +97,10 @@ impl RuntimeConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         let data_dir = data_dir.into();
         let workspace = data_dir.join("workspace");
+        let mut builtin = BuiltinConfig::new(workspace);
+        builtin.exec.sandbox.helper = crate::sandbox::default_helper();
         Self {
-            builtin: BuiltinConfig::new(workspace),
+            builtin,
             mcp: Vec::new(),
             mcp_breakers: BTreeMap::new(),
             models: vec![ModelConfig::scripted(crate::config::SCRIPTED_MODEL)],
@@ -316,6 +318,8 @@ impl Runtime {
     /// A data directory in use, a store that cannot open, a misconfigured
     /// part, a tree that cannot start.
     pub async fn start(mut config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        crate::sandbox::prepare(&mut config.builtin.exec.sandbox)
+            .map_err(|e| config_error("tools.sandbox", e))?;
         let data_dir =
             DataDir::open_with_workspace(&config.data_dir, &config.builtin.workspace_root)?;
         collect_known_secrets(&config, &data_dir);
@@ -325,6 +329,23 @@ impl Runtime {
         );
         let store = SqliteStore::open(StoreConfig::new(data_dir.db_path())).await?;
         store.set_redactor(Arc::clone(&redactor));
+        if let Some(user) = &config.builtin.exec.sandbox.user
+            && config.builtin.exec.sandbox.mode == SandboxMode::Landlock
+            && let Err(e) = crate::data_dir::share_with_sandbox_user(
+                data_dir.root(),
+                data_dir.workspace(),
+                user.uid,
+                user.gid,
+            )
+        {
+            let _ = store.close().await;
+            return Err(e.into());
+        }
+        tracing::info!(
+            target: "hale::runtime",
+            "exec sandbox: {}",
+            config.builtin.exec.sandbox.describe()
+        );
         match Self::start_tree(config, data_dir, store.clone(), redactor).await {
             Ok(runtime) => Ok(runtime),
             Err(e) => {
@@ -788,6 +809,15 @@ impl Runtime {
             .query(query)
             .await
             .map_err(|e| config_error("audit", e))
+    }
+
+    /// The `exec` sandbox in force, as [`SandboxConfig::describe`] says
+    /// it: `off`, `landlock (network none, as nobody)`, or why exec is
+    /// refused.
+    ///
+    /// [`SandboxConfig::describe`]: hale_actors::builtin::SandboxConfig::describe
+    pub fn sandbox(&self) -> String {
+        self.inner.config.builtin.exec.sandbox.describe()
     }
 
     /// The supervision tree, depth first.

@@ -105,6 +105,28 @@ async fn shutdown_signal() {
     }
 }
 
+/// Refuses a sandbox network policy that lets commands connect to hale's
+/// own API: `[tools.sandbox] network = { tcp = [...] }` must not list the
+/// port `hale serve` listens on (only `hale serve` knows that port, so
+/// this is checked when it starts, as a configuration error).
+///
+/// # Errors
+/// The port is listed.
+pub fn check_sandbox_ports(
+    network: &hale_actors::builtin::NetworkPolicy,
+    listen_port: u16,
+) -> Result<()> {
+    if let hale_actors::builtin::NetworkPolicy::Tcp(ports) = network
+        && ports.contains(&listen_port)
+    {
+        anyhow::bail!(
+            "tools.sandbox.network: tcp port {listen_port} is hale's own listen port; \
+             exec must not reach hale's API (remove it from the list)"
+        );
+    }
+    Ok(())
+}
+
 /// Runs `hale serve` until SIGINT or SIGTERM.
 ///
 /// # Errors
@@ -137,6 +159,7 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", options.listen))?;
     let local = listener.local_addr().context("reading the bound address")?;
+    check_sandbox_ports(&config.builtin.exec.sandbox.network, local.port())?;
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on http://{local}");
@@ -178,7 +201,12 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         allow_chaos: options.allow_chaos,
     });
     let _ = slot.set(router);
-    tracing::info!(%local, "serving");
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "exec sandbox: {}", runtime.sandbox());
+        let _ = out.flush();
+    }
+    tracing::info!(%local, sandbox = %runtime.sandbox(), "serving");
 
     shutdown_signal().await;
     tracing::info!("shutting down: no new requests; draining");

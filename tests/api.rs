@@ -25,6 +25,8 @@ impl Api {
     async fn start(allow_chaos: bool, tweak: impl FnOnce(&mut RuntimeConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = RuntimeConfig::new(dir.path().join("data"));
+        // `exec` runs through the sandbox wrapper in the hale binary.
+        config.builtin.exec.sandbox.helper = Some(env!("CARGO_BIN_EXE_hale").into());
         tweak(&mut config);
         let runtime = Runtime::start(config).await.unwrap();
         let (app, _doc) = router(ApiState {

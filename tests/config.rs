@@ -753,3 +753,53 @@ fn hale_init_on_the_command_line() {
     assert!(run(&["--force"]).status.success());
     Config::load(Some(&path)).unwrap();
 }
+
+/// `[tools.sandbox]` onto the defaults, `0` meaning no limit, and the
+/// errors located; `[[mcp]] inherit_env` onto the server.
+#[test]
+fn sandbox_settings() {
+    use hale_actors::builtin::{NetworkPolicy, SandboxLimits, SandboxMode};
+    let defaults = parse("").unwrap().builtin_config().exec.sandbox.clone();
+    assert_eq!(defaults.mode, SandboxMode::Landlock);
+    assert_eq!(defaults.network, NetworkPolicy::None);
+    assert_eq!(defaults.run_as, "nobody");
+    assert_eq!(defaults.limits, SandboxLimits::DEFAULT);
+    let config = parse(
+        "[tools.sandbox]\nmode = \"off\"\nhelper = \"/opt/hale\"\nuser = \"agent\"\n\
+         network = { tcp = [443, 8080] }\nmax_processes = 64\naddress_space = 0\n\
+         cpu_time = \"1m\"\nenv = [\"CI\"]\n\
+         [[mcp]]\nname = \"s\"\ncommand = \"server\"\ninherit_env = [\"GITHUB_TOKEN\"]\n",
+    )
+    .unwrap();
+    let sandbox = &config.builtin_config().exec.sandbox;
+    assert_eq!(sandbox.mode, SandboxMode::Off);
+    assert_eq!(
+        sandbox.helper.as_deref(),
+        Some(std::path::Path::new("/opt/hale"))
+    );
+    assert_eq!(sandbox.run_as, "agent");
+    assert_eq!(sandbox.network, NetworkPolicy::Tcp(vec![443, 8080]));
+    assert_eq!(sandbox.limits.max_processes, Some(64));
+    assert_eq!(sandbox.limits.address_space, None);
+    assert_eq!(sandbox.limits.cpu_time, Some(60));
+    assert_eq!(sandbox.env, ["CI"]);
+    assert_eq!(config.mcp_configs()[0].inherit_env, ["GITHUB_TOKEN"]);
+    assert_eq!(
+        parse("[tools.sandbox]\nnetwork = \"all\"\n")
+            .unwrap()
+            .builtin_config()
+            .exec
+            .sandbox
+            .network,
+        NetworkPolicy::All
+    );
+    for bad in [
+        "[tools.sandbox]\nmode = \"chroot\"\n",
+        "[tools.sandbox]\nnetwork = \"udp\"\n",
+        "[tools.sandbox]\nuser = \"\"\n",
+    ] {
+        let message = error(bad).to_string();
+        assert!(message.contains("tools.sandbox"), "{bad}: {message}");
+        assert!(message.contains(":2:"), "{bad}: {message}");
+    }
+}

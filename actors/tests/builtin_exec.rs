@@ -5,13 +5,23 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hale_actors::builtin::{BlockRule, Exec, ExecConfig, ExecConfigError};
+use hale_actors::builtin::{BlockRule, Exec, ExecConfig, ExecConfigError, SandboxConfig};
+
+/// These tests exercise exec's own machinery (timeouts, output, groups).
+/// The sandbox wrapper is a subcommand of the hale binary, which this
+/// crate cannot reach, so the sandbox is off here on purpose; the
+/// sandboxed path is tested in the hale crate (`tests/hostile`).
+fn unsandboxed(root: impl Into<std::path::PathBuf>) -> ExecConfig {
+    let mut config = ExecConfig::new(root);
+    config.sandbox = SandboxConfig::off();
+    config
+}
 use hale_actors::{ErrorCode, HintKind, Status, Tool, ToolOutcome};
 use serde_json::json;
 use tempfile::TempDir;
 
 fn exec_in(root: &Path) -> Exec {
-    Exec::new(ExecConfig::new(root)).unwrap()
+    Exec::new(unsandboxed(root)).unwrap()
 }
 
 async fn run(tool: &Exec, command: &str) -> ToolOutcome {
@@ -180,7 +190,7 @@ async fn timeout_kills_the_whole_group() {
 #[tokio::test]
 async fn requested_timeout_is_clamped_to_the_maximum() {
     let dir = TempDir::new().unwrap();
-    let mut config = ExecConfig::new(dir.path());
+    let mut config = unsandboxed(dir.path());
     config.default_timeout = Duration::from_millis(200);
     config.max_timeout = Duration::from_millis(300);
     let tool = Exec::new(config).unwrap();
@@ -242,7 +252,7 @@ async fn dropping_the_call_kills_the_group() {
 #[tokio::test]
 async fn output_is_capped_and_a_flood_does_not_hang() {
     let dir = TempDir::new().unwrap();
-    let mut config = ExecConfig::new(dir.path());
+    let mut config = unsandboxed(dir.path());
     config.output_cap_bytes = 1000;
     config.default_timeout = Duration::from_secs(20);
     let tool = Exec::new(config).unwrap();
@@ -263,7 +273,7 @@ async fn output_is_capped_and_a_flood_does_not_hang() {
 #[tokio::test]
 async fn output_at_the_cap_is_not_truncated() {
     let dir = TempDir::new().unwrap();
-    let mut config = ExecConfig::new(dir.path());
+    let mut config = unsandboxed(dir.path());
     config.output_cap_bytes = 6;
     let outcome = run(&Exec::new(config).unwrap(), "printf 'abcdef'").await;
     assert_eq!(outcome.data["stdout"], "abcdef");
@@ -273,7 +283,7 @@ async fn output_at_the_cap_is_not_truncated() {
 #[tokio::test]
 async fn blocked_command_is_not_run() {
     let dir = TempDir::new().unwrap();
-    let mut config = ExecConfig::new(dir.path());
+    let mut config = unsandboxed(dir.path());
     config.blocked = vec![
         BlockRule::new(r"^\s*sudo\b", "no privilege escalation"),
         BlockRule::new(r"rm\s+-rf\s", "no recursive deletes"),
@@ -302,7 +312,7 @@ async fn blocked_command_is_not_run() {
 
 #[test]
 fn invalid_block_rule_is_named() {
-    let mut config = ExecConfig::new("/");
+    let mut config = unsandboxed("/");
     config.blocked = vec![
         BlockRule::new("fine", "ok"),
         BlockRule::new("(unclosed", "broken"),
@@ -318,7 +328,7 @@ fn invalid_block_rule_is_named() {
 
 #[test]
 fn default_timeout_above_maximum_is_rejected() {
-    let mut config = ExecConfig::new("/");
+    let mut config = unsandboxed("/");
     config.default_timeout = Duration::from_secs(60);
     config.max_timeout = Duration::from_secs(10);
     assert!(matches!(

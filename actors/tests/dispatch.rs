@@ -136,7 +136,11 @@ async fn web_fetch_waits_out_retry_after_then_succeeds() {
 }
 
 fn exec_in(dir: &std::path::Path) -> Arc<dyn Tool> {
-    Arc::new(Exec::new(ExecConfig::new(dir)).unwrap())
+    // The sandbox wrapper lives in the hale binary, out of this crate's
+    // reach; these tests are about dispatch, so the sandbox is off.
+    let mut config = ExecConfig::new(dir);
+    config.sandbox = hale_actors::builtin::SandboxConfig::off();
+    Arc::new(Exec::new(config).unwrap())
 }
 
 fn runs(dir: &std::path::Path) -> usize {

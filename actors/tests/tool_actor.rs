@@ -28,7 +28,11 @@ impl Tool for Panicky {
 }
 
 async fn start(dir: &std::path::Path) -> (SupervisorRef, Arc<ToolRegistry>, Arc<MemorySink>) {
-    let mut tools = builtin_tools(&BuiltinConfig::new(dir)).unwrap();
+    // The sandbox wrapper lives in the hale binary, out of this crate's
+    // reach; these tests are about tool actors, so the sandbox is off.
+    let mut config = BuiltinConfig::new(dir);
+    config.exec.sandbox = hale_actors::builtin::SandboxConfig::off();
+    let mut tools = builtin_tools(&config).unwrap();
     tools.push(Arc::new(Panicky {
         spec: ToolSpec::new("panicky", "panics", json!({ "type": "object" })),
     }));

@@ -31,7 +31,8 @@ use std::time::Duration;
 
 use hale_actors::audit::{AuditConfig, Retention};
 use hale_actors::builtin::{
-    AllowEntry, AllowList, BlockRule, BuiltinConfig, Exec, ExecConfigError,
+    AllowEntry, AllowList, BlockRule, BuiltinConfig, Exec, ExecConfigError, NetworkPolicy,
+    SandboxConfig, SandboxMode,
 };
 use hale_actors::dispatch::{DispatchConfig, DispatchConfigError, Endpoints};
 use hale_actors::mcp::{McpServerConfig, McpTransport};
@@ -41,7 +42,7 @@ use hale_actors::store::StoreConfig;
 use toml::Spanned;
 
 pub use duration::{format_duration, parse_duration};
-use raw::{RawAgent, RawConfig, RawMcp, RawModel};
+use raw::{RawAgent, RawConfig, RawMcp, RawModel, RawNetwork, RawSandbox};
 
 /// The file `Config::load(None)` looks for in the current directory.
 pub const DEFAULT_FILE: &str = "hale.toml";
@@ -599,6 +600,7 @@ impl Resolver<'_> {
                 ),
             });
         }
+        self.sandbox(&tools.sandbox, &mut builtin.exec.sandbox)?;
         if let Some(n) = tools.max_read_bytes {
             builtin.read_file.max_bytes = n;
         }
@@ -632,6 +634,61 @@ impl Resolver<'_> {
         }
         builtin.web_fetch.allow = AllowList::from(allow);
         Ok(builtin)
+    }
+
+    /// `[tools.sandbox]` onto the defaults. A limit of 0 means none.
+    fn sandbox(&self, raw: &RawSandbox, sandbox: &mut SandboxConfig) -> Result<(), ConfigError> {
+        if let Some(mode) = &raw.mode {
+            sandbox.mode = match mode.get_ref().as_str() {
+                "landlock" => SandboxMode::Landlock,
+                "off" => SandboxMode::Off,
+                other => {
+                    return Err(self.invalid(
+                        Some(mode.span()),
+                        format!(
+                            "tools.sandbox.mode must be \"landlock\" or \"off\", got \"{other}\""
+                        ),
+                    ));
+                }
+            };
+        }
+        sandbox.helper = match &raw.helper {
+            Some(helper) => Some(self.path_of(helper)),
+            None => crate::sandbox::default_helper(),
+        };
+        if let Some(user) = &raw.user {
+            if user.get_ref().trim().is_empty() {
+                return Err(self.invalid(Some(user.span()), "tools.sandbox.user must not be empty"));
+            }
+            sandbox.run_as = user.get_ref().clone();
+        }
+        if let Some(network) = &raw.network {
+            sandbox.network = match network.get_ref() {
+                RawNetwork::Mode(m) if m == "none" => NetworkPolicy::None,
+                RawNetwork::Mode(m) if m == "all" => NetworkPolicy::All,
+                RawNetwork::Mode(m) => {
+                    return Err(self.invalid(
+                        Some(network.span()),
+                        format!(
+                            "tools.sandbox.network must be \"none\", \"all\" or {{ tcp = [ports] }}, got \"{m}\""
+                        ),
+                    ));
+                }
+                RawNetwork::Tcp { tcp } => NetworkPolicy::Tcp(tcp.clone()),
+            };
+        }
+        let limit = |value: Option<u64>, current: Option<u64>| match value {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => current,
+        };
+        let limits = &mut sandbox.limits;
+        limits.max_processes = limit(raw.max_processes, limits.max_processes);
+        limits.max_file_size = limit(raw.max_file_size, limits.max_file_size);
+        limits.cpu_time = limit(raw.cpu_time.map(|d| d.value.as_secs()), limits.cpu_time);
+        limits.address_space = limit(raw.address_space, limits.address_space);
+        sandbox.env = raw.env.clone();
+        Ok(())
     }
 
     fn session(&self, raw: &RawConfig) -> Result<SessionSettings, ConfigError> {
@@ -748,6 +805,10 @@ impl Resolver<'_> {
                     for (key, span) in [
                         ("args", server.args.as_ref().map(Spanned::span)),
                         ("env", server.env.as_ref().map(Spanned::span)),
+                        (
+                            "inherit_env",
+                            server.inherit_env.as_ref().map(Spanned::span),
+                        ),
                         ("cwd", server.cwd.as_ref().map(Spanned::span)),
                     ] {
                         if let Some(span) = span {
@@ -765,6 +826,11 @@ impl Resolver<'_> {
                 }
             };
             let mut config = McpServerConfig::new(name.clone(), transport);
+            config.inherit_env = server
+                .inherit_env
+                .as_ref()
+                .map(|e| e.get_ref().clone())
+                .unwrap_or_default();
             if let Some(t) = server.timeout {
                 config.request_timeout = t.value;
             }

@@ -52,6 +52,32 @@ pub(crate) struct RawTools {
     pub web_fetch_max_bytes: Option<usize>,
     #[serde(default)]
     pub web_fetch_allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub sandbox: RawSandbox,
+}
+
+/// `[tools.sandbox]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSandbox {
+    pub mode: Option<Spanned<String>>,
+    pub helper: Option<String>,
+    pub user: Option<Spanned<String>>,
+    pub network: Option<Spanned<RawNetwork>>,
+    pub max_processes: Option<u64>,
+    pub max_file_size: Option<u64>,
+    pub cpu_time: Option<Dur>,
+    pub address_space: Option<u64>,
+    #[serde(default)]
+    pub env: Vec<String>,
+}
+
+/// `network = "none" | "all" | { tcp = [ports] }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawNetwork {
+    Mode(String),
+    Tcp { tcp: Vec<u16> },
 }
 
 /// `[[tools.exec_approval]]`.
@@ -89,6 +115,7 @@ pub(crate) struct RawMcp {
     pub command: Option<Spanned<String>>,
     pub args: Option<Spanned<Vec<String>>>,
     pub env: Option<Spanned<BTreeMap<String, String>>>,
+    pub inherit_env: Option<Spanned<Vec<String>>>,
     pub cwd: Option<Spanned<String>>,
     pub url: Option<Spanned<String>>,
     pub timeout: Option<Dur>,

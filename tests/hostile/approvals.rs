@@ -234,8 +234,11 @@ async fn a_grant_serves_only_the_session_message_and_step_it_was_given_for() {
     assert_eq!(again.status, hale::actors::Status::Blocked, "{again:?}");
 }
 
-/// The exec sandbox is not what this test is about; left as it is.
-fn hale_test_sandbox_off(_config: &mut ExecConfig) {}
+/// The exec sandbox is not what this test is about (tests/hostile/exec.rs
+/// is): the command runs unconfined.
+fn hale_test_sandbox_off(config: &mut ExecConfig) {
+    config.sandbox.mode = hale::actors::builtin::SandboxMode::Off;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_md_cannot_be_rewritten_with_write_file() {

@@ -7,10 +7,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod approvals;
+mod exec;
 mod rules;
 mod secrets;
 #[path = "../runtime/support.rs"]
 mod support;
+mod support_exec;
 mod support_secrets;
 mod support_web;
 mod web;

@@ -51,7 +51,12 @@ fn events_text(events: &[Event]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_printed_password_and_the_known_token_leak_nowhere() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path());
+    let mut config = config(dir.path());
+    // Masking is the second line: with the sandbox turned off (an
+    // operator's explicit choice), `cat ../token` reads the token, and
+    // it must still leak nowhere. (With the sandbox on, the read itself
+    // is refused: tests/hostile/exec.rs.)
+    config.builtin.exec.sandbox.mode = hale::actors::builtin::SandboxMode::Off;
     let data = config.data_dir.clone();
     std::fs::create_dir_all(&data).unwrap();
     // The token file `hale serve` made: the runtime reads it at start.
@@ -59,8 +64,7 @@ async fn a_printed_password_and_the_known_token_leak_nowhere() {
     let runtime = start(config).await;
     let workspace = runtime.config().builtin.workspace_root.clone();
     env_file(&workspace);
-    // A copy of the token the agent found somewhere (read by a second
-    // route than `cat ../token`, which the sandbox blocks after the merge).
+    // A copy of the token the agent found somewhere: a second route.
     std::fs::write(workspace.join("notes.txt"), format!("token: {TOKEN}\n")).unwrap();
     // A deploy script that dumps its secrets on failure and is refused:
     // a critical PERMISSION_DENIED, so an approval quotes its output.
@@ -99,11 +103,17 @@ async fn a_printed_password_and_the_known_token_leak_nowhere() {
         .resolve_approval(&approval.id, Answer::Option(ABORT_OPTION.into()), "test")
         .await
         .unwrap();
-    let record = runtime.sessions().wait(&id, WAIT).await.unwrap().unwrap();
+    let Some(record) = runtime.sessions().wait(&id, WAIT).await.unwrap() else {
+        let journal = journal(&runtime, &session).await;
+        let open = runtime.approvals(true).await.unwrap();
+        panic!("the message did not finish:\n{journal}\nopen approvals: {open:#?}");
+    };
     let steps = steps_of(&record);
 
     // The model's view: masked, the rest of the text kept.
-    let stdout = steps[0]["data"]["stdout"].as_str().unwrap();
+    let stdout = steps[0]["data"]["stdout"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}", steps[0]));
     assert!(stdout.contains("MY_DB_PASSWORD=[REDACTED]"), "{stdout}");
     assert!(stdout.contains("APP_NAME=shop"), "{stdout}");
     let content = steps[1]["data"]["content"].as_str().unwrap();
@@ -311,7 +321,7 @@ async fn the_data_directory_is_private_and_its_files_are_0600() {
     let config = config(dir.path());
     let data = config.data_dir.clone();
     let runtime = start(config).await;
-    assert_eq!(mode(&data), 0o700, "data directory");
+    assert_eq!(mode(&data), data_dir_mode(&runtime), "data directory");
     let db = data.join("hale.db");
     for file in hale::actors::store::database_files(&db) {
         // WAL mode keeps -wal and -shm while the store is open.
@@ -349,7 +359,11 @@ async fn an_open_data_directory_is_tightened_at_start_with_a_warning() {
     std::fs::set_permissions(data.join("token"), std::fs::Permissions::from_mode(0o644)).unwrap();
 
     let runtime = start(config).await;
-    assert_eq!(mode(&data), 0o700, "data directory tightened");
+    assert_eq!(
+        mode(&data),
+        data_dir_mode(&runtime),
+        "data directory tightened"
+    );
     assert_eq!(mode(&db), 0o600, "hale.db tightened");
     assert_eq!(mode(&data.join("lock")), 0o600, "lock tightened");
     assert_eq!(mode(&data.join("token")), 0o600, "token tightened");

@@ -20,6 +20,8 @@ pub const WAIT: Duration = Duration::from_secs(60);
 /// approvals that stay open long enough to be answered.
 pub fn config(dir: &Path) -> RuntimeConfig {
     let mut config = RuntimeConfig::new(dir.join("data"));
+    // The sandbox on, as in production: the built binary is its wrapper.
+    config.builtin.exec.sandbox.helper = Some(PathBuf::from(env!("CARGO_BIN_EXE_hale")));
     config.dispatch.retry.base = Duration::from_millis(20);
     config.dispatch.retry.max_delay = Duration::from_millis(200);
     config.sessions.approval_timeout = Duration::from_secs(60);
@@ -149,4 +151,14 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
         .any(|w| w == needle.as_bytes())
+}
+
+/// The mode the data directory should have: 0700, or 0711 when `exec`
+/// runs as another user (hale as root) who must reach the workspace.
+pub fn data_dir_mode(runtime: &Runtime) -> u32 {
+    if runtime.config().builtin.exec.sandbox.user.is_some() {
+        0o711
+    } else {
+        0o700
+    }
 }

@@ -21,6 +21,9 @@ pub fn hale_bin() -> PathBuf {
 /// that stay open long enough for the test to answer them.
 pub fn config(dir: &Path) -> RuntimeConfig {
     let mut config = RuntimeConfig::new(dir.join("data"));
+    // `exec` runs through the sandbox wrapper, a subcommand of the hale
+    // binary; this test binary is not it.
+    config.builtin.exec.sandbox.helper = Some(hale_bin());
     config.dispatch.retry.base = Duration::from_millis(20);
     config.dispatch.retry.max_delay = Duration::from_millis(200);
     config.sessions.approval_timeout = Duration::from_secs(60);

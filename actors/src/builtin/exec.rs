@@ -13,6 +13,11 @@
 //! approval rules, matched against the parsed simple commands rather than
 //! the raw text (see [`BlockRule`]), stop known-dangerous commands before
 //! they start.
+//!
+//! Every command runs in the sandbox ([`super::sandbox`]) unless the
+//! operator turned it off: through the `hale sandbox-exec` wrapper, with a
+//! private `TMPDIR` made for the call, and always with an environment built
+//! from a short list instead of hale's own.
 
 use std::future::Future;
 use std::io;
@@ -22,6 +27,9 @@ use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use super::sandbox::{
+    EXIT_LANDLOCK_UNAVAILABLE, EXIT_SETUP_FAILED, SandboxConfig, SandboxMode, WRAPPER_PREFIX,
+};
 use crate::escalation::ApprovalGrants;
 use process_wrap::tokio::{ChildWrapper, CommandWrap, KillOnDrop, ProcessGroup};
 use regex::Regex;
@@ -32,7 +40,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::command_line;
 use crate::catalog::ErrorCode;
 use crate::classify;
-use crate::outcome::{HintKind, ToolOutcome};
+use crate::outcome::{Hint, HintKind, ToolOutcome};
 use crate::process::{ProcessHook, ProcessRecord};
 use crate::tool::{BoxFuture, Tool, ToolContext, ToolSpec};
 
@@ -109,6 +117,9 @@ pub struct ExecConfig {
     /// Told of every command's process group while it lives (none by
     /// default), so a crash of hale cannot leave it running unrecorded.
     pub recorder: ProcessHook,
+    /// The sandbox every command runs in (Landlock by default, which needs
+    /// [`SandboxConfig::helper`] set to run anything).
+    pub sandbox: SandboxConfig,
 }
 
 impl ExecConfig {
@@ -122,6 +133,7 @@ impl ExecConfig {
             output_cap_bytes: DEFAULT_OUTPUT_CAP_BYTES,
             blocked: Vec::new(),
             recorder: ProcessHook::default(),
+            sandbox: SandboxConfig::default(),
         }
     }
 }
@@ -285,15 +297,66 @@ impl Exec {
         )
     }
 
-    async fn execute(&self, command: &str, timeout: Duration) -> ToolOutcome {
-        let started = Instant::now();
-        let mut cmd = tokio::process::Command::new("sh");
-        cmd.arg("-c")
-            .arg(command)
-            .current_dir(&self.config.workspace_root)
+    /// The command to spawn for `command`: `sh -c` directly when the
+    /// sandbox is off, else the wrapper around `/bin/sh -c` with a private
+    /// TMPDIR (returned, so it lives as long as the call). A sandbox that
+    /// cannot be used is a refusal, never an unconfined run.
+    // The refusal is the tool's answer, returned as is; boxing it would
+    // only be unboxed again by the one caller.
+    #[allow(clippy::result_large_err)]
+    fn command(
+        &self,
+        command: &str,
+    ) -> Result<(tokio::process::Command, Option<PrivateTmp>), ToolOutcome> {
+        let sandbox = &self.config.sandbox;
+        let workspace = &self.config.workspace_root;
+        let (mut cmd, tmp) = match sandbox.mode {
+            SandboxMode::Off => {
+                let mut cmd = tokio::process::Command::new("sh");
+                cmd.arg("-c").arg(command);
+                (cmd, None)
+            }
+            SandboxMode::Landlock => {
+                if let Some(why) = &sandbox.unavailable {
+                    return Err(sandbox_refusal(format!(
+                        "exec is disabled: the sandbox cannot run here ({why})"
+                    )));
+                }
+                let Some(helper) = &sandbox.helper else {
+                    return Err(sandbox_refusal(
+                        "exec is disabled: no sandbox helper is configured \
+                         ([tools.sandbox] helper must name the hale binary)"
+                            .to_owned(),
+                    ));
+                };
+                let tmp = PrivateTmp::create(sandbox).map_err(|e| {
+                    sandbox_refusal(format!(
+                        "exec could not prepare the sandbox's private TMPDIR: {e}"
+                    ))
+                })?;
+                let mut cmd = tokio::process::Command::new(helper);
+                cmd.args(sandbox.wrapper_args(workspace, &tmp.path))
+                    .arg("/bin/sh")
+                    .arg("-c")
+                    .arg(command);
+                (cmd, Some(tmp))
+            }
+        };
+        cmd.env_clear()
+            .envs(sandbox.command_env(workspace, tmp.as_ref().map(|t| t.path.as_path())))
+            .current_dir(workspace)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        Ok((cmd, tmp))
+    }
+
+    async fn execute(&self, command: &str, timeout: Duration) -> ToolOutcome {
+        let started = Instant::now();
+        let (cmd, tmp) = match self.command(command) {
+            Ok(built) => built,
+            Err(refused) => return refused,
+        };
         let mut wrap = CommandWrap::from(cmd);
         wrap.wrap(ProcessGroup::leader()).wrap(KillOnDrop);
         let child = match wrap.spawn() {
@@ -308,6 +371,7 @@ impl Exec {
             child,
             settled: false,
             _record: record,
+            _tmp: tmp,
         };
         let stdout = group.child.stdout().take();
         let stderr = group.child.stderr().take();
@@ -354,7 +418,10 @@ impl Exec {
         // The command ran: whatever its failure says (a `curl` that was
         // refused), its effects may have happened.
         let outcome = match end {
-            End::Exited(status) => exit_outcome(status, &output),
+            End::Exited(status) => match wrapper_failure(status, &output) {
+                Some(refused) => return refused,
+                None => exit_outcome(status, &output, &self.config),
+            },
             End::TimedOut => ToolOutcome::timeout(format!(
                 "command timed out after {} ms; its process group was killed",
                 millis(timeout)
@@ -379,7 +446,15 @@ impl Exec {
     fn spawn_failure(&self, err: &io::Error) -> ToolOutcome {
         let root = self.config.workspace_root.display();
         let outcome = classify::from_io_error(err);
-        let message = format!("could not start `sh -c` in `{root}`: {err}");
+        let message = match (&self.config.sandbox.mode, &self.config.sandbox.helper) {
+            (SandboxMode::Landlock, Some(helper)) => {
+                return sandbox_refusal(format!(
+                    "exec is disabled: the sandbox helper `{}` could not be started: {err}",
+                    helper.display()
+                ));
+            }
+            _ => format!("could not start `sh -c` in `{root}`: {err}"),
+        };
         let mut data = object(outcome.data.clone());
         data.insert("workspace_root".into(), json!(root.to_string()));
         ToolOutcome { message, ..outcome }.with_data(Value::Object(data))
@@ -404,7 +479,16 @@ fn spec(config: &ExecConfig) -> ToolSpec {
          everything it started, after `timeout_ms` (default {default} ms, at most {max} ms). \
          Background processes that still hold the output open when the shell exits are killed \
          too; detach them with `nohup cmd >file 2>&1 &` if they must keep running. Some \
-         commands are refused by policy; the outcome then says why.",
+         commands are refused by policy; the outcome then says why.{sandbox}",
+        sandbox = match config.sandbox.mode {
+            SandboxMode::Landlock => format!(
+                " Commands run in a sandbox: only the workspace and a private $TMPDIR are \
+                 writable, system directories are read-only, nothing else is visible, and the \
+                 network policy is `{}`.",
+                config.sandbox.network
+            ),
+            SandboxMode::Off => String::new(),
+        },
         cap = config.output_cap_bytes,
         default = millis(config.default_timeout),
         max = millis(config.max_timeout),
@@ -505,6 +589,85 @@ struct Group {
     child: Box<dyn ChildWrapper>,
     settled: bool,
     _record: Option<ProcessRecord>,
+    _tmp: Option<PrivateTmp>,
+}
+
+/// The private TMPDIR of one sandboxed call: a fresh 0700 directory in the
+/// system's temporary directory, owned by the sandbox user when there is
+/// one, removed (with what the command left in it) when the call ends.
+#[derive(Debug)]
+struct PrivateTmp {
+    path: PathBuf,
+}
+
+impl PrivateTmp {
+    fn create(sandbox: &SandboxConfig) -> io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let base = std::env::temp_dir();
+        let mut last = None;
+        for _ in 0..16 {
+            let path = base.join(format!("hale-exec-{:016x}", fastrand::u64(..)));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => {
+                    let tmp = Self { path };
+                    if let Some(user) = &sandbox.user {
+                        std::os::unix::fs::chown(&tmp.path, Some(user.uid), Some(user.gid))?;
+                    }
+                    return Ok(tmp);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("no free temporary name")))
+    }
+}
+
+impl Drop for PrivateTmp {
+    fn drop(&mut self) {
+        let path = std::mem::take(&mut self.path);
+        let remove = move || {
+            let _ = std::fs::remove_dir_all(&path);
+        };
+        // Off the async workers when there is a runtime: what the command
+        // left there may be large.
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn_blocking(remove);
+            }
+            Err(_) => remove(),
+        }
+    }
+}
+
+/// A refusal to run because the sandbox cannot be used: not retryable (the
+/// machine will not change between two calls), not escalated, with a hint.
+fn sandbox_refusal(message: String) -> ToolOutcome {
+    ToolOutcome::from_code(ErrorCode::Other("SANDBOX_UNAVAILABLE".into()), message).with_hint(
+        Hint::new(
+            HintKind::TryInstead,
+            "exec cannot run commands until the operator fixes the sandbox (or sets \
+             [tools.sandbox] mode = \"off\"); use read_file, write_file, edit_file, glob and \
+             grep meanwhile",
+        ),
+    )
+}
+
+/// The outcome of a wrapper that refused to set the sandbox up (its own
+/// exit code and stderr prefix): the command never ran.
+fn wrapper_failure(status: ExitStatus, output: &Output) -> Option<ToolOutcome> {
+    let code = status.code()?;
+    if code != EXIT_LANDLOCK_UNAVAILABLE && code != EXIT_SETUP_FAILED {
+        return None;
+    }
+    let stderr = output.err.text();
+    let line = stderr.lines().find(|l| l.starts_with(WRAPPER_PREFIX))?;
+    Some(
+        sandbox_refusal(format!(
+            "exec is disabled: the sandbox could not be set up: {line}"
+        ))
+        .with_data(output.data([("exit_code", json!(code))])),
+    )
 }
 
 impl Drop for Group {
@@ -613,7 +776,7 @@ impl Output {
     }
 }
 
-fn exit_outcome(status: ExitStatus, output: &Output) -> ToolOutcome {
+fn exit_outcome(status: ExitStatus, output: &Output, config: &ExecConfig) -> ToolOutcome {
     let exit_code = status.code();
     let signal = status.signal();
     if exit_code == Some(0) && signal.is_none() {
@@ -622,8 +785,13 @@ fn exit_outcome(status: ExitStatus, output: &Output) -> ToolOutcome {
     let mut outcome = classify::from_process_exit(exit_code, signal, &output.err.text());
     let mut extra = vec![];
     if exit_code == Some(127) {
-        // The shell searched the PATH it inherited from us.
-        let path = std::env::var_os("PATH").map(|p| p.to_string_lossy().into_owned());
+        // The shell searched the PATH of the environment we built.
+        let path = config
+            .sandbox
+            .command_env(&config.workspace_root, None)
+            .into_iter()
+            .find(|(name, _)| name == "PATH")
+            .map(|(_, p)| p.to_string_lossy().into_owned());
         let shown = path
             .clone()
             .unwrap_or_else(|| "(unset: sh used its built-in default)".into());

@@ -69,12 +69,17 @@ impl Default for ReadFileConfig {
 pub struct WriteFileConfig {
     /// The largest `content` accepted, in bytes (default 16 MiB).
     pub max_bytes: u64,
+    /// Who owns what the tool writes, as `(uid, gid)`: set when `exec`
+    /// runs as another user than hale (hale as root), so that user can
+    /// work on the files; `None` (default) keeps hale's ownership.
+    pub owner: Option<(u32, u32)>,
 }
 
 impl Default for WriteFileConfig {
     fn default() -> Self {
         Self {
             max_bytes: 16 * 1024 * 1024,
+            owner: None,
         }
     }
 }
@@ -85,12 +90,16 @@ pub struct EditFileConfig {
     /// The largest file that may be edited, in bytes (default 16 MiB); the
     /// whole file is held in memory during an edit.
     pub max_bytes: u64,
+    /// Who owns an edited file, as `(uid, gid)` (see
+    /// [`WriteFileConfig::owner`]).
+    pub owner: Option<(u32, u32)>,
 }
 
 impl Default for EditFileConfig {
     fn default() -> Self {
         Self {
             max_bytes: 16 * 1024 * 1024,
+            owner: None,
         }
     }
 }
@@ -537,7 +546,7 @@ fn write(
     };
     if !parent.is_dir() {
         if args.create_dirs.unwrap_or(true) {
-            fs::create_dir_all(parent)
+            create_dirs(parent, config.owner)
                 .map_err(|e| io_failure("cannot create the directories for", &shown, &e))?;
         } else {
             return Err(ToolOutcome::from_code(
@@ -549,7 +558,7 @@ fn write(
             .with_data(json!({ "path": shown })));
         }
     }
-    atomic_write(&target, args.content.as_bytes())
+    atomic_write(&target, args.content.as_bytes(), config.owner)
         .map_err(|e| io_failure("cannot write", &shown, &e))?;
     Ok(ToolOutcome::success(
         json!({ "path": shown, "bytes": bytes }),
@@ -612,7 +621,7 @@ fn edit(
         .with_data(json!({ "path": shown, "matches": 0 }))),
         1 => {
             let edited = text.replacen(&args.old_text, &args.new_text, 1);
-            atomic_write(&path, edited.as_bytes())
+            atomic_write(&path, edited.as_bytes(), config.owner)
                 .map_err(|e| io_failure("cannot write", &shown, &e))?;
             Ok(ToolOutcome::success(
                 json!({ "path": shown, "replaced": 1 }),
@@ -795,8 +804,9 @@ fn masked_text_refused(tool: &str, field: &str, path: &str) -> ToolOutcome {
 
 /// Replaces `target` with `content` atomically: a temporary file in the
 /// same directory (so the rename stays on one file system) is written,
-/// synced and renamed over it. An existing target keeps its permissions.
-fn atomic_write(target: &Path, content: &[u8]) -> io::Result<()> {
+/// synced and renamed over it. An existing target keeps its permissions;
+/// with an `owner`, the file belongs to it.
+fn atomic_write(target: &Path, content: &[u8], owner: Option<(u32, u32)>) -> io::Result<()> {
     let dir = target
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no parent directory"))?;
@@ -807,6 +817,9 @@ fn atomic_write(target: &Path, content: &[u8]) -> io::Result<()> {
         if let Some(permissions) = permissions {
             temp.set_permissions(permissions)?;
         }
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&temp, Some(uid), Some(gid))?;
+        }
         temp.sync_all()?;
         drop(temp);
         fs::rename(&temp_path, target)
@@ -816,6 +829,23 @@ fn atomic_write(target: &Path, content: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&temp_path);
     }
     result
+}
+
+/// Creates `dir` and its missing parents; with an `owner`, each directory
+/// created here belongs to it.
+fn create_dirs(dir: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+    let missing: Vec<PathBuf> = dir
+        .ancestors()
+        .take_while(|d| !d.exists())
+        .map(Path::to_path_buf)
+        .collect();
+    fs::create_dir_all(dir)?;
+    if let Some((uid, gid)) = owner {
+        for created in missing {
+            std::os::unix::fs::chown(&created, Some(uid), Some(gid))?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates a fresh hidden temporary file next to `target`; hidden so that

@@ -12,6 +12,7 @@ pub mod exec;
 pub mod fetch_guard;
 pub mod files;
 pub mod net_policy;
+pub mod sandbox;
 pub mod search;
 pub mod web_fetch;
 pub mod workspace;
@@ -19,6 +20,7 @@ pub mod workspace;
 pub use exec::{BlockRule, Exec, ExecConfig, ExecConfigError};
 pub use files::{EditFile, EditFileConfig, ReadFile, ReadFileConfig, WriteFile, WriteFileConfig};
 pub use net_policy::{AllowEntry, AllowEntryError, AllowList};
+pub use sandbox::{NetworkPolicy, SandboxConfig, SandboxLimits, SandboxMode, SandboxUser};
 pub use search::{Glob, GlobConfig, Grep, GrepConfig};
 pub use web_fetch::{
     ForbiddenValues, WebFetch, WebFetchConfig, WebFetchError, classify_reqwest_error,
@@ -105,9 +107,18 @@ pub fn builtin_tools(config: &BuiltinConfig) -> Result<Vec<Arc<dyn Tool>>, Built
     let workspace = Workspace::new(&config.workspace_root)?;
     let mut exec = config.exec.clone();
     exec.workspace_root = workspace.root().to_path_buf();
+    // Files the file tools write belong to the user `exec` runs as, so
+    // its commands can work on them.
+    let owner = exec.sandbox.user.as_ref().map(|u| (u.uid, u.gid));
+    let mut write_config = config.write_file;
+    let mut edit_config = config.edit_file;
+    if owner.is_some() && exec.sandbox.mode == SandboxMode::Landlock {
+        write_config.owner = owner;
+        edit_config.owner = owner;
+    }
     let mut read_file = ReadFile::new(workspace.clone(), config.read_file);
-    let mut write_file = WriteFile::new(workspace.clone(), config.write_file);
-    let mut edit_file = EditFile::new(workspace.clone(), config.edit_file);
+    let mut write_file = WriteFile::new(workspace.clone(), write_config);
+    let mut edit_file = EditFile::new(workspace.clone(), edit_config);
     if let Some(memory) = &config.memory {
         read_file = read_file.with_memory(memory.clone());
         write_file = write_file.with_memory(memory.clone());

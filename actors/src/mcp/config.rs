@@ -73,7 +73,16 @@ pub struct McpServerConfig {
     /// Told of every stdio server's process group while it lives (none by
     /// default).
     pub recorder: ProcessHook,
+    /// Names of hale's environment variables a stdio server gets on
+    /// purpose (`[[mcp]] inherit_env`). Beyond them it gets only its
+    /// configured `env`, `PATH`, `LANG`, `TERM` and `HOME`: hale's own
+    /// environment (model keys, `HALE_TOKEN`) is not inherited.
+    pub inherit_env: Vec<String>,
 }
+
+/// The variables of hale's environment every stdio server gets: enough to
+/// find programs and keep per-user caches (`HOME`) working offline.
+pub const MCP_BASE_ENV: &[&str] = &["PATH", "LANG", "TERM", "HOME"];
 
 impl McpServerConfig {
     /// A server with hale's defaults: 30 s per call, 20 s to connect,
@@ -96,7 +105,33 @@ impl McpServerConfig {
             probe_after: Duration::from_secs(5),
             disabled: false,
             recorder: ProcessHook::default(),
+            inherit_env: Vec::new(),
         }
+    }
+
+    /// The whole environment of this server's process: [`MCP_BASE_ENV`]
+    /// and [`inherit_env`](Self::inherit_env) from hale's own, then the
+    /// configured `env` (which wins).
+    pub fn process_env(&self) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+        let mut env: BTreeMap<std::ffi::OsString, std::ffi::OsString> = BTreeMap::new();
+        for name in MCP_BASE_ENV
+            .iter()
+            .copied()
+            .chain(self.inherit_env.iter().map(String::as_str))
+        {
+            if let Some(value) = std::env::var_os(name) {
+                env.insert(name.into(), value);
+            }
+        }
+        if let McpTransport::Stdio {
+            env: configured, ..
+        } = &self.transport
+        {
+            for (name, value) in configured {
+                env.insert(name.into(), value.into());
+            }
+        }
+        env.into_iter().collect()
     }
 
     /// A stdio server running `command` with `args`.
@@ -217,4 +252,44 @@ pub struct McpConfigError {
     pub field: &'static str,
     /// What is wrong with it.
     pub problem: String,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// A stdio server's environment is built: the base names, the names it
+    /// inherits on purpose and its configured `env`, nothing else of
+    /// hale's (this test process has `CARGO_*` variables; none may pass).
+    #[test]
+    fn stdio_environment_is_built_not_inherited() {
+        let mut config = McpServerConfig::new(
+            "s",
+            McpTransport::Stdio {
+                command: "server".into(),
+                args: vec![],
+                env: BTreeMap::from([("CONFIGURED".to_owned(), "yes".to_owned())]),
+                cwd: None,
+            },
+        );
+        config.inherit_env = vec!["CARGO_PKG_NAME".into()];
+        let env = config.process_env();
+        let names: Vec<String> = env
+            .iter()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        for name in &names {
+            assert!(
+                MCP_BASE_ENV.contains(&name.as_str())
+                    || name == "CONFIGURED"
+                    || name == "CARGO_PKG_NAME",
+                "{name} leaked into {names:?}"
+            );
+        }
+        assert!(names.contains(&"CONFIGURED".to_owned()));
+        assert!(names.contains(&"CARGO_PKG_NAME".to_owned()));
+        assert!(names.contains(&"PATH".to_owned()));
+    }
 }

@@ -33,7 +33,7 @@ use hale_supervision::{
 };
 use serde_json::{Value, json};
 
-pub use config::{McpConfigError, McpServerConfig, McpTransport};
+pub use config::{MCP_BASE_ENV, McpConfigError, McpServerConfig, McpTransport};
 pub use convert::RemoteTool;
 pub use manage::ManageMcp;
 pub use server::{McpMsg, McpServerActor, McpState, PROTOCOL_VERSION, ServerStatus};

@@ -535,11 +535,12 @@ async fn connect(shared: &Arc<ServerShared>) -> Result<Connection, String> {
         McpTransport::Stdio {
             command,
             args,
-            env,
+            env: _,
             cwd,
         } => {
+            // Built, not inherited: see `McpServerConfig::process_env`.
             let mut cmd = tokio::process::Command::new(command);
-            cmd.args(args).envs(env);
+            cmd.args(args).env_clear().envs(config.process_env());
             if let Some(cwd) = cwd {
                 cmd.current_dir(cwd);
             }
