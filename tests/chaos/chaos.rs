@@ -125,6 +125,10 @@ async fn two_hundred_sessions_survive_a_kill_every_20_ms() {
     );
     let workspace = runtime.config().builtin.workspace_root.clone();
     std::fs::create_dir_all(workspace.join("out")).unwrap();
+    // Made by the test (root here): hand it to the user `exec` runs as.
+    if let Some(user) = &runtime.config().builtin.exec.sandbox.user {
+        std::os::unix::fs::chown(workspace.join("out"), Some(user.uid), Some(user.gid)).unwrap();
+    }
 
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));

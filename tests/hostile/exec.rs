@@ -182,6 +182,8 @@ async fn files_outside_the_workspace_are_unreachable() {
             &read_tmp,
             &write_tmp,
             "(echo pwned > ../pwned) 2>&1; echo rc=$?",
+            // MEMORY.md goes into every session's prompt: out of reach.
+            "(echo pwned >> ../memory/MEMORY.md) 2>&1; echo rc=$?",
             "echo ok > inside.txt && cat inside.txt && echo tmp > $TMPDIR/t && cat $TMPDIR/t",
         ]),
     )
@@ -190,7 +192,7 @@ async fn files_outside_the_workspace_are_unreachable() {
     for step in &steps {
         assert!(!step.to_string().contains(FAKE_SECRET), "leaked: {step}");
     }
-    for (i, step) in steps.iter().take(4).enumerate() {
+    for (i, step) in steps.iter().take(5).enumerate() {
         let out = output(step);
         assert!(
             out.contains("rc=") && !out.contains("rc=0"),
@@ -199,8 +201,10 @@ async fn files_outside_the_workspace_are_unreachable() {
     }
     assert!(!outside.join("pwned").exists());
     assert!(!data.join("pwned").exists());
-    assert_eq!(steps[4]["status"], "success", "{}", steps[4]);
-    assert_eq!(output(&steps[4]), "ok\ntmp\n");
+    let memory = runtime.memory().read().await.unwrap();
+    assert!(!memory.contains("pwned"), "{memory}");
+    assert_eq!(steps[5]["status"], "success", "{}", steps[5]);
+    assert_eq!(output(&steps[5]), "ok\ntmp\n");
     let inside = data.join("workspace/inside.txt");
     assert!(inside.exists());
     if running_as_root() {
