@@ -142,7 +142,9 @@ fn open_lays_out_the_directory() {
     let elsewhere = tmp.path().join("ws");
     let custom = DataDir::open_with_workspace(tmp.path().join("other"), &elsewhere).unwrap();
     assert_eq!(custom.workspace(), elsewhere);
-    assert!(elsewhere.join("memory").is_dir());
+    // MEMORY.md stays with the data, out of the agent's workspace.
+    assert!(tmp.path().join("other/memory").is_dir());
+    assert!(!elsewhere.join("memory").exists());
 }
 
 #[test]
