@@ -366,3 +366,36 @@ async fn no_sandbox_no_exec_unless_off() {
     assert!(!output(&steps[0]).contains("CARGO"), "{}", steps[0]);
     runtime.shutdown().await.unwrap();
 }
+
+/// Landlock's signal scope on its own: the wrapper run with no user to
+/// switch to (as hale is when it does not run as root) cannot signal a
+/// process outside its sandbox, even one of its own user. As root the
+/// user switch hides this guard, so the wrapper is run directly here.
+#[test]
+fn the_signal_scope_alone_keeps_kill_inside_the_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let (workspace, tmp) = (dir.path().join("w"), dir.path().join("t"));
+    std::fs::create_dir_all(&workspace).unwrap();
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut target = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let kill = format!("kill -TERM {} 2>&1; echo kill=$?", target.id());
+    let out = std::process::Command::new(crate::support_exec::hale_bin())
+        .arg("sandbox-exec")
+        .arg("--workspace")
+        .arg(&workspace)
+        .arg("--tmp")
+        .arg(&tmp)
+        .args(["--network", "all", "--", "/bin/sh", "-c", &kill])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let alive = target.try_wait().unwrap().is_none();
+    let _ = target.kill();
+    let _ = target.wait();
+    assert!(out.status.success(), "the wrapper failed: {out:?}");
+    assert!(text.contains("kill=") && !text.contains("kill=0"), "{text}");
+    assert!(alive, "the process outside the sandbox was killed");
+}
