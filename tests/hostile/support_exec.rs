@@ -13,10 +13,7 @@ use hale::actors::store::{MessageRecord, MessageState};
 use hale::runtime::{Runtime, RuntimeConfig};
 use serde_json::{Value, json};
 
-/// The `hale` binary cargo built for these tests: the sandbox wrapper.
-pub fn hale_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_hale"))
-}
+pub use crate::support::{hale_bin, start};
 
 /// A runtime configuration with the sandbox on (the default mode) and the
 /// built binary as its helper.
@@ -25,14 +22,6 @@ pub fn config(dir: &Path) -> RuntimeConfig {
     config.builtin.exec.sandbox.helper = Some(hale_bin());
     config.sessions.approval_timeout = Duration::from_secs(60);
     config
-}
-
-/// Starts a runtime, bounded in time.
-pub async fn start(config: RuntimeConfig) -> Runtime {
-    tokio::time::timeout(Duration::from_secs(30), Runtime::start(config))
-        .await
-        .expect("runtime start timed out")
-        .expect("runtime start failed")
 }
 
 /// A scripted plan of `exec` commands.

@@ -7,11 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hale::actors::event::Event;
-use hale::actors::store::{
-    EventFilter, EventQuery, MessageRecord, MessageState, Order, SessionStore, Store,
-};
+use hale::actors::store::{EventFilter, EventQuery, MessageRecord, Order, SessionStore, Store};
 use hale::runtime::{Runtime, RuntimeConfig};
-use serde_json::{Value, json};
+
+pub use crate::support::{eventually, plan, plan_with_approval, script, start, step, steps_of};
 
 /// How long a message may take.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -28,47 +27,9 @@ pub fn config(dir: &Path) -> RuntimeConfig {
     config
 }
 
-/// Starts a runtime, bounded in time.
-pub async fn start(config: RuntimeConfig) -> Runtime {
-    tokio::time::timeout(Duration::from_secs(30), Runtime::start(config))
-        .await
-        .expect("runtime start timed out")
-        .expect("runtime start failed")
-}
-
-/// A scripted plan.
-pub fn plan(steps: Value) -> String {
-    json!({ "steps": steps, "reply": "done" }).to_string()
-}
-
-/// A scripted plan with steps to run after an approval's decision.
-pub fn plan_with_approval(steps: Value, on_approval: Value) -> String {
-    json!({ "steps": steps, "reply": "done", "on_approval": on_approval }).to_string()
-}
-
-/// One step.
-pub fn step(tool: &str, args: Value) -> Value {
-    json!({ "tool": tool, "args": args })
-}
-
 /// Sends and waits (bounded), returning the finished message.
 pub async fn ask(runtime: &Runtime, session: &str, text: &str) -> MessageRecord {
     crate::support::ask(runtime, session, text, WAIT).await
-}
-
-/// The step outcomes of a scripted reply.
-pub fn steps_of(record: &MessageRecord) -> Vec<Value> {
-    assert_eq!(
-        record.state,
-        MessageState::Done,
-        "message not done: {record:?}"
-    );
-    let reply: Value = serde_json::from_str(record.reply.as_deref().unwrap_or("null"))
-        .unwrap_or_else(|e| panic!("reply is not JSON ({e}): {:?}", record.reply));
-    reply["steps"]
-        .as_array()
-        .cloned()
-        .unwrap_or_else(|| panic!("reply has no steps: {reply}"))
 }
 
 /// Every audit event, oldest first (what `/v1/logs` serves).
@@ -100,32 +61,6 @@ pub async fn journal(runtime: &Runtime, session: &str) -> String {
         .map(|r| r.entry)
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// Waits until `f` returns `Some`, polling every 20 ms, up to `within`.
-pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(value) = f().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Writes an executable shell script.
-pub fn script(path: &Path, body: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).expect("write script");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
 /// The permission bits of `path`.

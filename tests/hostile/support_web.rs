@@ -16,6 +16,8 @@ use hale::actors::store::{EventFilter, EventQuery, MessageRecord, MessageState, 
 use hale::runtime::{Runtime, RuntimeConfig};
 use serde_json::{Value, json};
 
+pub use crate::support::{hale_bin, start};
+
 /// How long one message may take.
 pub const WAIT: Duration = Duration::from_secs(60);
 
@@ -27,14 +29,6 @@ pub fn config(dir: &Path) -> RuntimeConfig {
     config.sessions.approval_timeout = Duration::from_secs(60);
     config.builtin.web_fetch.timeout = Duration::from_secs(10);
     config
-}
-
-/// Starts a runtime, bounded in time.
-pub async fn start(config: RuntimeConfig) -> Runtime {
-    tokio::time::timeout(Duration::from_secs(30), Runtime::start(config))
-        .await
-        .expect("runtime start timed out")
-        .expect("runtime start failed")
 }
 
 /// A scripted plan of `web_fetch` calls, one per argument object.
@@ -202,11 +196,6 @@ impl Recorder {
     pub fn hits(&self) -> usize {
         self.heads.lock().unwrap().len()
     }
-}
-
-/// The `hale` binary cargo built for these tests.
-pub fn hale_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_hale"))
 }
 
 /// `hale serve` as a child process on a free loopback port, with the
