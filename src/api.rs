@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -187,36 +187,81 @@ impl From<RuntimeError> for ApiError {
     }
 }
 
-/// `Json` whose rejections are API errors.
+/// `Json` whose rejections are API errors, and whose body must be a JSON
+/// object: serde reads a struct from an array too (`[null, null]` as
+/// `{"agent": null, "id": null}`), which the document does not allow.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
-    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    T: serde::de::DeserializeOwned,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as `content-type: application/json`",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| {
+                let status = rejection.status();
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(status, "too_large", rejection.body_text())
+                } else {
+                    ApiError::bad_request(rejection.body_text())
+                }
+            })?;
+        let object = bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{');
+        if !object && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad_request",
+                "the body must be a JSON object",
+            ));
+        }
+        match Json::<T>::from_bytes(&bytes) {
             Ok(Json(value)) => Ok(Self(value)),
             Err(rejection) => {
                 let status = rejection.status();
-                let code = match status {
-                    StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-                    _ => "bad_request",
-                };
                 let status = if status.is_client_error() {
                     status
                 } else {
                     StatusCode::BAD_REQUEST
                 };
-                Err(ApiError::new(status, code, rejection.body_text()))
+                Err(ApiError::new(status, "bad_request", rejection.body_text()))
             }
         }
     }
+}
+
+/// Whether the request says its body is JSON (`application/json`, or an
+/// `application/*+json` type), as axum's `Json` requires.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence
+        .strip_prefix("application/")
+        .is_some_and(|subtype| subtype == "json" || subtype.ends_with("+json"))
 }
 
 /// `Query` whose rejections are API errors.
@@ -238,6 +283,33 @@ where
             Ok(axum::extract::Query(value)) => Ok(Self(value)),
             Err(rejection) => {
                 let rejection: QueryRejection = rejection;
+                Err(ApiError::bad_request(rejection.body_text()))
+            }
+        }
+    }
+}
+
+/// `Path` whose rejections are API errors: a path segment that is not
+/// valid percent-encoded UTF-8, or not of the declared type (an unknown
+/// MCP action), is a 400 with the error body like every other refusal.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Self(value)),
+            Err(rejection) => {
+                let rejection: PathRejection = rejection;
                 Err(ApiError::bad_request(rejection.body_text()))
             }
         }
@@ -316,8 +388,10 @@ pub struct SendMessage {
 /// `?wait=` on a send.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct WaitParams {
     /// Seconds to wait for the reply (at most 300).
+    #[param(minimum = 0, maximum = 300)]
     pub wait: Option<u64>,
 }
 
@@ -367,9 +441,21 @@ impl From<MessageRecord> for MessageResource {
 /// `?state=` on the approvals list.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ApprovalParams {
-    /// `open` for open approvals only.
-    pub state: Option<String>,
+    /// `open` for open approvals only (`all`, the default, for every one).
+    #[param(inline)]
+    pub state: Option<ApprovalState>,
+}
+
+/// Which approvals to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalState {
+    /// Open approvals only.
+    Open,
+    /// Every approval.
+    All,
 }
 
 /// An approval: request (title, description, diagnosis, options,
@@ -393,21 +479,55 @@ pub struct Decide {
 /// `GET /v1/logs` filters.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LogParams {
-    /// debug, info, warning, error or critical: that level and above.
-    pub level: Option<String>,
+    /// That level and above.
+    #[param(inline)]
+    pub level: Option<LogLevel>,
     /// RFC 3339, or relative (`1h`, `30m`).
+    #[param(value_type = Option<String>, format = DateTime)]
     pub since: Option<String>,
     /// RFC 3339, or relative.
+    #[param(value_type = Option<String>, format = DateTime)]
     pub until: Option<String>,
     /// Text to find (smart case).
     pub grep: Option<String>,
     /// One session's events.
     pub session: Option<String>,
     /// At most this many (default 100, at most 10000).
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<usize>,
     /// One kind of event (`tool_outcome`, `retry`, `message_done`, ...).
     pub kind: Option<String>,
+}
+
+/// A level on `GET /v1/logs`: exactly hale's level names (the CLI reads
+/// the aliases, such as `warn` or `ERROR`, and sends these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Everything.
+    Debug,
+    /// Info and above.
+    Info,
+    /// Warnings and above.
+    Warning,
+    /// Errors and above.
+    Error,
+    /// Critical only.
+    Critical,
+}
+
+impl From<LogLevel> for Level {
+    fn from(level: LogLevel) -> Self {
+        match level {
+            LogLevel::Debug => Level::Debug,
+            LogLevel::Info => Level::Info,
+            LogLevel::Warning => Level::Warning,
+            LogLevel::Error => Level::Error,
+            LogLevel::Critical => Level::Critical,
+        }
+    }
 }
 
 /// An audit event.
@@ -439,6 +559,18 @@ pub struct ActorResource {
 #[schema(value_type = Object)]
 pub struct McpResource(pub Value);
 
+/// What `POST /v1/mcp/{name}/{action}` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum McpAction {
+    /// Starts a disabled server.
+    Enable,
+    /// Stops a server and keeps it stopped.
+    Disable,
+    /// Restarts a server.
+    Restart,
+}
+
 /// `POST /v1/models/switch` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -465,6 +597,7 @@ pub struct Switched {
 #[serde(deny_unknown_fields)]
 pub struct Kill {
     /// An actor id from `/v1/tree`, or `random`.
+    #[schema(example = "random")]
     pub target: String,
     /// With `random`: session, tool, mcp, model, memory, escalation or audit.
     #[serde(default)]
@@ -481,6 +614,7 @@ pub struct Killed {
 /// `GET /v1/events` filter.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventParams {
     /// One session's events.
     pub session: Option<String>,
@@ -501,7 +635,10 @@ fn parse_message_id(id: &str) -> Result<MessageId, ApiError> {
 
 /// Creates a session.
 #[utoipa::path(post, path = "/v1/sessions", request_body = CreateSession,
-    responses((status = 201, body = Created), (status = 400, body = ErrorBody)))]
+    responses((status = 201, body = Created),
+        (status = 400, body = ErrorBody, description = "an unknown agent or a malformed id"),
+        (status = 409, body = ErrorBody, description = "a session with this id exists"),
+        (status = 503, body = ErrorBody, description = "the store failed")))]
 async fn create_session(
     State(state): State<ApiState>,
     ApiJson(body): ApiJson<CreateSession>,
@@ -512,7 +649,8 @@ async fn create_session(
 }
 
 /// Lists the sessions.
-#[utoipa::path(get, path = "/v1/sessions", responses((status = 200, body = Vec<SessionResource>)))]
+#[utoipa::path(get, path = "/v1/sessions", responses((status = 200, body = Vec<SessionResource>),
+    (status = 503, body = ErrorBody, description = "the store failed")))]
 async fn list_sessions(
     State(state): State<ApiState>,
 ) -> Result<Json<Vec<SessionResource>>, ApiError> {
@@ -532,10 +670,12 @@ async fn list_sessions(
 
 /// One session: state, budget, pending approval, last error.
 #[utoipa::path(get, path = "/v1/sessions/{id}", params(("id" = String, Path, description = "session id")),
-    responses((status = 200, body = SessionDetail), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = SessionDetail), (status = 404, body = ErrorBody),
+        (status = 500, body = ErrorBody, description = "its journal could not be read"),
+        (status = 503, body = ErrorBody, description = "the store failed")))]
 async fn get_session(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<SessionDetail>, ApiError> {
     let sessions = state.runtime.sessions();
     let record = sessions.get(&id).await?;
@@ -599,10 +739,11 @@ async fn get_session(
 
 /// Deletes a session (its rows stay for the audit trail).
 #[utoipa::path(delete, path = "/v1/sessions/{id}", params(("id" = String, Path, description = "session id")),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "the store failed")))]
 async fn delete_session(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     state.runtime.sessions().delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -613,10 +754,13 @@ async fn delete_session(
     params(("id" = String, Path, description = "session id"), WaitParams),
     responses((status = 200, body = MessageResource, description = "done within the wait"),
         (status = 202, body = Accepted, description = "stored; not done (yet)"),
-        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+        (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "the session's queue is full (see Retry-After)",
+            headers(("retry-after" = u64, description = "seconds to wait"))),
+        (status = 503, body = ErrorBody, description = "the store failed")))]
 async fn send_message(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<WaitParams>,
     ApiJson(body): ApiJson<SendMessage>,
 ) -> Result<Response, ApiError> {
@@ -650,10 +794,13 @@ async fn send_message(
 /// One message.
 #[utoipa::path(get, path = "/v1/messages/{message_id}",
     params(("message_id" = String, Path, description = "<session>:<n>")),
-    responses((status = 200, body = MessageResource), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = MessageResource),
+        (status = 400, body = ErrorBody, description = "not a message id"),
+        (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "the store failed")))]
 async fn get_message(
     State(state): State<ApiState>,
-    Path(message_id): Path<String>,
+    ApiPath(message_id): ApiPath<String>,
 ) -> Result<Json<MessageResource>, ApiError> {
     let id = parse_message_id(&message_id)?;
     let record = state.runtime.sessions().message(&id).await?;
@@ -662,20 +809,13 @@ async fn get_message(
 
 /// Approvals (`?state=open` for open ones).
 #[utoipa::path(get, path = "/v1/approvals", params(ApprovalParams),
-    responses((status = 200, body = Vec<ApprovalResource>)))]
+    responses((status = 200, body = Vec<ApprovalResource>),
+        (status = 503, body = ErrorBody, description = "the store failed")))]
 async fn list_approvals(
     State(state): State<ApiState>,
     ApiQuery(params): ApiQuery<ApprovalParams>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
-    let open_only = match params.state.as_deref() {
-        None | Some("all") => false,
-        Some("open") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "state={other}: use `open` or `all`"
-            )));
-        }
-    };
+    let open_only = params.state == Some(ApprovalState::Open);
     let approvals = state.runtime.approvals(open_only).await?;
     Ok(Json(approvals.iter().map(|a| shown(&state, a)).collect()))
 }
@@ -683,11 +823,14 @@ async fn list_approvals(
 /// Decides an approval with an option (or `abort`) or instructions.
 #[utoipa::path(post, path = "/v1/approvals/{id}", request_body = Decide,
     params(("id" = String, Path, description = "approval id")),
-    responses((status = 200, body = ApprovalResource), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = ApprovalResource),
+        (status = 400, body = ErrorBody, description = "an unknown option, instructions where none are allowed, or a bad x-hale-operator"),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "decided otherwise already"),
+        (status = 503, body = ErrorBody, description = "the store failed")))]
 async fn decide_approval(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Decide>,
 ) -> Result<Json<Value>, ApiError> {
@@ -746,7 +889,9 @@ fn operator_claim(header: Option<&axum::http::HeaderValue>) -> Result<String, Ap
 
 /// The audit trail, newest first.
 #[utoipa::path(get, path = "/v1/logs", params(LogParams),
-    responses((status = 200, body = Vec<EventResource>), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = Vec<EventResource>),
+        (status = 400, body = ErrorBody, description = "a filter that does not parse"),
+        (status = 500, body = ErrorBody, description = "the audit store failed")))]
 async fn logs(
     State(state): State<ApiState>,
     ApiQuery(params): ApiQuery<LogParams>,
@@ -761,14 +906,7 @@ async fn logs(
             })
             .transpose()
     };
-    let min_level = params
-        .level
-        .as_deref()
-        .map(|l| {
-            l.parse::<Level>()
-                .map_err(|e| ApiError::bad_request(format!("level: {e}")))
-        })
-        .transpose()?;
+    let min_level = params.level.map(Level::from);
     let grep = params
         .grep
         .as_deref()
@@ -798,7 +936,8 @@ async fn logs(
 }
 
 /// The supervision tree, depth first.
-#[utoipa::path(get, path = "/v1/tree", responses((status = 200, body = Vec<ActorResource>)))]
+#[utoipa::path(get, path = "/v1/tree", responses((status = 200, body = Vec<ActorResource>),
+    (status = 500, body = ErrorBody, description = "the tree could not be walked")))]
 async fn tree(State(state): State<ApiState>) -> Result<Json<Vec<ActorResource>>, ApiError> {
     let nodes = state.runtime.tree().await?;
     Ok(Json(
@@ -831,12 +970,14 @@ async fn list_mcp(State(state): State<ApiState>) -> Json<Vec<Value>> {
 /// Enables, disables or restarts an MCP server.
 #[utoipa::path(post, path = "/v1/mcp/{name}/{action}",
     params(("name" = String, Path, description = "server"),
-        ("action" = String, Path, description = "enable, disable or restart")),
-    responses((status = 200, body = McpResource), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+        ("action" = McpAction, Path, description = "enable, disable or restart")),
+    responses((status = 200, body = McpResource),
+        (status = 400, body = ErrorBody, description = "an unknown action"),
+        (status = 404, body = ErrorBody, description = "no such server"),
+        (status = 503, body = ErrorBody, description = "the server's actor did not answer")))]
 async fn manage_mcp(
     State(state): State<ApiState>,
-    Path((name, action)): Path<(String, String)>,
+    ApiPath((name, action)): ApiPath<(String, McpAction)>,
 ) -> Result<Json<Value>, ApiError> {
     let mcp = state.runtime.mcp();
     if !mcp.names().contains(&name) {
@@ -845,15 +986,10 @@ async fn manage_mcp(
             mcp.names().join(", ")
         )));
     }
-    let result = match action.as_str() {
-        "enable" => mcp.enable(&name).await,
-        "disable" => mcp.disable(&name).await,
-        "restart" => mcp.restart(&name).await,
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "unknown action `{other}`: use enable, disable or restart"
-            )));
-        }
+    let result = match action {
+        McpAction::Enable => mcp.enable(&name).await,
+        McpAction::Disable => mcp.disable(&name).await,
+        McpAction::Restart => mcp.restart(&name).await,
     };
     result.map_err(|e| {
         ApiError::new(
@@ -872,8 +1008,10 @@ async fn manage_mcp(
 
 /// Switches the model of a session or of an agent.
 #[utoipa::path(post, path = "/v1/models/switch", request_body = SwitchModel,
-    responses((status = 200, body = Switched), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Switched),
+        (status = 400, body = ErrorBody, description = "an unknown agent or model, or not exactly one of session and agent"),
+        (status = 404, body = ErrorBody, description = "no such session"),
+        (status = 503, body = ErrorBody, description = "the store failed")))]
 async fn switch_model(
     State(state): State<ApiState>,
     ApiJson(body): ApiJson<SwitchModel>,
@@ -907,8 +1045,11 @@ const KINDS: &[&str] = &[
 
 /// Kills an actor (enabled with `hale serve --allow-chaos`).
 #[utoipa::path(post, path = "/v1/chaos/kill", request_body = Kill,
-    responses((status = 200, body = Killed), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Killed),
+        (status = 400, body = ErrorBody, description = "an unknown kind"),
+        (status = 403, body = ErrorBody, description = "chaos is disabled"),
+        (status = 404, body = ErrorBody, description = "no such actor, or none running of that kind"),
+        (status = 500, body = ErrorBody, description = "the tree could not be walked")))]
 async fn chaos_kill(
     State(state): State<ApiState>,
     ApiJson(body): ApiJson<Kill>,
@@ -1139,7 +1280,7 @@ async fn healthz(State(state): State<ApiState>) -> (StatusCode, Json<Health>) {
         version = "1",
         description = "Sessions, messages, approvals, logs, the supervision tree, MCP servers, models and chaos for a running hale. Every /v1 route needs `Authorization: Bearer <token>` (the token is in the data directory)."
     ),
-    components(schemas(ErrorBody, ErrorDetail))
+    components(schemas(ErrorBody, ErrorDetail, McpAction))
 )]
 struct ApiDoc;
 
@@ -1167,8 +1308,8 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
 }
 
 /// The API's router and its OpenAPI document, built from the same
-/// handler annotations.
-pub fn router(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
+/// handler annotations (and made exact by [`exact_document`]).
+pub fn router(state: ApiState) -> (Router, Value) {
     let (v1, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(create_session, list_sessions))
         .routes(routes!(get_session, delete_session))
@@ -1197,9 +1338,20 @@ pub fn router(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
                 .summary(Some("This document."))
                 .response(
                     "200",
-                    utoipa::openapi::Response::new("The OpenAPI 3.1 document"),
+                    utoipa::openapi::ResponseBuilder::new()
+                        .description("The OpenAPI 3.1 document")
+                        .content(
+                            "application/json",
+                            utoipa::openapi::ContentBuilder::new()
+                                .schema(Some(utoipa::openapi::ObjectBuilder::new()))
+                                .build(),
+                        ),
                 ),
         ),
+    );
+    let doc = exact_document(
+        serde_json::to_value(&doc).unwrap_or(Value::Null),
+        &state.runtime,
     );
     let served_doc = doc.clone();
     let v1 = v1
@@ -1218,6 +1370,209 @@ pub fn router(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .layer(middleware::from_fn_with_state(state.clone(), redact_errors))
         .with_state(state);
     (app, doc)
+}
+
+/// `schema` without its `null` alternative (`Option` fields are
+/// documented as nullable, which a query string cannot express).
+fn not_null(schema: &mut Value) {
+    if let Some(types) = schema.get_mut("type").and_then(Value::as_array_mut) {
+        types.retain(|t| t != "null");
+        if let [only] = types.as_slice() {
+            let only = only.clone();
+            schema["type"] = only;
+        }
+    }
+    if let Some(choices) = schema.get_mut("oneOf").and_then(Value::as_array_mut) {
+        choices.retain(|c| c["type"] != "null");
+        if let [only] = choices.as_slice() {
+            let only = only.clone();
+            *schema = only;
+        }
+    }
+}
+
+/// The pattern of a session id (`valid_session_id`).
+const SESSION_ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
+/// The pattern of a message id: `<session>:<n>`, n from 1 and within u64.
+const MESSAGE_ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}:[1-9][0-9]{0,18}$";
+
+/// Makes the generated document say exactly what the server answers and
+/// accepts, where the handler annotations cannot: the answers the
+/// middleware and the extractors give every route of a kind (401 without
+/// the token; 400, 413, 415 and 422 for a body; 400 for a query or a
+/// path), the bearer scheme, the names this runtime knows (agents,
+/// models, MCP servers: anything else is refused, so the document must
+/// not offer it), and the bodies that need one field of two. A client or
+/// a tester that trusts the document is then neither refused a request
+/// it allows nor surprised by a status it omits.
+fn exact_document(mut doc: Value, runtime: &Runtime) -> Value {
+    let error = json!({
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    });
+    let answer = |description: &str| {
+        let mut answer = error.clone();
+        answer["description"] = json!(description);
+        answer
+    };
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for (path, item) in paths.iter_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for operation in item.values_mut() {
+                let Some(operation) = operation.as_object_mut() else {
+                    continue;
+                };
+                let has_body = operation.contains_key("requestBody");
+                let located = |place: &str| {
+                    operation
+                        .get("parameters")
+                        .and_then(Value::as_array)
+                        .is_some_and(|ps| ps.iter().any(|p| p["in"] == place))
+                };
+                let (has_query, has_path) = (located("query"), located("path"));
+                // A query parameter is absent or a string: never `null`.
+                if let Some(parameters) = operation
+                    .get_mut("parameters")
+                    .and_then(Value::as_array_mut)
+                {
+                    for p in parameters.iter_mut().filter(|p| p["in"] == "query") {
+                        not_null(&mut p["schema"]);
+                    }
+                }
+                let mut added = Vec::new();
+                if path.starts_with("/v1/") {
+                    operation.insert("security".to_owned(), json!([{"bearer": []}]));
+                    let mut unauthorized =
+                        answer("missing or wrong bearer token (see <data dir>/token)");
+                    unauthorized["headers"] =
+                        json!({"www-authenticate": {"schema": {"type": "string"}}});
+                    added.push(("401", unauthorized));
+                }
+                if has_body {
+                    added.push(("400", answer("a body that is not JSON")));
+                    added.push(("413", answer("a body over 1 MiB")));
+                    added.push(("415", answer("a body not sent as application/json")));
+                    added.push((
+                        "422",
+                        answer("a JSON body of the wrong shape (an unknown field, a wrong type)"),
+                    ));
+                }
+                if has_query {
+                    added.push(("400", answer("a query parameter that does not parse")));
+                }
+                if has_path {
+                    added.push(("400", answer("a path segment that does not parse")));
+                }
+                let responses = operation.entry("responses").or_insert_with(|| json!({}));
+                if let Some(responses) = responses.as_object_mut() {
+                    for (status, response) in added {
+                        responses.entry(status).or_insert(response);
+                    }
+                }
+            }
+        }
+    }
+    doc["components"]["securitySchemes"] = json!({
+        "bearer": {"type": "http", "scheme": "bearer", "description": "the token in <data dir>/token"}
+    });
+
+    let agents = runtime.sessions().agent_names();
+    let models = runtime.models().names();
+    let mcp = runtime.mcp().names();
+    let one_of = |values: &[String]| -> Value {
+        if values.is_empty() {
+            json!({"type": "string"})
+        } else {
+            json!({"type": "string", "enum": values})
+        }
+    };
+    let or_null = |schema: Value| json!({"oneOf": [schema, {"type": "null"}]});
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["CreateSession"] = json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "agent": or_null(one_of(&agents)),
+            "id": or_null(json!({"type": "string", "pattern": SESSION_ID_PATTERN})),
+        },
+        "description": "`POST /v1/sessions` body: the agent (default `default`) and an id of your own (generated if absent)."
+    });
+    let model = or_null(one_of(&models));
+    schemas["SwitchModel"] = json!({
+        "description": "`POST /v1/models/switch` body: one session, or one agent (every session of it without a model of its own); `model: null` restores the configured chain.",
+        "oneOf": [
+            {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["session"],
+                "properties": {
+                    "session": {"type": "string"},
+                    "agent": {"type": "null"},
+                    "model": model.clone(),
+                },
+            },
+            {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["agent"],
+                "properties": {
+                    "session": {"type": "null"},
+                    "agent": one_of(&agents),
+                    "model": model,
+                },
+            },
+        ]
+    });
+    schemas["Decide"] = json!({
+        "description": "`POST /v1/approvals/{id}` body: an option id (or `abort`), or free-text instructions.",
+        "oneOf": [
+            {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["option"],
+                "properties": {"option": {"type": "string"}, "instructions": {"type": "null"}},
+            },
+            {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["instructions"],
+                "properties": {"option": {"type": "null"}, "instructions": {"type": "string"}},
+            },
+        ]
+    });
+    schemas["Kill"]["properties"]["kind"] = or_null(json!({"type": "string", "enum": KINDS}));
+
+    let parameter = |doc: &mut Value, path: &str, method: &str, name: &str, schema: Value| {
+        if let Some(parameters) = doc["paths"][path][method]["parameters"].as_array_mut() {
+            for p in parameters.iter_mut().filter(|p| p["name"] == name) {
+                p["schema"] = schema.clone();
+            }
+        }
+    };
+    parameter(
+        &mut doc,
+        "/v1/messages/{message_id}",
+        "get",
+        "message_id",
+        json!({"type": "string", "pattern": MESSAGE_ID_PATTERN}),
+    );
+    parameter(
+        &mut doc,
+        "/v1/mcp/{name}/{action}",
+        "post",
+        "name",
+        one_of(&mcp),
+    );
+    // `since` and `until`: a timestamp, or a span back from now.
+    let when = json!({"anyOf": [
+        {"type": "string", "format": "date-time"},
+        {"type": "string", "pattern": "^[0-9]{1,6}(s|m|h|d)$"},
+    ]});
+    for name in ["since", "until"] {
+        parameter(&mut doc, "/v1/logs", "get", name, when.clone());
+    }
+    doc
 }
 
 #[cfg(test)]

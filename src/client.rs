@@ -265,8 +265,14 @@ impl Client {
     /// The API refused or is unreachable.
     pub async fn logs(&self, filter: &LogFilter) -> Result<()> {
         let mut query = Vec::new();
+        // The API takes hale's level names only; the CLI also reads the
+        // usual aliases (`warn`, `ERROR`, `trace`).
+        let level = filter.level.as_deref().map(|l| {
+            l.parse::<hale_actors::event::Level>()
+                .map_or_else(|_| l.to_owned(), |l| l.as_str().to_owned())
+        });
         for (name, value) in [
-            ("level", &filter.level),
+            ("level", &level),
             ("since", &filter.since),
             ("grep", &filter.grep),
             ("session", &filter.session),

@@ -613,3 +613,269 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
     }
     api.runtime.shutdown().await.unwrap();
 }
+
+/// The operation `method path` of the served document.
+fn operation<'a>(doc: &'a Value, path: &str, method: &str) -> &'a Value {
+    let operation = &doc["paths"][path][method];
+    assert!(operation.is_object(), "{method} {path} is documented");
+    operation
+}
+
+/// The parameter `name` of an operation.
+fn parameter<'a>(operation: &'a Value, name: &str) -> &'a Value {
+    operation["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no parameter {name}: {operation}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_every_status_the_routes_answer_with_the_error_body() {
+    let api = Api::start(true, |_| {}).await;
+    let (status, doc) = api.call(Method::GET, "/v1/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let error_body = json!("#/components/schemas/ErrorBody");
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = op["responses"].as_object().unwrap();
+            let documented = |status: &str| {
+                responses.get(status).is_some_and(|r| {
+                    r["content"]["application/json"]["schema"]["$ref"] == error_body
+                })
+            };
+            let mut expected = Vec::new();
+            if path.starts_with("/v1/") {
+                expected.push("401");
+                assert_eq!(op["security"], json!([{"bearer": []}]), "{method} {path}");
+            }
+            if op.get("requestBody").is_some() {
+                expected.extend(["400", "413", "415", "422"]);
+            }
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            if !params.is_empty() {
+                expected.push("400");
+            }
+            for status in expected {
+                assert!(
+                    documented(status),
+                    "{method} {path} documents {status} with the error body"
+                );
+            }
+            // Every error the document lists carries the error body
+            // (`/healthz` answers 503 with its own).
+            for (status, _) in responses {
+                if status.starts_with(['4', '5']) && path != "/healthz" {
+                    assert!(documented(status), "{method} {path} {status}");
+                }
+            }
+        }
+    }
+    // The statuses the handlers give, each listed where it is given.
+    for (path, method, statuses) in [
+        ("/v1/sessions", "post", &["201", "400", "409", "503"][..]),
+        (
+            "/v1/sessions/{id}/messages",
+            "post",
+            &["200", "202", "404", "429"][..],
+        ),
+        ("/v1/messages/{message_id}", "get", &["400", "404"][..]),
+        ("/v1/approvals/{id}", "post", &["400", "404", "409"][..]),
+        (
+            "/v1/mcp/{name}/{action}",
+            "post",
+            &["400", "404", "503"][..],
+        ),
+        ("/v1/models/switch", "post", &["400", "404"][..]),
+        ("/v1/chaos/kill", "post", &["400", "403", "404"][..]),
+    ] {
+        let responses = &operation(&doc, path, method)["responses"];
+        for status in statuses {
+            assert!(responses.get(status).is_some(), "{method} {path} {status}");
+        }
+    }
+    // And the extractors' answers are those error bodies, never axum's
+    // plain text: a wrong content type, a path that is not UTF-8, an
+    // action that is not one.
+    let response = api
+        .request(Method::POST, "/v1/sessions")
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    assert_error(
+        status,
+        &response.json_body().await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+    );
+    let (status, body) = api.call(Method::GET, "/v1/sessions/%FF", None).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST);
+    let (status, body) = api.call(Method::POST, "/v1/mcp/x/explode", None).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST);
+    api.runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_parameters_are_documented_in_the_query_with_the_bounds_the_handlers_apply() {
+    let api = Api::start(false, |_| {}).await;
+    let (_, doc) = api.call(Method::GET, "/v1/openapi.json", None).await;
+    for (path, method) in [
+        ("/v1/logs", "get"),
+        ("/v1/approvals", "get"),
+        ("/v1/events", "get"),
+    ] {
+        for p in operation(&doc, path, method)["parameters"]
+            .as_array()
+            .unwrap()
+        {
+            assert_eq!(p["in"], "query", "{path}: {p}");
+            assert_ne!(p["required"], true, "{path}: {p}");
+        }
+    }
+    let send = operation(&doc, "/v1/sessions/{id}/messages", "post");
+    let wait = parameter(send, "wait");
+    assert_eq!(wait["in"], "query");
+    assert_eq!(
+        (&wait["schema"]["minimum"], &wait["schema"]["maximum"]),
+        (&json!(0), &json!(300))
+    );
+    let logs = operation(&doc, "/v1/logs", "get");
+    let limit = &parameter(logs, "limit")["schema"];
+    assert_eq!(
+        (&limit["minimum"], &limit["maximum"]),
+        (&json!(1), &json!(10000))
+    );
+    for (limit, expected) in [
+        ("0", StatusCode::BAD_REQUEST),
+        ("1", StatusCode::OK),
+        ("10000", StatusCode::OK),
+        ("10001", StatusCode::BAD_REQUEST),
+        ("-1", StatusCode::BAD_REQUEST),
+    ] {
+        let (status, body) = api
+            .call(Method::GET, &format!("/v1/logs?limit={limit}"), None)
+            .await;
+        assert_eq!(status, expected, "limit={limit}: {body}");
+    }
+    // Levels are exactly the five the document names.
+    let level = &parameter(logs, "level")["schema"];
+    assert_eq!(
+        level["enum"],
+        json!(["debug", "info", "warning", "error", "critical"])
+    );
+    for level in ["WARNING", "warn", "trace"] {
+        let (status, body) = api
+            .call(Method::GET, &format!("/v1/logs?level={level}"), None)
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST);
+    }
+    let (status, _) = api.call(Method::GET, "/v1/logs?level=warning", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let state = &parameter(operation(&doc, "/v1/approvals", "get"), "state")["schema"];
+    assert_eq!(state["enum"], json!(["open", "all"]));
+    api.runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_body_must_be_an_object() {
+    let api = Api::start(false, |_| {}).await;
+    // serde reads a struct from an array by position: `[null, null]`
+    // created a session.
+    for (body, expected) in [
+        ("[null, null]", StatusCode::UNPROCESSABLE_ENTITY),
+        ("[]", StatusCode::UNPROCESSABLE_ENTITY),
+        ("\"x\"", StatusCode::UNPROCESSABLE_ENTITY),
+        ("null", StatusCode::UNPROCESSABLE_ENTITY),
+        ("[", StatusCode::BAD_REQUEST),
+        ("", StatusCode::BAD_REQUEST),
+    ] {
+        let response = api
+            .request(Method::POST, "/v1/sessions")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        assert_error(status, &response.json_body().await, expected);
+    }
+    let (_, sessions) = api.call(Method::GET, "/v1/sessions", None).await;
+    assert_eq!(sessions, json!([]));
+    let (status, _) = api
+        .call(Method::POST, "/v1/sessions", Some(json!({"id": "ok"})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    api.runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_offers_only_what_the_handlers_accept() {
+    let api = Api::start(false, |_| {}).await;
+    let (_, doc) = api.call(Method::GET, "/v1/openapi.json", None).await;
+    let schemas = &doc["components"]["schemas"];
+    // Only the configured agents and models: any other name is a 400.
+    let agent = &schemas["CreateSession"]["properties"]["agent"]["oneOf"][0];
+    assert_eq!(agent["enum"], json!(["default"]));
+    let switch = &schemas["SwitchModel"]["oneOf"];
+    assert_eq!(switch[1]["properties"]["agent"]["enum"], json!(["default"]));
+    let models = switch[0]["properties"]["model"]["oneOf"][0]["enum"]
+        .as_array()
+        .unwrap();
+    assert!(models.contains(&json!("scripted")), "{models:?}");
+    // Exactly one of two fields: `{}` is not offered (the handler says 400).
+    for name in ["SwitchModel", "Decide"] {
+        let choices = schemas[name]["oneOf"].as_array().unwrap();
+        assert_eq!(choices.len(), 2, "{name}");
+        assert!(
+            choices
+                .iter()
+                .all(|c| c["required"].as_array().unwrap().len() == 1)
+        );
+    }
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/models/switch",
+            Some(json!({"model": null})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST);
+    // What the document allows is not refused as malformed: a `null`
+    // other field, an unknown session (404).
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/models/switch",
+            Some(json!({"session": "ghost", "agent": null})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND);
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/approvals/ghost",
+            Some(json!({"option": "deny", "instructions": null})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND);
+    let message_id = &parameter(
+        operation(&doc, "/v1/messages/{message_id}", "get"),
+        "message_id",
+    );
+    assert_eq!(
+        message_id["schema"]["pattern"],
+        "^[A-Za-z0-9_-]{1,64}:[1-9][0-9]{0,18}$"
+    );
+    let (status, body) = api
+        .call(Method::GET, "/v1/messages/s:9999999999999999999", None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND);
+    api.runtime.shutdown().await.unwrap();
+}

@@ -3,19 +3,21 @@
 //! installed on first use.
 //!
 //! The real servers are pinned and installed into `.test-deps/` at the
-//! workspace root under a file lock, so the test binaries that cargo runs
-//! in parallel do not race, and later runs reuse them without a network.
-//! When they cannot be installed the tests that need them fail with the
-//! reason under `CI=true`, and are reported as skipped otherwise.
+//! workspace root under the file lock of `tests/support/deps.rs`, so the
+//! test binaries that cargo runs in parallel do not race, and later runs
+//! reuse them without a network. When they cannot be installed the tests
+//! that need them fail with the reason under `CI=true`, and are reported
+//! as skipped otherwise.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use hale::actors::mcp::McpServerConfig;
+
+#[path = "../support/deps.rs"]
+mod deps;
 
 /// The npm servers, pinned.
 const NPM_PACKAGES: &[&str] = &[
@@ -24,13 +26,6 @@ const NPM_PACKAGES: &[&str] = &[
 ];
 /// The PyPI server, pinned.
 const PYPI_PACKAGES: &[&str] = &["mcp-server-time==2026.10.19"];
-/// How long one install command may take before it is killed.
-const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// The workspace root.
-pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// The `hale` binary cargo built for these tests.
 pub fn hale_bin() -> PathBuf {
@@ -86,112 +81,55 @@ impl RealServers {
 /// failed install fails the test.
 pub fn real_servers() -> Option<&'static RealServers> {
     static SERVERS: OnceLock<Result<RealServers, String>> = OnceLock::new();
-    match SERVERS.get_or_init(install) {
-        Ok(servers) => Some(servers),
-        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("the real MCP servers could not be installed (CI=true, so this fails): {why}")
-        }
-        Err(why) => {
-            eprintln!("SKIPPED: the real MCP servers could not be installed: {why}");
-            None
-        }
-    }
+    deps::required(SERVERS.get_or_init(install), "the real MCP servers")
 }
 
 fn install() -> Result<RealServers, String> {
-    let dir = std::env::var_os("HALE_TEST_DEPS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".test-deps"));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(".lock"))
-        .map_err(|e| format!("cannot open the install lock: {e}"))?;
-    // Held until this function returns: other test binaries wait here
-    // while one installs.
-    lock.lock()
-        .map_err(|e| format!("cannot take the install lock: {e}"))?;
-    let servers = RealServers {
-        npm: dir.join("npm"),
-        venv: dir.join("venv"),
-    };
-    let wanted = format!(
-        "{}\n{}\n",
-        NPM_PACKAGES.join("\n"),
-        PYPI_PACKAGES.join("\n")
-    );
-    let marker = dir.join("installed.txt");
-    let present =
-        servers.everything().exists() && servers.filesystem().exists() && servers.time().exists();
-    if present && std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
-        return Ok(servers);
-    }
-    eprintln!(
-        "installing the test MCP servers into {} (first run only; needs npm and python3)",
-        dir.display()
-    );
-    let started = Instant::now();
-    let mut npm = Command::new("npm");
-    npm.arg("install")
-        .arg("--prefix")
-        .arg(&servers.npm)
-        .args(["--no-audit", "--no-fund", "--no-save", "--loglevel=error"])
-        .args(NPM_PACKAGES);
-    run(npm, "npm install")?;
-    if !servers.venv.join("bin/python").exists() {
-        let mut venv = Command::new("python3");
-        venv.args(["-m", "venv"]).arg(&servers.venv);
-        run(venv, "python3 -m venv")?;
-    }
-    let mut pip = Command::new(servers.venv.join("bin/pip"));
-    pip.args(["install", "--quiet", "--disable-pip-version-check"])
-        .args(PYPI_PACKAGES);
-    run(pip, "pip install")?;
-    if !(servers.everything().exists() && servers.filesystem().exists() && servers.time().exists())
-    {
-        return Err(format!(
-            "the installs finished but the servers are missing under {}",
-            dir.display()
-        ));
-    }
-    File::create(&marker)
-        .and_then(|mut f| f.write_all(wanted.as_bytes()))
-        .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
-    eprintln!(
-        "installed the test MCP servers in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(servers)
-}
-
-/// Runs `command` to completion within [`INSTALL_TIMEOUT`], with its
-/// output passed through so a slow install shows progress.
-fn run(mut command: Command, what: &str) -> Result<(), String> {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("{what}: cannot start: {e}"))?;
-    let deadline = Instant::now() + INSTALL_TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => return Err(format!("{what} failed: {status}")),
-            Ok(None) if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "{what} took longer than {} s",
-                    INSTALL_TIMEOUT.as_secs()
-                ));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-            Err(e) => return Err(format!("{what}: {e}")),
+    deps::locked(|dir| {
+        let servers = RealServers {
+            npm: dir.join("npm"),
+            venv: dir.join("venv"),
+        };
+        let wanted = format!(
+            "{}\n{}\n",
+            NPM_PACKAGES.join("\n"),
+            PYPI_PACKAGES.join("\n")
+        );
+        let marker = dir.join("installed.txt");
+        let present = || {
+            servers.everything().exists()
+                && servers.filesystem().exists()
+                && servers.time().exists()
+        };
+        if present() && deps::installed(&marker, &wanted) {
+            return Ok(servers);
         }
-    }
+        eprintln!(
+            "installing the test MCP servers into {} (first run only; needs npm and python3)",
+            dir.display()
+        );
+        let started = Instant::now();
+        let mut npm = Command::new("npm");
+        npm.arg("install")
+            .arg("--prefix")
+            .arg(&servers.npm)
+            .args(["--no-audit", "--no-fund", "--no-save", "--loglevel=error"])
+            .args(NPM_PACKAGES);
+        deps::run(npm, "npm install")?;
+        deps::pip_install(&servers.venv, PYPI_PACKAGES)?;
+        if !present() {
+            return Err(format!(
+                "the installs finished but the servers are missing under {}",
+                dir.display()
+            ));
+        }
+        deps::mark_installed(&marker, &wanted)?;
+        eprintln!(
+            "installed the test MCP servers in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(servers)
+    })
 }
 
 /// Sends SIGKILL to the whole process group `pgid`.
