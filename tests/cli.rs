@@ -255,6 +255,16 @@ fn every_command_works_against_a_running_server_with_json_and_exit_codes() {
         .collect();
     assert!(!lines.is_empty() && lines.len() <= 5);
     assert!(lines.iter().all(|e| e["session"] == id.as_str()));
+    // The API takes hale's level names exactly; the CLI also reads the
+    // usual aliases and sends the names.
+    for level in ["WARN", "trace", "Error"] {
+        let logs = server.cli(&["logs", "--json", "--level", level]);
+        assert!(
+            logs.status.success(),
+            "--level {level}: {}",
+            String::from_utf8_lossy(&logs.stderr)
+        );
+    }
 
     // Human-readable tables by default.
     let table = server.cli(&["sessions"]);
