@@ -822,7 +822,10 @@ async fn list_approvals(
 
 /// Decides an approval with an option (or `abort`) or instructions.
 #[utoipa::path(post, path = "/v1/approvals/{id}", request_body = Decide,
-    params(("id" = String, Path, description = "approval id")),
+    params(("id" = String, Path, description = "approval id"),
+        ("x-hale-operator" = Option<String>, Header,
+            description = "who decides, recorded with the decision (`api` without it)",
+            pattern = r"^[A-Za-z0-9._@+-]([A-Za-z0-9 ._@+-]{0,62}[A-Za-z0-9._@+-])?$")),
     responses((status = 200, body = ApprovalResource),
         (status = 400, body = ErrorBody, description = "an unknown option, instructions where none are allowed, or a bad x-hale-operator"),
         (status = 404, body = ErrorBody),

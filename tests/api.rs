@@ -865,6 +865,26 @@ async fn the_document_offers_only_what_the_handlers_accept() {
         )
         .await;
     assert_error(status, &body, StatusCode::NOT_FOUND);
+    // The operator header is documented with the rule the handler applies.
+    let decide = operation(&doc, "/v1/approvals/{id}", "post");
+    let operator = parameter(decide, "x-hale-operator");
+    assert_eq!(operator["in"], "header");
+    assert!(operator["schema"]["pattern"].is_string(), "{operator}");
+    for (name, expected) in [
+        ("alice.ops@example.com", StatusCode::NOT_FOUND),
+        ("a;b", StatusCode::BAD_REQUEST),
+    ] {
+        let response = api
+            .request(Method::POST, "/v1/approvals/ghost")
+            .header("x-hale-operator", name)
+            .header("content-type", "application/json")
+            .body(json!({"option": "deny"}).to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        assert_error(status, &response.json_body().await, expected);
+    }
     let message_id = &parameter(
         operation(&doc, "/v1/messages/{message_id}", "get"),
         "message_id",
