@@ -450,12 +450,14 @@ async fn a_session_that_cannot_journal_stalls_without_asking_the_model_again_the
     assert!(stall.attempts >= 5, "{stall:?}");
     assert!(stall.error.contains("disk is full"), "{stall:?}");
     // ...and the model was asked once: its reply waits to be written.
-    assert_eq!(counts.model_answers.load(Ordering::SeqCst), 1);
-    assert_eq!(counts.done.load(Ordering::SeqCst), 0);
+    // (The counter reads the event stream in order: once it has seen the
+    // stall, it has seen the answer before it.)
     eventually(WAIT, "the stalled event", || async {
         (counts.stalled.load(Ordering::SeqCst) == 1).then_some(())
     })
     .await;
+    assert_eq!(counts.model_answers.load(Ordering::SeqCst), 1);
+    assert_eq!(counts.done.load(Ordering::SeqCst), 0);
     assert_eq!(runtime.metrics().sessions_stalled(), 1);
     assert_eq!(
         statuses().await,
