@@ -348,6 +348,9 @@ pub struct SessionResource {
     pub created_at: String,
     /// The model it was switched to, if any.
     pub model: Option<String>,
+    /// `stalled` while its journal cannot be written (disk full: it asks
+    /// the model nothing and retries with backoff), else `active`.
+    pub status: String,
 }
 
 /// A session in detail.
@@ -361,7 +364,8 @@ pub struct SessionDetail {
     pub created_at: String,
     /// The model it was switched to, if any.
     pub model: Option<String>,
-    /// `idle`, `queued`, `running` or `waiting_approval`.
+    /// `idle`, `queued`, `running`, `waiting_approval`, or `stalled` (its
+    /// journal cannot be written).
     pub state: String,
     /// Messages in all.
     pub messages: usize,
@@ -659,6 +663,12 @@ async fn list_sessions(
         sessions
             .into_iter()
             .map(|s| SessionResource {
+                status: if state.runtime.sessions().stalls().is_stalled(&s.id) {
+                    "stalled"
+                } else {
+                    "active"
+                }
+                .to_owned(),
                 id: s.id,
                 agent: s.agent,
                 created_at: s.created_at.to_string(),
@@ -682,6 +692,7 @@ async fn get_session(
     let messages = sessions.messages(&id).await?;
     let current = messages.iter().find(|m| !m.state.is_final());
     let session_state = match current {
+        _ if sessions.stalls().is_stalled(&id) => "stalled",
         None => "idle",
         Some(m) => m.state.as_str(),
     };

@@ -33,6 +33,9 @@ pub struct Metrics {
     messages: DashMap<String, AtomicU64>,
     messages_received: AtomicU64,
     events: AtomicU64,
+    /// Sessions stalled on their journal: `session_stalled` minus
+    /// `session_resumed` events (each stall has one of each).
+    stalled: AtomicU64,
 }
 
 impl Metrics {
@@ -85,6 +88,14 @@ impl Metrics {
                 let state = event.data["state"].as_str().unwrap_or("done");
                 Self::bump(&self.messages, state);
             }
+            EventKind::SessionStalled => {
+                self.stalled.fetch_add(1, Ordering::Relaxed);
+            }
+            EventKind::SessionResumed => {
+                let _ = self
+                    .stalled
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            }
             _ => {}
         }
     }
@@ -123,6 +134,11 @@ impl Metrics {
     /// Messages received.
     pub fn messages_received(&self) -> u64 {
         self.messages_received.load(Ordering::Relaxed)
+    }
+
+    /// Sessions stalled now (their journal cannot be written).
+    pub fn sessions_stalled(&self) -> u64 {
+        self.stalled.load(Ordering::Relaxed)
     }
 
     /// The Prometheus text exposition of these counters plus the gauges
@@ -194,6 +210,12 @@ impl Metrics {
             "hale_events_total",
             "Events emitted to the audit trail.",
             vec![(String::new(), self.events.load(Ordering::Relaxed))],
+        );
+        let _ = writeln!(
+            out,
+            "# HELP hale_sessions_stalled Sessions whose journal cannot be written (disk full), \
+             waiting to retry.\n# TYPE hale_sessions_stalled gauge\nhale_sessions_stalled {}",
+            self.sessions_stalled()
         );
         for (name, help, samples) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}");

@@ -89,6 +89,26 @@ pub struct RuntimeConfig {
     /// `api_key_env` value, each stdio MCP server's `env` values; see
     /// [`Runtime::start`]). Shared: a value added later is masked too.
     pub secrets: KnownSecrets,
+    /// Wraps the store the sessions use (`None`: the store itself). For
+    /// fault injection: a test makes journal writes fail like a full disk.
+    pub session_store_layer: Option<SessionStoreLayer>,
+}
+
+/// Given the store, the store sessions get.
+pub type WrapSessionStore = dyn Fn(Arc<dyn SessionStore>) -> Arc<dyn SessionStore> + Send + Sync;
+
+/// A wrapper around the sessions' store (see
+/// [`RuntimeConfig::session_store_layer`]).
+#[derive(Clone)]
+pub struct SessionStoreLayer(
+    /// The wrapper.
+    pub Arc<WrapSessionStore>,
+);
+
+impl std::fmt::Debug for SessionStoreLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionStoreLayer")
+    }
 }
 
 impl RuntimeConfig {
@@ -114,6 +134,7 @@ impl RuntimeConfig {
             session_intensity: (1000, Duration::from_secs(10)),
             memory_path: None,
             secrets: KnownSecrets::new(),
+            session_store_layer: None,
             data_dir,
         }
     }
@@ -493,7 +514,10 @@ impl Runtime {
             Some(memory.clone()),
             Arc::clone(&sink),
         );
-        let session_store: Arc<dyn SessionStore> = Arc::new(store.clone());
+        let mut session_store: Arc<dyn SessionStore> = Arc::new(store.clone());
+        if let Some(layer) = &config.session_store_layer {
+            session_store = (layer.0)(session_store);
+        }
         let sessions = Sessions::new(
             SessionEnv {
                 store: session_store,

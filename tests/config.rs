@@ -185,6 +185,10 @@ iteration_budget = 25
 memory_prompt_bytes = 8192
 journal_retention = "36h"
 learn_from_incidents = false
+context_budget_bytes = 100000
+max_turns_per_message = 12
+stall_backoff = "2s"
+stall_max_backoff = "30s"
 
 [audit]
 retention = "14d"
@@ -225,6 +229,7 @@ provider = "openai"
 model = "gpt-4o"
 timeout = "60s"
 max_tokens = 1024
+max_reply_bytes = 65536
 
 [[models]]
 name = "claude"
@@ -293,6 +298,12 @@ fn a_full_example_maps_to_the_actor_configs() {
             journal_retention: Duration::from_secs(36 * 3600),
             learn_from_incidents: false,
             max_open_questions: 3,
+            context_budget_bytes: 100_000,
+            max_turns_per_message: 12,
+            stall_backoff: hale_actors::session::StallBackoff {
+                min: Duration::from_secs(2),
+                max: Duration::from_secs(30),
+            },
         }
     );
     let retention = config.audit_config().retention;
@@ -367,6 +378,7 @@ fn a_full_example_maps_to_the_actor_configs() {
     assert_eq!(gpt.api_key_env.as_deref(), Some("OPENAI_API_KEY"));
     assert_eq!(gpt.timeout, Duration::from_secs(60));
     assert_eq!(gpt.max_tokens, 1024);
+    assert_eq!(gpt.max_reply_bytes, 65536);
     let claude = &models[1];
     assert_eq!(claude.provider, Provider::Anthropic);
     assert_eq!(
@@ -802,4 +814,22 @@ fn sandbox_settings() {
         assert!(message.contains("tools.sandbox"), "{bad}: {message}");
         assert!(message.contains(":2:"), "{bad}: {message}");
     }
+}
+
+#[test]
+fn session_limits_are_checked_with_their_line() {
+    let turns = "[session]\nmax_turns_per_message = 0\n";
+    assert_eq!(
+        line_of(turns, "max_turns_per_message must be at least 1"),
+        2
+    );
+    let budget = "[session]\ncontext_budget_bytes = 10\n";
+    assert_eq!(
+        line_of(budget, "context_budget_bytes must be at least 1024"),
+        2
+    );
+    let backoff = "[session]\nstall_backoff = \"10s\"\nstall_max_backoff = \"1s\"\n";
+    assert_eq!(line_of(backoff, "stall_max_backoff must not be shorter"), 3);
+    let reply = "[[models]]\nname = \"m\"\nprovider = \"scripted\"\nmax_reply_bytes = 0\n";
+    assert_eq!(line_of(reply, "max_reply_bytes must be at least 1"), 4);
 }

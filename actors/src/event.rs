@@ -148,6 +148,11 @@ open_enum! {
         /// The runtime responded to an incident (a fallback, a decided
         /// escalation): what it found, did, and learned.
         Incident => "incident",
+        /// A session cannot write to its journal (disk full): it stopped
+        /// asking the model and retries with backoff.
+        SessionStalled => "session_stalled",
+        /// A stalled session could write again and goes on.
+        SessionResumed => "session_resumed",
     }
 }
 

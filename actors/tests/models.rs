@@ -1315,3 +1315,88 @@ fn decisions_render_as_user_text() {
         "Approval ap3 decided: option `ok`"
     );
 }
+
+/// Serves one endless `200` answer per connection at any path: a declared
+/// (or chunked, when `declare` is false) body of a gigabyte, written until
+/// the client hangs up. Returns the base URL and the bytes written so far.
+async fn serve_huge(declare: bool) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let written = Arc::new(AtomicUsize::new(0));
+    let w = Arc::clone(&written);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let w = Arc::clone(&w);
+            tokio::spawn(async move {
+                // The request: read until the headers and a bit of body
+                // are in (the body is small); its content does not matter.
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = socket.read(&mut buf).await;
+                let head = if declare {
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1073741824\r\n\r\n"
+                } else {
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+                };
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let block = vec![b' '; 64 * 1024];
+                let chunk = if declare {
+                    block
+                } else {
+                    let mut c = format!("{:x}\r\n", block.len()).into_bytes();
+                    c.extend_from_slice(&block);
+                    c.extend_from_slice(b"\r\n");
+                    c
+                };
+                for _ in 0..(1 << 14) {
+                    if socket.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    w.fetch_add(chunk.len(), Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), written)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_answer_is_cut_at_the_cap_and_is_output_too_large_with_a_hint() {
+    use std::sync::atomic::Ordering;
+    for wire in WIRES {
+        for declare in [true, false] {
+            let (base, written) = serve_huge(declare).await;
+            let mut config = wire.config("m", &base);
+            config.max_reply_bytes = 256 * 1024;
+            let h = start(vec![config], fast_retry(3)).await;
+            let outcome = complete(&h, &["m"], &hello()).await.unwrap_err();
+            assert_eq!(
+                outcome.code,
+                Some(ErrorCode::OutputTooLarge),
+                "{wire:?} declare={declare}: {outcome:?}"
+            );
+            assert_eq!(outcome.data["max_reply_bytes"], 256 * 1024);
+            assert!(!outcome.retryable);
+            let hint = outcome
+                .hints
+                .iter()
+                .find(|h| h.kind == HintKind::TryInstead)
+                .expect("a hint");
+            assert!(
+                hint.suggestions.contains(&"max_reply_bytes".to_owned()),
+                "{hint:?}"
+            );
+            // Read up to the cap, not whole: the server got far less than
+            // its gigabyte out before the client hung up (socket buffers
+            // hold a few megabytes at most).
+            assert!(
+                written.load(Ordering::Relaxed) < 64 * 1024 * 1024,
+                "{} bytes were written",
+                written.load(Ordering::Relaxed)
+            );
+        }
+    }
+}

@@ -185,6 +185,16 @@ pub struct SessionSettings {
     /// Questions (`ask_approval`) one session may have open at once
     /// (default 3).
     pub max_open_questions: usize,
+    /// Bytes of conversation sent with one model turn (default 256 KiB);
+    /// beyond it the oldest tool outputs are elided, with a note.
+    pub context_budget_bytes: usize,
+    /// Model turns one message may take before the session escalates
+    /// (default 50).
+    pub max_turns_per_message: u32,
+    /// How a session whose journal cannot be written paces its retries:
+    /// the first wait (default 1 s), doubling up to the last (default
+    /// 1 min).
+    pub stall_backoff: hale_actors::session::StallBackoff,
 }
 
 impl Default for SessionSettings {
@@ -195,6 +205,10 @@ impl Default for SessionSettings {
             journal_retention: Duration::from_secs(7 * 86_400),
             learn_from_incidents: true,
             max_open_questions: hale_actors::escalation::DEFAULT_MAX_OPEN_QUESTIONS,
+            context_budget_bytes:
+                hale_actors::session::context_budget::DEFAULT_CONTEXT_BUDGET_BYTES,
+            max_turns_per_message: hale_actors::session::DEFAULT_MAX_TURNS_PER_MESSAGE,
+            stall_backoff: hale_actors::session::StallBackoff::default(),
         }
     }
 }
@@ -721,6 +735,42 @@ impl Resolver<'_> {
             }
             session.max_open_questions = *n.get_ref();
         }
+        if let Some(n) = &s.context_budget_bytes {
+            if *n.get_ref() < 1024 {
+                return Err(self.invalid(
+                    Some(n.span()),
+                    "session.context_budget_bytes must be at least 1024",
+                ));
+            }
+            session.context_budget_bytes = *n.get_ref();
+        }
+        if let Some(n) = &s.max_turns_per_message {
+            if *n.get_ref() == 0 {
+                return Err(self.invalid(
+                    Some(n.span()),
+                    "session.max_turns_per_message must be at least 1",
+                ));
+            }
+            session.max_turns_per_message = *n.get_ref();
+        }
+        if let Some(d) = &s.stall_backoff {
+            if d.get_ref().value.is_zero() {
+                return Err(self.invalid(
+                    Some(d.span()),
+                    "session.stall_backoff must be greater than zero",
+                ));
+            }
+            session.stall_backoff.min = d.get_ref().value;
+        }
+        if let Some(d) = &s.stall_max_backoff {
+            session.stall_backoff.max = d.get_ref().value;
+        }
+        if session.stall_backoff.max < session.stall_backoff.min {
+            return Err(self.invalid(
+                s.stall_max_backoff.as_ref().map(Spanned::span),
+                "session.stall_max_backoff must not be shorter than session.stall_backoff",
+            ));
+        }
         Ok(session)
     }
 
@@ -1046,6 +1096,14 @@ impl Resolver<'_> {
                     return Err(self.invalid(Some(n.span()), ctx("max_tokens must be at least 1")));
                 }
                 config.max_tokens = *n.get_ref();
+            }
+            if let Some(n) = &entry.max_reply_bytes {
+                if *n.get_ref() == 0 {
+                    return Err(
+                        self.invalid(Some(n.span()), ctx("max_reply_bytes must be at least 1"))
+                    );
+                }
+                config.max_reply_bytes = *n.get_ref();
             }
             models.push(config);
         }

@@ -97,6 +97,12 @@ pub(crate) struct RawSession {
     pub journal_retention: Option<Dur>,
     pub learn_from_incidents: Option<bool>,
     pub max_open_questions: Option<Spanned<usize>>,
+    // issue 12 (session): the conversation budget, the turn cap, the
+    // journal stall's backoff.
+    pub context_budget_bytes: Option<Spanned<usize>>,
+    pub max_turns_per_message: Option<Spanned<u32>>,
+    pub stall_backoff: Option<Spanned<Dur>>,
+    pub stall_max_backoff: Option<Spanned<Dur>>,
 }
 
 /// `[audit]`.
@@ -162,6 +168,7 @@ pub(crate) struct RawModel {
     pub api_key_env: Option<String>,
     pub timeout: Option<Spanned<Dur>>,
     pub max_tokens: Option<Spanned<u32>>,
+    pub max_reply_bytes: Option<Spanned<usize>>,
 }
 
 /// `[[agents]]`.

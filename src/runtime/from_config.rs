@@ -14,6 +14,7 @@
 //! | `session.journal_retention` | [`RuntimeConfig::journal_retention`] |
 //! | `session.learn_from_incidents` | [`RuntimeConfig::learning`] (`lessons`) |
 //! | `session.max_open_questions` | [`RuntimeConfig::sessions`] (`ask_approval`'s limit) |
+//! | `session.context_budget_bytes`, `max_turns_per_message`, `stall_backoff`, `stall_max_backoff` | [`RuntimeConfig::sessions`] |
 //! | `[audit]` | [`RuntimeConfig::audit`] (`retention`) |
 //! | the workspace's `memory/MEMORY.md` | [`RuntimeConfig::memory_path`] |
 //!
@@ -69,6 +70,9 @@ impl RuntimeConfig {
         runtime.journal_retention = settings.journal_retention;
         runtime.learning.lessons = settings.learn_from_incidents;
         runtime.sessions.max_open_questions = settings.max_open_questions;
+        runtime.sessions.context_budget_bytes = settings.context_budget_bytes;
+        runtime.sessions.max_turns_per_message = settings.max_turns_per_message;
+        runtime.sessions.stall_backoff = settings.stall_backoff;
         runtime.audit = config.audit_config();
         runtime.memory_path = Some(config.memory_config().path);
         Ok(runtime)

@@ -45,6 +45,7 @@ pub struct AnthropicClient {
     url: String,
     headers: HeaderMap,
     max_tokens: u32,
+    max_reply_bytes: usize,
     client: reqwest::Client,
 }
 
@@ -84,6 +85,7 @@ impl AnthropicClient {
             url: format!("{}/v1/messages", base.trim_end_matches('/')),
             headers,
             max_tokens: config.max_tokens,
+            max_reply_bytes: config.max_reply_bytes,
             client: http::client(config.timeout).map_err(|e| ModelError::Client {
                 name: config.name.clone(),
                 source: e,
@@ -99,6 +101,7 @@ impl AnthropicClient {
             self.headers.clone(),
             &body,
             from_anthropic_http_error,
+            self.max_reply_bytes,
         )
         .await?;
         let mut reply = parse_reply(&answer).map_err(|why| http::malformed(&self.url, &why))?;

@@ -11,11 +11,12 @@ use serde_json::{Value, json};
 use crate::builtin::classify_reqwest_error;
 use crate::catalog::ErrorCode;
 use crate::classify::MAX_EXCERPT_BYTES;
-use crate::outcome::ToolOutcome;
+use crate::outcome::{Hint, HintKind, ToolOutcome};
 
-/// The most bytes of a successful answer that are read. A chat completion
-/// is a few kilobytes; a body beyond this is not what the wire format
-/// promises.
+/// The default of `[[models]] max_reply_bytes`: the most bytes of a
+/// successful answer that are read. A chat completion is a few kilobytes;
+/// a body beyond this is not what the wire format promises, and reading
+/// it whole would let one endpoint fill hale's memory.
 pub const MAX_REPLY_BYTES: usize = 8 * 1024 * 1024;
 
 /// The longest a connection may take to be established, whatever the
@@ -35,14 +36,16 @@ pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Erro
         .build()
 }
 
-/// POSTs `body` to `url` and returns the parsed JSON answer, or the
-/// classified failure (with `url` in its data).
+/// POSTs `body` to `url` and returns the parsed JSON answer (read up to
+/// `max_reply_bytes`, never whole), or the classified failure (with `url`
+/// in its data).
 pub(crate) async fn post_json(
     client: &reqwest::Client,
     url: &str,
     headers: HeaderMap,
     body: &Value,
     classify: ErrorClassifier,
+    max_reply_bytes: usize,
 ) -> Result<Value, ToolOutcome> {
     let sent = client.post(url).headers(headers).json(body).send().await;
     let mut response = sent.map_err(|e| with_url(classify_reqwest_error(&e), url))?;
@@ -60,13 +63,17 @@ pub(crate) async fn post_json(
         let outcome = classify(status, retry_after.as_deref(), &text, SystemTime::now());
         return Err(with_url(outcome, url));
     }
-    let (bytes, read) = read_capped(&mut response, MAX_REPLY_BYTES).await;
+    // A declared length over the cap is refused before any byte is read.
+    let declared = response
+        .content_length()
+        .and_then(|n| usize::try_from(n).ok());
+    if declared.is_some_and(|n| n > max_reply_bytes) {
+        return Err(too_large(url, max_reply_bytes));
+    }
+    let (bytes, read) = read_capped(&mut response, max_reply_bytes).await;
     match read {
         Err(e) => Err(with_url(classify_reqwest_error(&e), url)),
-        Ok(true) => Err(malformed(
-            url,
-            &format!("the answer is longer than {MAX_REPLY_BYTES} bytes"),
-        )),
+        Ok(true) => Err(too_large(url, max_reply_bytes)),
         Ok(false) => serde_json::from_slice(&bytes).map_err(|e| {
             let text = String::from_utf8_lossy(&bytes);
             malformed(
@@ -88,6 +95,29 @@ pub(crate) fn malformed(url: &str, why: &str) -> ToolOutcome {
         format!("the model endpoint answered with a malformed body: {why}"),
     )
     .with_data(json!({ "url": url, "malformed": true }))
+}
+
+/// The outcome for an answer longer than the endpoint's cap:
+/// `OUTPUT_TOO_LARGE` (not retryable: the same request would most likely
+/// get as long an answer; the chain moves on to the next model), with the
+/// cap in its data and a hint naming the settings that change it.
+pub(crate) fn too_large(url: &str, cap: usize) -> ToolOutcome {
+    ToolOutcome::from_code(
+        ErrorCode::OutputTooLarge,
+        format!(
+            "the model endpoint's answer is longer than its cap of {cap} bytes; it was not \
+             read further"
+        ),
+    )
+    .with_hint(
+        Hint::new(
+            HintKind::TryInstead,
+            "raise this model's `max_reply_bytes` in hale.toml if its answers are \
+             legitimately this long, or lower its `max_tokens`",
+        )
+        .with_suggestions(["max_reply_bytes", "max_tokens"]),
+    )
+    .with_data(json!({ "url": url, "max_reply_bytes": cap }))
 }
 
 fn excerpt(text: &str) -> &str {

@@ -270,6 +270,9 @@ pub struct ModelConfig {
     pub timeout: Duration,
     /// The most tokens one reply may use.
     pub max_tokens: u32,
+    /// The most bytes of one answer that are read (default
+    /// [`MAX_REPLY_BYTES`]); a longer answer is `OUTPUT_TOO_LARGE`.
+    pub max_reply_bytes: usize,
 }
 
 impl ModelConfig {
@@ -283,6 +286,7 @@ impl ModelConfig {
             api_key_env: None,
             timeout: Duration::from_secs(5),
             max_tokens: 4096,
+            max_reply_bytes: MAX_REPLY_BYTES,
         }
     }
 
@@ -302,6 +306,7 @@ impl ModelConfig {
             api_key_env,
             timeout: Duration::from_secs(120),
             max_tokens: 4096,
+            max_reply_bytes: MAX_REPLY_BYTES,
         }
     }
 }

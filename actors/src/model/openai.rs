@@ -41,6 +41,7 @@ pub struct OpenAiClient {
     url: String,
     headers: HeaderMap,
     max_tokens: u32,
+    max_reply_bytes: usize,
     client: reqwest::Client,
 }
 
@@ -77,6 +78,7 @@ impl OpenAiClient {
             url: format!("{}/chat/completions", base.trim_end_matches('/')),
             headers,
             max_tokens: config.max_tokens,
+            max_reply_bytes: config.max_reply_bytes,
             client: http::client(config.timeout).map_err(|e| ModelError::Client {
                 name: config.name.clone(),
                 source: e,
@@ -92,6 +94,7 @@ impl OpenAiClient {
             self.headers.clone(),
             &body,
             from_openai_http_error,
+            self.max_reply_bytes,
         )
         .await?;
         let mut reply = parse_reply(&answer).map_err(|why| http::malformed(&self.url, &why))?;

@@ -77,6 +77,11 @@ pub enum Entry {
         /// Iterations available from here.
         budget: u32,
     },
+    /// A human let the message take more model turns.
+    TurnsGranted {
+        /// The turn number the message may now reach.
+        limit: u32,
+    },
     /// The session switched model (`switch_model`).
     Switched {
         /// The model now first in the chain.
@@ -121,6 +126,8 @@ pub struct Progress {
     pub decisions: HashMap<String, Decided>,
     /// The budget left after the last recorded call.
     pub budget_left: Option<u32>,
+    /// The model-turn cap a human granted, if one did.
+    pub turn_limit: Option<u32>,
     /// The conversation of this message after its user text, in journal
     /// order (assistant turns, tool results, decisions).
     pub transcript: Vec<ChatMessage>,
@@ -209,6 +216,7 @@ impl Progress {
                 }
             }
             Entry::BudgetGranted { budget } => self.budget_left = Some(budget),
+            Entry::TurnsGranted { limit } => self.turn_limit = Some(limit),
             Entry::Switched { .. } => {}
         }
     }
@@ -280,6 +288,14 @@ mod tests {
         assert_eq!(p.transcript.len(), 2);
         assert_eq!(p.conversation().count(), 2);
         assert_eq!(p.budget_left, Some(7));
+    }
+
+    #[test]
+    fn a_granted_turn_limit_is_read_back() {
+        let entries = [turn(0, "c0"), Entry::TurnsGranted { limit: 100 }.to_json()];
+        let p = Progress::replay(entries.iter().map(String::as_str));
+        assert_eq!(p.turn_limit, Some(100));
+        assert_eq!(Progress::default().turn_limit, None);
     }
 
     #[test]

@@ -8,11 +8,16 @@
 //! its memory: the inbox and a journal of every step are in the store
 //! (`store::SessionStore`), a restarted actor replays them and continues,
 //! and whoever waits for a reply waits here, in [`Sessions`], not inside
-//! the actor that may die.
+//! the actor that may die. Each request to the model is bounded: the
+//! conversation by a byte budget ([`context_budget`]), the turns of one
+//! message by a cap that escalates, and a store that refuses writes
+//! stalls the session instead of restarting it (`stall`).
 
+pub mod context_budget;
 mod journal;
 mod learning;
 mod run;
+mod stall;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -42,6 +47,10 @@ use crate::tool::BoxFuture;
 pub use journal::{Decided, Entry, Progress};
 pub use learning::{IncidentLearning, LearningConfig};
 pub use run::{ABORT_OPTION, APPROVE, CONTINUE, DENY, InFlight, PROCEED, RETRY, STOP};
+pub use stall::{HeldTurn, Stall, StallBackoff, Stalls};
+
+/// The default cap on model turns per message.
+pub const DEFAULT_MAX_TURNS_PER_MESSAGE: u32 = 50;
 
 /// What an agent is: the definition every session of it runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +107,14 @@ pub struct SessionSettings {
     pub max_queued_total: usize,
     /// Questions (`ask_approval`) one session may have open at once.
     pub max_open_questions: usize,
+    /// Bytes of conversation sent with a model turn: beyond it the oldest
+    /// tool outputs are elided (see [`context_budget`]).
+    pub context_budget_bytes: usize,
+    /// Model turns one message may take before the session escalates
+    /// (like a spent iteration budget).
+    pub max_turns_per_message: u32,
+    /// How a session that cannot write its journal paces its retries.
+    pub stall_backoff: StallBackoff,
 }
 
 impl Default for SessionSettings {
@@ -110,6 +127,9 @@ impl Default for SessionSettings {
             max_queued_per_session: 1000,
             max_queued_total: 100_000,
             max_open_questions: crate::escalation::DEFAULT_MAX_OPEN_QUESTIONS,
+            context_budget_bytes: context_budget::DEFAULT_CONTEXT_BUDGET_BYTES,
+            max_turns_per_message: DEFAULT_MAX_TURNS_PER_MESSAGE,
+            stall_backoff: StallBackoff::default(),
         }
     }
 }
@@ -354,6 +374,7 @@ pub struct Sessions {
     completion: Arc<Completion>,
     in_flight: Arc<InFlight>,
     agent_models: Arc<DashMap<String, String>>,
+    stalls: Arc<Stalls>,
 }
 
 /// What happens when a message finishes, shared by the handle and the
@@ -442,6 +463,7 @@ impl Sessions {
             }),
             in_flight: Arc::new(InFlight::default()),
             agent_models: Arc::new(DashMap::new()),
+            stalls: Arc::new(Stalls::default()),
         })
     }
 
@@ -527,6 +549,11 @@ impl Sessions {
             let _ = supervisor.terminate_child(&child).await;
             let _ = supervisor.delete_child(&child).await;
         }
+        self.stalls.forget(
+            id,
+            &format!("{}/{id}", self.env.settings.source),
+            self.env.sink.as_ref(),
+        );
         Ok(())
     }
 
@@ -770,6 +797,12 @@ impl Sessions {
         self.addresses.iter().map(|e| e.key().clone()).collect()
     }
 
+    /// The sessions that cannot write their journal and wait to try
+    /// again (see `stall`).
+    pub fn stalls(&self) -> &Stalls {
+        &self.stalls
+    }
+
     /// Messages queued and not finished, as counted since start.
     pub fn queued(&self) -> usize {
         self.completion.queued_total.load(Ordering::Relaxed)
@@ -796,6 +829,8 @@ impl Sessions {
             completion: Arc::clone(&self.completion),
             in_flight: Arc::clone(&self.in_flight),
             agent_models: Arc::clone(&self.agent_models),
+            stalls: Arc::clone(&self.stalls),
+            held: Arc::new(std::sync::Mutex::new(None)),
         };
         // Insert first so a concurrent caller does not start a twin.
         match self.addresses.entry(id.to_owned()) {
@@ -842,6 +877,12 @@ pub enum SessionMsg {
     /// The worker failed; the actor fails with it so its supervisor
     /// restarts it.
     Failed(String),
+    /// The worker could not use the store: the session stalls and tries
+    /// again after a backoff, without restarting (a restart would only
+    /// ask the model again).
+    Stalled(String),
+    /// The backoff of a stall is over: try again.
+    Retry,
 }
 
 /// What a session actor starts from (built by [`Sessions`]).
@@ -854,6 +895,10 @@ pub struct SessionArgs {
     completion: Arc<Completion>,
     in_flight: Arc<InFlight>,
     agent_models: Arc<DashMap<String, String>>,
+    stalls: Arc<Stalls>,
+    /// A model reply the journal refused, kept across restarts of the
+    /// actor so the model is not asked for it again.
+    held: Arc<std::sync::Mutex<Option<HeldTurn>>>,
 }
 
 /// The actor of one session.
@@ -878,7 +923,9 @@ impl Actor for SessionActor {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         args.address.publish(myself.clone());
-        let _ = myself.send_message(SessionMsg::Wake);
+        // `Retry`, not `Wake`: a session restarted while stalled has lost
+        // its predecessor's timer, and tries once now.
+        let _ = myself.send_message(SessionMsg::Retry);
         Ok(SessionState {
             args,
             worker: JoinSet::new(),
@@ -894,14 +941,30 @@ impl Actor for SessionActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         while state.worker.try_join_next().is_some() {}
+        let stalled = state.args.stalls.is_stalled(&state.args.id);
         match message {
-            SessionMsg::Wake if state.running => state.again = true,
-            SessionMsg::Wake => start_worker(&myself, state),
+            SessionMsg::Wake | SessionMsg::Retry if state.running => state.again = true,
+            // A stalled session asks nothing of its store or model until
+            // its backoff is over; the retry reads the whole inbox.
+            SessionMsg::Wake if stalled => {}
+            SessionMsg::Wake | SessionMsg::Retry => start_worker(&myself, state),
             SessionMsg::Idle => {
                 state.running = false;
                 if std::mem::take(&mut state.again) {
                     start_worker(&myself, state);
                 }
+            }
+            SessionMsg::Stalled(error) => {
+                state.running = false;
+                state.again = false;
+                let args = &state.args;
+                let source = format!("{}/{}", args.env.settings.source, args.id);
+                let attempt = args
+                    .stalls
+                    .failed(&args.id, &source, &error, args.env.sink.as_ref());
+                let delay = args.env.settings.stall_backoff.delay(attempt);
+                tracing::warn!(session = %args.id, %error, ?delay, "session stalled: its store refuses writes");
+                myself.send_after(delay, || SessionMsg::Retry);
             }
             SessionMsg::Failed(error) => {
                 return Err(error.into());
@@ -918,6 +981,9 @@ fn start_worker(myself: &ActorRef<SessionMsg>, state: &mut SessionState) {
     state.worker.spawn(async move {
         let reply = match work_inbox(&args).await {
             Ok(()) => SessionMsg::Idle,
+            // A store that fails is not cured by a restart, which would
+            // only ask the model again: the session stalls and retries.
+            Err(e @ SessionError::Store(_)) => SessionMsg::Stalled(e.to_string()),
             Err(e) => SessionMsg::Failed(e.to_string()),
         };
         let _ = myself.send_message(reply);
@@ -956,13 +1022,15 @@ async fn work_inbox(args: &SessionArgs) -> Result<(), SessionError> {
             history,
             &journal,
             model,
-        );
+        )
+        .with_stall(&args.stalls, &args.held);
         let finish = match run.run().await {
             Ok(finish) => finish,
-            // A store that cannot write, or an escalation actor that stays
-            // away, is worth a restart (the supervisor's backoff paces
-            // it); anything else would fail again the same way, so it ends
-            // the message instead of crash-looping the session.
+            // A store that cannot write stalls the session (see
+            // `stall`); an escalation actor that stays away is worth a
+            // restart (the supervisor's backoff paces it); anything else
+            // would fail again the same way, so it ends the message
+            // instead of crash-looping the session.
             Err(e) if e.is_transient() => return Err(e),
             Err(e) => crate::store::Finish {
                 session: args.id.clone(),
@@ -974,6 +1042,11 @@ async fn work_inbox(args: &SessionArgs) -> Result<(), SessionError> {
         };
         let seq = finish.seq;
         let finished_here = store.finish(finish).await?;
+        args.stalls.resumed(
+            &args.id,
+            &format!("{}/{}", args.env.settings.source, args.id),
+            args.env.sink.as_ref(),
+        );
         args.in_flight.finished(&args.id, seq);
         // Whether this incarnation or an earlier one finished it, the
         // stored record is the one reply every waiter gets.

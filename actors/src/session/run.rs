@@ -13,7 +13,9 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use super::context_budget;
 use super::journal::{Entry, Progress};
+use super::stall::{HeldTurn, Stalls};
 use super::{AgentSpec, SessionEnv, SessionError};
 use crate::catalog::ErrorCode;
 use crate::dispatch::ToolContext;
@@ -161,6 +163,11 @@ pub(super) struct MessageRun<'a> {
     pub model: Option<String>,
     pub budget: Arc<MessageBudget>,
     pub tools: Vec<ToolSpec>,
+    /// The session's stall, ended by the first write that succeeds.
+    pub stalls: Option<&'a Stalls>,
+    /// A model reply the journal refused earlier, to write instead of
+    /// asking the model again.
+    pub held: Option<&'a std::sync::Mutex<Option<HeldTurn>>>,
 }
 
 impl<'a> MessageRun<'a> {
@@ -205,6 +212,42 @@ impl<'a> MessageRun<'a> {
             model,
             budget,
             tools,
+            stalls: None,
+            held: None,
+        }
+    }
+
+    /// With the session's stall registry and held reply (see `stall`).
+    pub(super) fn with_stall(
+        mut self,
+        stalls: &'a Stalls,
+        held: &'a std::sync::Mutex<Option<HeldTurn>>,
+    ) -> Self {
+        self.stalls = Some(stalls);
+        self.held = Some(held);
+        self
+    }
+
+    /// The reply held for `turn` of this message, if the journal refused it.
+    fn held_reply(&self, turn: u32) -> Option<ModelReply> {
+        let held = self.held?;
+        let slot = held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.as_ref()
+            .filter(|h| h.seq == self.message.seq && h.turn == turn)
+            .map(|h| h.reply.clone())
+    }
+
+    fn hold(&self, turn: u32, reply: Option<ModelReply>) {
+        if let Some(held) = self.held {
+            *held
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = reply.map(|reply| HeldTurn {
+                seq: self.message.seq,
+                turn,
+                reply,
+            });
         }
     }
 
@@ -217,8 +260,18 @@ impl<'a> MessageRun<'a> {
             .store
             .journal(self.session.to_owned(), self.message.seq, entry.to_json())
             .await?;
+        if let Some(stalls) = self.stalls {
+            stalls.resumed(self.session, &self.source(), self.env.sink.as_ref());
+        }
         self.progress.apply(entry);
         Ok(())
+    }
+
+    /// Model turns this message may take before a human is asked.
+    fn turn_limit(&self) -> u32 {
+        self.progress
+            .turn_limit
+            .unwrap_or(self.env.settings.max_turns_per_message)
     }
 
     fn chain(&self) -> Vec<String> {
@@ -251,23 +304,40 @@ impl<'a> MessageRun<'a> {
         loop {
             let reply = match self.progress.turns.get(&turn) {
                 Some(reply) => reply.clone(),
-                None => match self.ask_model_patiently(&system).await {
-                    Ok(reply) => {
-                        self.journal(Entry::Turn {
-                            turn,
-                            reply: reply.clone(),
-                        })
-                        .await?;
-                        reply
+                None => {
+                    if turn >= self.turn_limit()
+                        && let After::Stop(error) = self.turns_spent(turn).await?
+                    {
+                        return Ok(self.finish(MessageState::Failed, None, Some(error)));
                     }
-                    Err(outcome) => {
-                        return Ok(self.finish(
-                            MessageState::Failed,
-                            None,
-                            Some(format!("no model could answer: {}", outcome.message)),
-                        ));
+                    // A reply the journal refused before is written now,
+                    // not asked for again (each ask is a paid request).
+                    let asked = match self.held_reply(turn) {
+                        Some(reply) => Ok(reply),
+                        None => self.ask_model_patiently(&system).await,
+                    };
+                    match asked {
+                        Ok(reply) => {
+                            let entry = Entry::Turn {
+                                turn,
+                                reply: reply.clone(),
+                            };
+                            if let Err(e) = self.journal(entry).await {
+                                self.hold(turn, Some(reply));
+                                return Err(e);
+                            }
+                            self.hold(turn, None);
+                            reply
+                        }
+                        Err(outcome) => {
+                            return Ok(self.finish(
+                                MessageState::Failed,
+                                None,
+                                Some(format!("no model could answer: {}", outcome.message)),
+                            ));
+                        }
                     }
-                },
+                }
             };
             if reply.tool_calls.is_empty() {
                 return Ok(self.finish(
@@ -347,9 +417,16 @@ impl<'a> MessageRun<'a> {
             text: self.message.text.clone(),
         });
         messages.extend(self.progress.conversation().cloned());
+        let budget = self.env.settings.context_budget_bytes;
+        let fitted = context_budget::fit(&messages, budget);
+        let mut system = system.to_owned();
+        if let Some(note) = fitted.elided.note(budget) {
+            system.push_str("\n\n");
+            system.push_str(&note);
+        }
         let request = ModelRequest {
-            system: system.to_owned(),
-            messages,
+            system,
+            messages: fitted.messages,
             tools: self.tools.clone(),
             budget_left: Some(self.budget.remaining()),
         };
@@ -824,6 +901,52 @@ impl<'a> MessageRun<'a> {
         } else {
             Ok(After::Stop(format!(
                 "the iteration budget of {budget} tool calls was spent; stopped by {}",
+                decision.by
+            )))
+        }
+    }
+
+    /// The cap on model turns is reached: like a spent iteration budget, a
+    /// human decides whether the message goes on. It bounds a model that
+    /// loops without spending its tool budget (calls answered from the
+    /// journal, calls it repeats).
+    async fn turns_spent(&mut self, turn: u32) -> Result<After, SessionError> {
+        let key = format!("turns-{turn}");
+        let max = self.env.settings.max_turns_per_message;
+        let request = ApprovalRequest {
+            title: format!("Turn limit of {max} model turns reached"),
+            description: format!(
+                "The agent took {turn} model turns on one message without finishing \
+                 ([session] max_turns_per_message = {max})."
+            ),
+            diagnosis: Diagnosis {
+                what: format!("{turn} model turns on message {}", self.message.seq),
+                why: "The task needs more turns than allowed, or the model is looping.".to_owned(),
+                recommendation: "Stop unless the recent audit trail shows progress.".to_owned(),
+                alternatives: vec![format!("Grant another {max} model turns")],
+                context: json!({"message": self.message.seq, "turns": turn}),
+            },
+            options: vec![
+                option(CONTINUE, "Grant more turns"),
+                option(STOP, "Stop this message"),
+            ],
+            recommended: Some(STOP.to_owned()),
+            severity: Severity::Error,
+            timeout: self.env.settings.approval_timeout,
+            default_on_timeout: Some(STOP.to_owned()),
+            allow_instructions: false,
+            requester: None,
+        };
+        let decision = self
+            .escalate(&key, "turns", ("turns", &Value::Null), request)
+            .await?;
+        if decision.option.as_deref() == Some(CONTINUE) {
+            let limit = turn.saturating_add(max);
+            self.journal(Entry::TurnsGranted { limit }).await?;
+            Ok(After::Continue)
+        } else {
+            Ok(After::Stop(format!(
+                "the cap of {max} model turns per message was reached; stopped by {}",
                 decision.by
             )))
         }
