@@ -15,10 +15,11 @@
 //! | `session.learn_from_incidents` | [`RuntimeConfig::learning`] (`lessons`) |
 //! | `session.max_open_questions` | [`RuntimeConfig::sessions`] (`ask_approval`'s limit) |
 //! | `[audit]` | [`RuntimeConfig::audit`] (`retention`) |
+//! | `[dispatch]` | [`RuntimeConfig::dispatch`] (`attempt_timeout`) |
 //! | the workspace's `memory/MEMORY.md` | [`RuntimeConfig::memory_path`] |
 //!
 //! What the file does not set keeps [`RuntimeConfig::new`]'s default: the
-//! dispatcher's retry/breaker/cap settings, the session supervisor's
+//! dispatcher's retry/breaker/cap settings (all but `attempt_timeout`), the session supervisor's
 //! restart intensity, approval timeouts and queue limits.
 
 use std::path::PathBuf;
@@ -63,6 +64,7 @@ impl RuntimeConfig {
         runtime.builtin = config.builtin_config();
         runtime.mcp = config.mcp_configs();
         runtime.mcp_breakers = config.mcp_breakers().clone();
+        runtime.dispatch = config.dispatch_config();
         runtime.models = models;
         runtime.agents = config.agents().into_iter().map(agent_spec).collect();
         runtime.sessions.memory_prompt_bytes = settings.memory_prompt_bytes;
