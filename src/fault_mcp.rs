@@ -616,7 +616,28 @@ impl FaultServer {
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         match tool {
-            ToolKind::Echo => Ok(text_result(required_str(args, "text")?)),
+            ToolKind::Echo => {
+                let text = required_str(args, "text")?;
+                if optional_bool(args, "stderr_noise")? == Some(true) {
+                    stderr_noise();
+                }
+                let repeat = optional_u64(args, "repeat")?.unwrap_or(1);
+                let size = usize::try_from(repeat)
+                    .ok()
+                    .and_then(|n| n.checked_mul(text.len()))
+                    .filter(|size| *size <= MAX_ECHO_BYTES)
+                    .ok_or_else(|| {
+                        ErrorData::invalid_params(
+                            format!("`repeat` makes more than {MAX_ECHO_BYTES} bytes"),
+                            None,
+                        )
+                    })?;
+                let mut out = String::with_capacity(size);
+                for _ in 0..repeat {
+                    out.push_str(text);
+                }
+                Ok(text_result(out))
+            }
             ToolKind::Sleep => self.sleep_with_progress(args, context).await,
             ToolKind::WriteOnce => {
                 let path = required_str(args, "path")?;
@@ -746,8 +767,12 @@ fn tool_list() -> Vec<Tool> {
     vec![
         tool(
             "echo",
-            "Returns `text` unchanged.",
-            json!({"text": {"type": "string", "description": "The text to return."}}),
+            "Returns `text` unchanged (or `repeat` times over).",
+            json!({
+                "text": {"type": "string", "description": "The text to return."},
+                "repeat": {"type": "integer", "minimum": 0, "description": "Return `text` this many times over (default 1; at most 64 MiB in all)."},
+                "stderr_noise": {"type": "boolean", "description": "First write to stderr a line that is not UTF-8, then a 1 MiB line (default false); the server exits if stderr is gone."}
+            }),
             &["text"],
         )
         .annotate(safe.clone()),
@@ -839,6 +864,32 @@ fn tool(
         Cow::Borrowed(description),
         Arc::new(schema),
     )
+}
+
+/// The most bytes `echo` returns (`repeat` times `text`).
+const MAX_ECHO_BYTES: usize = 64 * 1024 * 1024;
+
+/// How long the long line of [`stderr_noise`] is.
+pub const NOISE_LINE_BYTES: usize = 1024 * 1024;
+
+/// `echo`'s `stderr_noise`: a line that is not UTF-8, a line of
+/// [`NOISE_LINE_BYTES`] bytes, and `noise: done`, on stderr. Like many real
+/// servers, this one dies when stderr is gone: a failed write exits with
+/// 141 (128 + SIGPIPE), so a client that stops reading stderr kills it.
+fn stderr_noise() {
+    use std::io::Write as _;
+    let mut long = b"noise: ".to_vec();
+    long.resize(NOISE_LINE_BYTES, b'y');
+    long.push(b'\n');
+    let mut stderr = std::io::stderr().lock();
+    let written = stderr
+        .write_all(b"noise: \xff\xfe not UTF-8 \xc3\n")
+        .and_then(|()| stderr.write_all(&long))
+        .and_then(|()| stderr.write_all(b"noise: done\n"))
+        .and_then(|()| stderr.flush());
+    if written.is_err() {
+        std::process::exit(141);
+    }
 }
 
 fn text_result(text: impl Into<String>) -> CallToolResult {

@@ -24,6 +24,7 @@
 mod watchdog;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -43,7 +44,7 @@ use crate::recovery::{
     rejected_outcome, should_chunk,
 };
 pub use crate::tool::ToolContext;
-use crate::tool::{Tool, ToolRegistry, ToolSpec, call_guarded, unknown_tool};
+use crate::tool::{OWN_TIMEOUT_GRACE, Tool, ToolRegistry, ToolSpec, call_guarded, unknown_tool};
 
 /// One place a call can go: a tool and the endpoint whose shared recovery
 /// state it uses.
@@ -84,8 +85,10 @@ pub struct DispatchConfig {
     /// fallbacks.
     pub attempts_per_call: u32,
     /// The longest one attempt may take before it is abandoned as a
-    /// timeout. Tools have their own (tighter) timeouts; this is the
-    /// backstop for a tool that forgot.
+    /// timeout (`[dispatch] attempt_timeout`). Tools have their own
+    /// (tighter) timeouts; this is the backstop for a tool that forgot. A
+    /// tool whose calls choose their own timeout ([`Tool::own_timeout`],
+    /// `exec`) gets that plus [`OWN_TIMEOUT_GRACE`] instead.
     pub attempt_timeout: Duration,
     /// Consecutive endpoint failures that open its breaker.
     pub breaker_failures: u32,
@@ -211,6 +214,26 @@ impl EndpointHealth {
     }
 }
 
+impl EndpointHealth {
+    /// Whether forgetting this endpoint loses nothing that protects
+    /// anyone: nobody holds it, nothing is in flight, and its breaker is
+    /// closed with no failure counted. (Its retry budget's history goes;
+    /// a fresh one starts from the same reserve as any new endpoint.)
+    fn forgettable(self: &Arc<Self>) -> bool {
+        if Arc::strong_count(self) > 1 || self.cap.in_flight() > 0 {
+            return false;
+        }
+        let breaker = self.lock_breaker();
+        breaker.state() == BreakerState::Closed && breaker.consecutive_failures() == 0
+    }
+}
+
+/// How many endpoints the book holds before it forgets idle, healthy ones
+/// (see [`EndpointHealth::forgettable`]). Endpoints are per site for
+/// `web_fetch`, so an agent that visits many sites would otherwise grow
+/// the book without end.
+pub const ENDPOINTS_SWEEP_AT: usize = 1024;
+
 /// Every endpoint's [`EndpointHealth`], created on first use.
 #[derive(Debug)]
 pub struct Endpoints {
@@ -218,6 +241,10 @@ pub struct Endpoints {
     settings: Settings,
     /// Breakers of endpoints configured apart from the shared settings.
     breakers: HashMap<String, CircuitBreaker>,
+    /// The size at which the next sweep runs: [`ENDPOINTS_SWEEP_AT`], or
+    /// twice what the last sweep kept, so sweeping stays amortised O(1)
+    /// even when nothing can be forgotten.
+    sweep_at: AtomicUsize,
 }
 
 impl Endpoints {
@@ -249,6 +276,7 @@ impl Endpoints {
             map: DashMap::new(),
             settings,
             breakers: HashMap::new(),
+            sweep_at: AtomicUsize::new(ENDPOINTS_SWEEP_AT),
         })
     }
 
@@ -278,6 +306,9 @@ impl Endpoints {
         if let Some(health) = self.map.get(endpoint) {
             return health.clone();
         }
+        if self.map.len() >= self.sweep_at.load(Ordering::Relaxed) {
+            self.sweep();
+        }
         self.map
             .entry(endpoint.to_owned())
             .or_insert_with(|| {
@@ -293,6 +324,25 @@ impl Endpoints {
                 })
             })
             .clone()
+    }
+
+    /// Forgets the endpoints that hold nothing worth keeping (see
+    /// [`EndpointHealth::forgettable`]); configured ones stay.
+    fn sweep(&self) {
+        self.map
+            .retain(|name, health| self.breakers.contains_key(name) || !health.forgettable());
+        let next = self.map.len().saturating_mul(2).max(ENDPOINTS_SWEEP_AT);
+        self.sweep_at.store(next, Ordering::Relaxed);
+    }
+
+    /// How many endpoints the book holds now.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the book holds no endpoint.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 
     /// The state of `endpoint` if anything has called it.
@@ -381,14 +431,28 @@ impl Dispatcher {
             .filter(|targets| !targets.is_empty())
     }
 
+    /// The route of one call: each target on the endpoint its tool names
+    /// for these arguments ([`Tool::endpoint_for`]), so `web_fetch` keeps a
+    /// breaker per site rather than one for the whole web.
+    fn route_call(&self, name: &str, args: &Value) -> Option<Vec<Target>> {
+        let mut targets = self.route(name)?;
+        for target in &mut targets {
+            if let Some(endpoint) = target.tool.endpoint_for(args) {
+                target.endpoint = endpoint;
+            }
+        }
+        Some(targets)
+    }
+
     /// Calls `name` with `args`, applying the whole recovery policy, and
     /// returns the final outcome. Never panics and never fails outside the
     /// outcome.
     ///
     /// # Cancel safety
-    /// Dropping the future abandons the call: an attempt in flight is
-    /// dropped with it (its tool decides what that means), and nothing is
-    /// retried afterwards.
+    /// Dropping the future abandons the call: the attempt in flight has
+    /// its [`ToolContext::cancel`] fired (so a tool running elsewhere, in
+    /// its actor, stops too; `exec` kills its process group), and nothing
+    /// is retried afterwards.
     pub async fn call(&self, name: &str, args: Value, ctx: &ToolContext) -> ToolOutcome {
         let mut outcome = self.call_unmasked(name, args, ctx).await;
         if let Some(redactor) = &self.redactor {
@@ -399,7 +463,7 @@ impl Dispatcher {
 
     /// [`call`](Self::call) before the outcome is masked.
     async fn call_unmasked(&self, name: &str, args: Value, ctx: &ToolContext) -> ToolOutcome {
-        let Some(targets) = self.route(name) else {
+        let Some(targets) = self.route_call(name, &args) else {
             return unknown_tool(name, self.names());
         };
         let mut budget = AttemptBudget::new(self.settings().attempts_per_call);
@@ -568,7 +632,15 @@ impl Dispatcher {
                 ctx,
             );
         }
-        let timeout = self.settings().attempt_timeout;
+        // A tool with a timeout of its own (exec's `timeout_ms`) is given
+        // that plus a grace: its timeout kills and reports cleanly, so it
+        // must come first; the fixed backstop is for tools without one.
+        let timeout = target
+            .tool
+            .own_timeout(&args)
+            .map_or(self.settings().attempt_timeout, |own| {
+                own.saturating_add(OWN_TIMEOUT_GRACE)
+            });
         let attempt_ctx = ctx.for_attempt(started + timeout);
         // Whatever ends the attempt (an answer, the deadline, the caller
         // dropping this future), the tool is told to stop.

@@ -15,6 +15,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -166,7 +167,7 @@ impl ToolContext {
     }
 
     /// How long is left before the deadline (`None`: no deadline).
-    pub fn remaining(&self) -> Option<std::time::Duration> {
+    pub fn remaining(&self) -> Option<Duration> {
         self.deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
     }
@@ -184,8 +185,41 @@ pub trait Tool: Send + Sync + 'static {
 
     /// Runs the tool with a JSON arguments object, for the caller `ctx`
     /// describes. Who is calling comes from `ctx`, never from `args`.
+    ///
+    /// When `ctx.cancel` fires, the caller has given up on the call: the
+    /// tool stops its work (kills what it started) and answers soon; a
+    /// tool that does not is dropped after [`CANCEL_GRACE`].
     fn call<'a>(&'a self, args: Value, ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome>;
+
+    /// The endpoint this call talks to, when it depends on the arguments
+    /// (`web_fetch`: the URL's `scheme://host:port`); `None` (the default)
+    /// keeps the spec's [`ToolSpec::endpoint_name`]. The dispatcher keys
+    /// the breaker, retry budget and concurrency cap by it, so one dead
+    /// site does not close the tool for every other one.
+    fn endpoint_for(&self, _args: &Value) -> Option<String> {
+        None
+    }
+
+    /// The time limit this call runs under when the tool enforces one the
+    /// caller may choose (`exec`'s `timeout_ms`); `None` (the default) for
+    /// tools without. The dispatcher then abandons the attempt only after
+    /// this plus [`OWN_TIMEOUT_GRACE`], instead of its fixed attempt
+    /// timeout: a long command the agent asked for is not cut off early,
+    /// and the tool's own timeout (which kills and reports cleanly) always
+    /// comes first.
+    fn own_timeout(&self, _args: &Value) -> Option<Duration> {
+        None
+    }
 }
+
+/// How long past a tool's [`own_timeout`](Tool::own_timeout) the
+/// dispatcher waits before abandoning the attempt: time for the tool to
+/// kill what it started, reap it and report.
+pub const OWN_TIMEOUT_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a tool whose call was cancelled (see [`ToolContext::cancel`])
+/// gets to stop on its own before its future is dropped.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
 /// Why a tool could not be registered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 
 use crate::catalog::ErrorCode;
 use crate::outcome::ToolOutcome;
-use crate::tool::{BoxFuture, Tool, ToolContext, ToolSpec, call_guarded};
+use crate::tool::{BoxFuture, CANCEL_GRACE, Tool, ToolContext, ToolSpec, call_guarded};
 
 /// How long a call waits for a restarting tool actor before it is
 /// answered `SERVICE_UNAVAILABLE` (undelivered, so recovery may retry).
@@ -129,14 +129,38 @@ impl Actor for ToolActor {
                 while state.calls.try_join_next().is_some() {}
                 let tool = Arc::clone(&state.tool);
                 state.calls.spawn(async move {
-                    let outcome = call_guarded(&*tool, args, &ctx).await;
-                    // The caller may have timed out and gone; that is its
-                    // business.
-                    let _ = reply.send(outcome);
+                    // The caller's future ends at the reply port; this task
+                    // does not. Without the cancel signal an abandoned call
+                    // (an `exec` the dispatcher gave up on) would run on
+                    // here, unseen, to its own timeout.
+                    if let Some(outcome) = run_until_cancelled(&*tool, args, &ctx).await {
+                        // The caller may have timed out and gone; that is
+                        // its business.
+                        let _ = reply.send(outcome);
+                    }
                 });
             }
         }
         Ok(())
+    }
+}
+
+/// Runs one call until it answers or its caller cancels it (see
+/// [`ToolContext::cancel`]). A cancelled call gets [`CANCEL_GRACE`] to stop
+/// on its own (an `exec` kills its process group and reaps it); after that
+/// its future is dropped, which ends whatever it still holds. `None`: the
+/// call was dropped unanswered.
+async fn run_until_cancelled(
+    tool: &dyn Tool,
+    args: Value,
+    ctx: &ToolContext,
+) -> Option<ToolOutcome> {
+    let call = call_guarded(tool, args, ctx);
+    tokio::pin!(call);
+    tokio::select! {
+        biased;
+        outcome = &mut call => Some(outcome),
+        () = ctx.cancel.cancelled() => tokio::time::timeout(CANCEL_GRACE, call).await.ok(),
     }
 }
 
@@ -149,6 +173,10 @@ impl Actor for ToolActor {
 #[derive(Clone)]
 pub struct ToolHandle {
     spec: ToolSpec,
+    /// Answers the questions that need only the arguments
+    /// ([`Tool::endpoint_for`], [`Tool::own_timeout`]) without a trip
+    /// through the actor; calls always go through it.
+    tool: Arc<dyn Tool>,
     address: Address<ToolMsg>,
     ready_wait: Duration,
 }
@@ -235,6 +263,14 @@ impl Tool for ToolHandle {
     fn call<'a>(&'a self, args: Value, ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
         Box::pin(self.forward(args, ctx))
     }
+
+    fn endpoint_for(&self, args: &Value) -> Option<String> {
+        self.tool.endpoint_for(args)
+    }
+
+    fn own_timeout(&self, args: &Value) -> Option<Duration> {
+        self.tool.own_timeout(args)
+    }
 }
 
 /// The child spec that runs `tool` as a permanent worker under id `id`,
@@ -243,6 +279,7 @@ pub fn tool_child(id: &str, tool: Arc<dyn Tool>) -> (ChildSpec, ToolHandle) {
     let address = Address::new();
     let handle = ToolHandle {
         spec: tool.spec().clone(),
+        tool: Arc::clone(&tool),
         address: address.clone(),
         ready_wait: DEFAULT_READY_WAIT,
     };

@@ -407,3 +407,103 @@ async fn a_forbidden_value_in_a_header_is_refused_without_echoing_it() {
     let outcome = fetch(&tool, &server.url).await;
     assert!(outcome.is_success(), "{outcome:?}");
 }
+
+/// The breaker is per site (`scheme://host:port`): five refused
+/// connections to one dead site open its breaker only, and a fetch from
+/// another site (here another port of the same address) still goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_site_opens_its_own_breaker_and_not_the_others() {
+    use hale_actors::dispatch::{
+        DispatchConfig, Dispatcher, Endpoints, RegistryRouter, Router, state_name,
+    };
+    use hale_actors::recovery::RetryConfig;
+    use std::sync::Arc;
+
+    let dead_port = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let live = serve(response("200 OK", &[], b"alive")).await;
+    let registry = Arc::new(hale_actors::ToolRegistry::new());
+    registry.register(Arc::new(default_fetcher())).unwrap();
+    let routers: Vec<Arc<dyn Router>> = vec![Arc::new(RegistryRouter::new(registry))];
+    let config = DispatchConfig {
+        retry: RetryConfig {
+            max_attempts: 1,
+            ..RetryConfig::default()
+        },
+        breaker_failures: 5,
+        breaker_cool_down: Duration::from_secs(60),
+        ..DispatchConfig::default()
+    };
+    let dispatcher = Dispatcher::new(
+        routers,
+        Arc::new(Endpoints::new(config).unwrap()),
+        Arc::new(hale_actors::MemorySink::new()),
+    );
+    let call = |url: String| {
+        let dispatcher = &dispatcher;
+        async move {
+            dispatcher
+                .call(
+                    "web_fetch",
+                    json!({ "url": url }),
+                    &hale_actors::ToolContext::default(),
+                )
+                .await
+        }
+    };
+    let dead = format!("http://127.0.0.1:{dead_port}/x");
+    for _ in 0..5 {
+        let refused = call(dead.clone()).await;
+        assert_eq!(
+            refused.code,
+            Some(ErrorCode::ConnectionRefused),
+            "{refused:?}"
+        );
+    }
+    // The dead site's breaker is open: the sixth call is not even made.
+    let short_circuited = call(dead.clone()).await;
+    assert!(
+        short_circuited.message.contains("circuit breaker"),
+        "{short_circuited:?}"
+    );
+    // Another site still goes out and succeeds.
+    let fetched = call(format!("{}/page", live.url)).await;
+    assert!(fetched.is_success(), "{fetched:?}");
+    assert_eq!(fetched.data["body"], "alive");
+    let state = |endpoint: &str| {
+        dispatcher
+            .endpoints()
+            .find(endpoint)
+            .map(|h| state_name(h.breaker_state()))
+    };
+    assert_eq!(
+        state(&format!("web_fetch/http://127.0.0.1:{dead_port}")),
+        Some("open")
+    );
+    assert_eq!(state(&format!("web_fetch/{}", live.url)), Some("closed"));
+}
+
+#[test]
+fn a_site_endpoint_spells_out_the_default_port() {
+    use hale_actors::builtin::site_endpoint;
+    let of = |url: &str| site_endpoint("web_fetch", &reqwest::Url::parse(url).unwrap());
+    assert_eq!(
+        of("https://Example.COM/a?b"),
+        Some("web_fetch/https://example.com:443".into())
+    );
+    assert_eq!(
+        of("https://example.com:443/other"),
+        of("https://example.com/")
+    );
+    assert_eq!(
+        of("http://example.com/"),
+        Some("web_fetch/http://example.com:80".into())
+    );
+    assert_eq!(
+        of("http://[::1]:8080/"),
+        Some("web_fetch/http://[::1]:8080".into())
+    );
+    assert_ne!(of("http://a.example/"), of("http://b.example/"));
+}

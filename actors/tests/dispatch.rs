@@ -625,3 +625,26 @@ async fn an_endpoint_with_its_own_breaker_trips_at_its_own_threshold() {
     assert_eq!(state("strict"), "open");
     assert_eq!(state("lenient"), "closed");
 }
+
+/// Endpoints are created per site for `web_fetch`, so the book forgets
+/// the idle, healthy ones once it is large; one with a failure counted or
+/// one in use is kept.
+#[tokio::test]
+async fn idle_healthy_endpoints_are_forgotten_when_the_book_is_large() {
+    use hale_actors::dispatch::ENDPOINTS_SWEEP_AT;
+    let endpoints = Endpoints::new(DispatchConfig::default()).unwrap();
+    let held = endpoints.get("held");
+    endpoints.get("tripped").force_open();
+    for i in 0..ENDPOINTS_SWEEP_AT + 10 {
+        endpoints.get(&format!("site-{i}"));
+    }
+    assert!(
+        endpoints.len() < 100,
+        "{} endpoints kept after a sweep",
+        endpoints.len()
+    );
+    assert!(endpoints.find("tripped").is_some());
+    assert!(endpoints.find("held").is_some());
+    assert!(endpoints.find("site-0").is_none());
+    drop(held);
+}

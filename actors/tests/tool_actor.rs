@@ -4,9 +4,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hale_actors::builtin::{BuiltinConfig, builtin_tools, tools_supervisor};
+use hale_actors::dispatch::{DispatchConfig, Dispatcher, Endpoints, RegistryRouter, Router};
+use hale_actors::recovery::RetryConfig;
+use hale_actors::tool::CANCEL_GRACE;
 use hale_actors::{
     BoxFuture, ErrorCode, EventKind, MemorySink, Tool, ToolContext, ToolOutcome, ToolRegistry,
     ToolSpec,
@@ -145,5 +149,232 @@ async fn a_killed_tool_actor_is_replaced_and_its_call_ends_interrupted() {
         .await;
     assert!(during.is_success(), "{during:?}");
     assert_eq!(supervisor.stats().await.unwrap().restarts, 2);
+    supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// A dispatcher over the tool actors, as the runtime builds it.
+fn dispatcher_over(registry: Arc<ToolRegistry>, config: DispatchConfig) -> Dispatcher {
+    let routers: Vec<Arc<dyn Router>> = vec![Arc::new(RegistryRouter::new(registry))];
+    Dispatcher::new(
+        routers,
+        Arc::new(Endpoints::new(config).unwrap()),
+        Arc::new(MemorySink::new()),
+    )
+}
+
+/// Recovery off, and a short fixed attempt timeout.
+fn short_attempts(attempt_timeout: Duration) -> DispatchConfig {
+    DispatchConfig {
+        retry: RetryConfig {
+            max_attempts: 1,
+            ..RetryConfig::default()
+        },
+        attempt_timeout,
+        ..DispatchConfig::default()
+    }
+}
+
+/// Whether `pid` is a live process (a zombie counts as gone: it is dead).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned();
+        state != "Z" && state != "X"
+    })
+}
+
+/// Polls (bounded) until `condition` holds.
+async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    condition()
+}
+
+fn pid_in(path: &std::path::Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// A caller that gives up on an `exec` (drops the dispatcher's call) has
+/// the command killed with its whole process group, although the command
+/// runs in the exec actor's own task, out of the caller's future.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_exec_is_killed_with_its_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let (supervisor, registry, _) = start(dir.path()).await;
+    let dispatcher = Arc::new(dispatcher_over(
+        registry,
+        short_attempts(Duration::from_secs(1)),
+    ));
+    let call = {
+        let dispatcher = Arc::clone(&dispatcher);
+        tokio::spawn(async move {
+            let command = "sleep 60 & echo $! > bg.pid; echo $$ > sh.pid; wait";
+            dispatcher
+                .call(
+                    "exec",
+                    json!({ "command": command, "timeout_ms": 60_000 }),
+                    &ToolContext::default(),
+                )
+                .await
+        })
+    };
+    let (bg, sh) = (dir.path().join("bg.pid"), dir.path().join("sh.pid"));
+    assert!(
+        eventually(Duration::from_secs(10), || pid_in(&bg).is_some()
+            && pid_in(&sh).is_some())
+        .await,
+        "the command never started"
+    );
+    let (bg, sh) = (pid_in(&bg).unwrap(), pid_in(&sh).unwrap());
+    assert!(alive(bg) && alive(sh));
+    // Not abandoned at the 1 s attempt timeout: exec's own timeout (60 s)
+    // bounds it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !call.is_finished(),
+        "the exec was cut off at attempt_timeout"
+    );
+    call.abort();
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(bg) && !alive(sh)).await,
+        "the abandoned exec's group survived: shell {sh} alive {}, background {bg} alive {}",
+        alive(sh),
+        alive(bg)
+    );
+    supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// `exec`'s attempt deadline is its own timeout plus a grace: a command
+/// that asked for 30 s is not abandoned at a shorter attempt timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_with_a_longer_own_timeout_outlives_the_attempt_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (supervisor, registry, _) = start(dir.path()).await;
+    let dispatcher = dispatcher_over(registry, short_attempts(Duration::from_millis(300)));
+    let outcome = dispatcher
+        .call(
+            "exec",
+            json!({ "command": "sleep 1; echo done", "timeout_ms": 30_000 }),
+            &ToolContext::default(),
+        )
+        .await;
+    assert!(outcome.is_success(), "{outcome:?}");
+    assert_eq!(outcome.data["stdout"], "done\n");
+    supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// A command that runs into its own timeout is the command's business:
+/// exec killed it and said so, so the exec endpoint's breaker is not
+/// charged, and the next command runs. (When the dispatcher's backstop
+/// cut exec off instead, each such call counted as an endpoint failure
+/// and a few slow commands closed `exec` for every session.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_timing_out_on_their_own_do_not_open_the_exec_breaker() {
+    let dir = tempfile::tempdir().unwrap();
+    let (supervisor, registry, _) = start(dir.path()).await;
+    let config = DispatchConfig {
+        breaker_failures: 2,
+        ..short_attempts(Duration::from_millis(200))
+    };
+    let dispatcher = dispatcher_over(registry, config);
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        slow.push(
+            dispatcher
+                .call(
+                    "exec",
+                    json!({ "command": "sleep 5", "timeout_ms": 400 }),
+                    &ToolContext::default(),
+                )
+                .await,
+        );
+    }
+    let health = dispatcher.endpoints().find("exec").unwrap();
+    assert_eq!(
+        hale_actors::dispatch::state_name(health.breaker_state()),
+        "closed",
+        "{slow:?}"
+    );
+    let quick = dispatcher
+        .call(
+            "exec",
+            json!({ "command": "echo ok" }),
+            &ToolContext::default(),
+        )
+        .await;
+    assert!(quick.is_success(), "{quick:?}");
+    for outcome in &slow {
+        assert!(outcome.is_timeout(), "{outcome:?}");
+        assert_eq!(
+            outcome.data["timed_out"], true,
+            "exec's own timeout: {outcome:?}"
+        );
+    }
+    supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// A tool that ignores its cancel signal and never answers; the flag
+/// rises when its call's future is dropped.
+struct Stubborn {
+    spec: ToolSpec,
+    dropped: Arc<AtomicBool>,
+}
+
+struct RaiseOnDrop(Arc<AtomicBool>);
+
+impl Drop for RaiseOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Tool for Stubborn {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+    fn call<'a>(&'a self, _args: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
+        let guard = RaiseOnDrop(Arc::clone(&self.dropped));
+        Box::pin(async move {
+            let _guard = guard;
+            std::future::pending().await
+        })
+    }
+}
+
+/// The tool actor's backstop: a call the dispatcher abandoned is dropped
+/// in the actor's task too (after the cancel grace), even when the tool
+/// ignores its cancel signal, instead of running on unseen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_call_is_dropped_in_its_actor_after_the_cancel_grace() {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let tool: Arc<dyn Tool> = Arc::new(Stubborn {
+        spec: ToolSpec::new("stubborn", "never answers", json!({ "type": "object" })),
+        dropped: Arc::clone(&dropped),
+    });
+    let (spec, handles) = tools_supervisor("t", vec![tool], Arc::new(MemorySink::new()));
+    let (supervisor, _) = SupervisorRef::start(spec).await.unwrap();
+    let registry = Arc::new(ToolRegistry::new());
+    for handle in handles {
+        registry.register(Arc::new(handle)).unwrap();
+    }
+    let dispatcher = dispatcher_over(registry, short_attempts(Duration::from_millis(300)));
+    let outcome = dispatcher
+        .call("stubborn", json!({}), &ToolContext::default())
+        .await;
+    assert!(outcome.is_timeout(), "{outcome:?}");
+    assert!(
+        eventually(CANCEL_GRACE + Duration::from_secs(3), || dropped
+            .load(Ordering::SeqCst))
+        .await,
+        "the abandoned call still runs in the tool actor"
+    );
     supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
 }

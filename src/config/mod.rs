@@ -257,6 +257,7 @@ pub struct Config {
     builtin: BuiltinConfig,
     session: SessionSettings,
     retention: Retention,
+    dispatch: DispatchConfig,
     mcp: Vec<McpServerConfig>,
     breakers: BTreeMap<String, BreakerSettings>,
     models: Vec<ModelConfig>,
@@ -410,6 +411,12 @@ impl Config {
         &self.breakers
     }
 
+    /// The dispatcher's settings: the defaults with `[dispatch]`'s
+    /// `attempt_timeout`.
+    pub fn dispatch_config(&self) -> DispatchConfig {
+        self.dispatch
+    }
+
     /// The dispatcher's per-endpoint recovery state: `dispatch` for every
     /// endpoint, except that each server with a `[mcp.breaker]` gets its
     /// own breaker.
@@ -550,6 +557,7 @@ impl Resolver<'_> {
         let builtin = self.builtin(&raw, &data_dir)?;
         let session = self.session(&raw)?;
         let retention = self.retention(&raw);
+        let dispatch = self.dispatch(&raw)?;
         let (mcp, breakers) = self.mcp(&raw.mcp)?;
         let models = self.models(&raw.models, has_env)?;
         let agents = self.agents(&raw.agents, &models, &mcp, &session)?;
@@ -566,6 +574,7 @@ impl Resolver<'_> {
             builtin,
             session,
             retention,
+            dispatch,
             mcp,
             breakers,
             models,
@@ -786,6 +795,21 @@ impl Resolver<'_> {
         retention
     }
 
+    /// `[dispatch]` onto the dispatcher's defaults.
+    fn dispatch(&self, raw: &RawConfig) -> Result<DispatchConfig, ConfigError> {
+        let mut dispatch = DispatchConfig::default();
+        if let Some(t) = &raw.dispatch.attempt_timeout {
+            if t.get_ref().value.is_zero() {
+                return Err(self.invalid(
+                    Some(t.span()),
+                    "dispatch.attempt_timeout must be greater than zero",
+                ));
+            }
+            dispatch.attempt_timeout = t.get_ref().value;
+        }
+        Ok(dispatch)
+    }
+
     /// The servers, and the breaker settings of those that set one.
     fn mcp(&self, raw: &[RawMcp]) -> Result<McpSection, ConfigError> {
         let mut seen: BTreeMap<&str, Range<usize>> = BTreeMap::new();
@@ -894,6 +918,15 @@ impl Resolver<'_> {
                 .collect();
             config.idempotent = server.idempotent.clone();
             config.disabled = !server.enabled.unwrap_or(true);
+            if let Some(n) = &server.max_result_bytes {
+                if *n.get_ref() == 0 {
+                    return Err(self.invalid(
+                        Some(n.span()),
+                        ctx("max_result_bytes must be at least 1".into()),
+                    ));
+                }
+                config.max_result_bytes = *n.get_ref();
+            }
             for backup in &server.backups {
                 let b = backup.get_ref();
                 if b == &name {

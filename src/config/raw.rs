@@ -26,6 +26,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub audit: RawAudit,
     #[serde(default)]
+    pub dispatch: RawDispatch,
+    #[serde(default)]
     pub mcp: Vec<RawMcp>,
     #[serde(default)]
     pub models: Vec<RawModel>,
@@ -113,6 +115,13 @@ pub(crate) struct RawAudit {
     pub max_events: Option<u64>,
 }
 
+/// `[dispatch]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDispatch {
+    pub attempt_timeout: Option<Spanned<Dur>>,
+}
+
 /// `[[mcp]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +144,7 @@ pub(crate) struct RawMcp {
     pub enabled: Option<bool>,
     pub restart: Option<RawRestart>,
     pub breaker: Option<RawBreaker>,
+    pub max_result_bytes: Option<Spanned<u64>>,
 }
 
 /// `[mcp.restart]`.

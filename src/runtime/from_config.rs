@@ -16,10 +16,11 @@
 //! | `session.max_open_questions` | [`RuntimeConfig::sessions`] (`ask_approval`'s limit) |
 //! | `session.context_budget_bytes`, `max_turns_per_message`, `stall_backoff`, `stall_max_backoff` | [`RuntimeConfig::sessions`] |
 //! | `[audit]` | [`RuntimeConfig::audit`] (`retention`) |
+//! | `[dispatch]` | [`RuntimeConfig::dispatch`] (`attempt_timeout`) |
 //! | the workspace's `memory/MEMORY.md` | [`RuntimeConfig::memory_path`] |
 //!
 //! What the file does not set keeps [`RuntimeConfig::new`]'s default: the
-//! dispatcher's retry/breaker/cap settings, the session supervisor's
+//! dispatcher's retry/breaker/cap settings (all but `attempt_timeout`), the session supervisor's
 //! restart intensity, approval timeouts and queue limits.
 
 use std::path::PathBuf;
@@ -64,6 +65,7 @@ impl RuntimeConfig {
         runtime.builtin = config.builtin_config();
         runtime.mcp = config.mcp_configs();
         runtime.mcp_breakers = config.mcp_breakers().clone();
+        runtime.dispatch = config.dispatch_config();
         runtime.models = models;
         runtime.agents = config.agents().into_iter().map(agent_spec).collect();
         runtime.sessions.memory_prompt_bytes = settings.memory_prompt_bytes;

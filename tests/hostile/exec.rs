@@ -399,3 +399,72 @@ fn the_signal_scope_alone_keeps_kill_inside_the_sandbox() {
     assert!(text.contains("kill=") && !text.contains("kill=0"), "{text}");
     assert!(alive, "the process outside the sandbox was killed");
 }
+
+/// An `exec` the caller abandons is killed with its whole process group
+/// through the sandbox wrapper too (the wrapper execs the command in the
+/// group's leader, switched to the sandbox user): the shell and what it
+/// put in the background are gone, not left running as `nobody`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_sandboxed_exec_is_killed_with_its_group() {
+    let _turn = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = start(config(dir.path())).await;
+    let workspace = runtime.config().builtin.workspace_root.clone();
+    let dispatcher = std::sync::Arc::clone(runtime.dispatcher());
+    let call = tokio::spawn(async move {
+        dispatcher
+            .call(
+                "exec",
+                json!({
+                    "command": "sleep 60 & echo $! > bg.pid; echo $$ > sh.pid; wait",
+                    "timeout_ms": 60_000,
+                }),
+                &hale::actors::dispatch::ToolContext::default(),
+            )
+            .await
+    });
+    let pid_in = |name: &str| -> Option<u32> {
+        std::fs::read_to_string(workspace.join(name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            let state = stat[stat.rfind(')').unwrap() + 2..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned();
+            state != "Z" && state != "X"
+        })
+    };
+    let mut pids = None;
+    for _ in 0..500 {
+        if let (Some(bg), Some(sh)) = (pid_in("bg.pid"), pid_in("sh.pid")) {
+            pids = Some((bg, sh));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (bg, sh) = pids.expect("the command never started");
+    assert!(alive(bg) && alive(sh));
+    call.abort();
+    let mut gone = false;
+    for _ in 0..250 {
+        if !alive(bg) && !alive(sh) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        gone,
+        "the abandoned sandboxed exec survived: shell alive {}, background alive {}",
+        alive(sh),
+        alive(bg)
+    );
+    still_serves(&runtime).await;
+    runtime.shutdown().await.unwrap();
+}

@@ -339,3 +339,103 @@ async fn manage_mcp_tool_answers_as_an_agent_would_call_it() {
     );
     assert_eq!(h.shutdown().await, 0);
 }
+
+/// A server that writes a line that is not UTF-8 and a 1 MiB line to
+/// stderr keeps serving, with no restart: hale reads stderr lossily and
+/// cuts long lines, and never stops reading (the fault server, like many
+/// real ones, dies when its stderr is gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_and_a_huge_line_on_stderr_are_survived() {
+    use hale::actors::mcp::STDERR_LINE_MAX_BYTES;
+    let h = Harness::start(vec![fault_server("f", &[])], single_attempt()).await;
+    h.ready("f").await;
+    let pid = h.pid("f");
+    for round in 0..3 {
+        let echo = h
+            .call(
+                "f__echo",
+                json!({ "text": format!("round {round}"), "stderr_noise": true }),
+            )
+            .await;
+        assert!(echo.is_success(), "round {round}: {echo:?}");
+        assert_eq!(echo.data["text"], format!("round {round}"));
+    }
+    let plain = h.call("f__echo", json!({ "text": "after" })).await;
+    assert!(plain.is_success(), "{plain:?}");
+    assert_eq!(h.pid("f"), pid, "the noise cost a restart");
+    // Everything the server wrote was read: the last line is there, and
+    // the long one was cut.
+    let mut tail = Vec::new();
+    for _ in 0..250 {
+        tail = Vec::from(h.servers.status("f").unwrap().stderr_tail);
+        if tail.iter().any(|l| l == "noise: done") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(tail.iter().any(|l| l == "noise: done"), "{tail:?}");
+    assert!(
+        tail.iter()
+            .any(|l| l.starts_with("noise: \u{fffd}\u{fffd} not UTF-8")),
+        "{tail:?}"
+    );
+    let long = tail
+        .iter()
+        .find(|l| l.starts_with("noise: yyy"))
+        .expect("the long line");
+    assert!(long.len() < STDERR_LINE_MAX_BYTES + 100, "{}", long.len());
+    assert!(long.contains("more bytes dropped]"), "{long}");
+    assert_eq!(h.shutdown().await, 0);
+}
+
+/// A result over `max_result_bytes` is refused as OUTPUT_TOO_LARGE with a
+/// hint to ask for less; a result under it passes, and the server is
+/// not blamed (no breaker failure, no restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_over_the_cap_is_output_too_large_with_a_hint() {
+    let mut config = fault_server("f", &[]);
+    config.max_result_bytes = 64 * 1024;
+    let h = Harness::start(vec![config], single_attempt()).await;
+    h.ready("f").await;
+    let pid = h.pid("f");
+    let fits = h
+        .call("f__echo", json!({ "text": "0123456789", "repeat": 1000 }))
+        .await;
+    assert!(fits.is_success(), "{}", fits.message);
+    let huge = h
+        .call(
+            "f__echo",
+            json!({ "text": "0123456789", "repeat": 200_000 }),
+        )
+        .await;
+    // The message only: a failing run must not print the 2 MB result.
+    assert_eq!(
+        huge.code,
+        Some(ErrorCode::OutputTooLarge),
+        "{}",
+        huge.message
+    );
+    assert!(huge.recoverable && !huge.retryable, "{}", huge.message);
+    assert!(huge.data["result_bytes"].as_u64().unwrap() > 2_000_000);
+    assert_eq!(huge.data["max_result_bytes"], 64 * 1024);
+    assert!(
+        huge.hints
+            .iter()
+            .any(|hint| hint.message.starts_with("ask for less")),
+        "{:?}",
+        huge.hints
+    );
+    assert!(
+        !huge.data.to_string().contains("0123456789"),
+        "the oversized result leaked into the outcome"
+    );
+    let after = h.call("f__echo", json!({ "text": "small" })).await;
+    assert!(after.is_success(), "{after:?}");
+    assert_eq!(h.pid("f"), pid);
+    let health = h.dispatcher.endpoints().find("f").unwrap();
+    assert_eq!(
+        hale::actors::dispatch::state_name(health.breaker_state()),
+        "closed"
+    );
+    assert_eq!(h.shutdown().await, 0);
+}

@@ -249,11 +249,16 @@ impl Exec {
         {
             return refusal;
         }
-        let timeout = args
-            .timeout_ms
+        let timeout = self.timeout_of(args.timeout_ms);
+        self.execute(&args.command, timeout, ctx).await
+    }
+
+    /// The timeout of a call that asked for `timeout_ms`: the default when
+    /// it asked for none, clamped to the maximum.
+    fn timeout_of(&self, timeout_ms: Option<u64>) -> Duration {
+        timeout_ms
             .map_or(self.config.default_timeout, Duration::from_millis)
-            .min(self.config.max_timeout);
-        self.execute(&args.command, timeout).await
+            .min(self.config.max_timeout)
     }
 
     /// The blocked outcome for a command the approval rules stop: one of
@@ -351,7 +356,7 @@ impl Exec {
         Ok((cmd, tmp))
     }
 
-    async fn execute(&self, command: &str, timeout: Duration) -> ToolOutcome {
+    async fn execute(&self, command: &str, timeout: Duration, ctx: &ToolContext) -> ToolOutcome {
         let started = Instant::now();
         let (cmd, tmp) = match self.command(command) {
             Ok(built) => built,
@@ -387,12 +392,18 @@ impl Exec {
             let waited = tokio::time::timeout(
                 timeout,
                 wait_for_exit(group.child.as_mut(), readers.as_mut(), &mut drained),
-            )
-            .await;
-            let end = match waited {
-                Ok(Ok(status)) => End::Exited(status),
-                Ok(Err(wait_err)) => End::WaitFailed(wait_err),
-                Err(_elapsed) => End::TimedOut,
+            );
+            // The caller gave up (the dispatcher abandoned the attempt, the
+            // session went away): the command is killed now, not at its
+            // own timeout.
+            let end = tokio::select! {
+                biased;
+                waited = waited => match waited {
+                    Ok(Ok(status)) => End::Exited(status),
+                    Ok(Err(wait_err)) => End::WaitFailed(wait_err),
+                    Err(_elapsed) => End::TimedOut,
+                },
+                () = ctx.cancel.cancelled() => End::Cancelled,
             };
             if !matches!(end, End::Exited(_)) || !drained {
                 // Timed out, or the shell is gone but something it started
@@ -430,6 +441,11 @@ impl Exec {
                 ("timed_out", json!(true)),
                 ("timeout_ms", json!(millis(timeout))),
             ])),
+            End::Cancelled => ToolOutcome::from_code(
+                ErrorCode::Interrupted,
+                "the call was abandoned by its caller; the command's process group was killed",
+            )
+            .with_data(output.data([("cancelled", json!(true))])),
             End::WaitFailed(wait_err) => {
                 let outcome = classify::from_io_error(&wait_err);
                 let message = format!("could not wait for the command: {}", outcome.message);
@@ -468,6 +484,18 @@ impl Tool for Exec {
 
     fn call<'a>(&'a self, args: Value, ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
         Box::pin(self.run(args, ctx))
+    }
+
+    /// The call's own timeout (`timeout_ms`, else the default, clamped):
+    /// the dispatcher waits for it, plus a grace, rather than cutting a
+    /// long command off at its fixed attempt timeout. Arguments `run` will
+    /// refuse get the default; they end at once anyway.
+    fn own_timeout(&self, args: &Value) -> Option<Duration> {
+        let asked = args
+            .get("timeout_ms")
+            .and_then(Value::as_u64)
+            .filter(|ms| *ms > 0);
+        Some(self.timeout_of(asked))
     }
 }
 
@@ -576,6 +604,8 @@ impl ExecArgs {
 enum End {
     Exited(ExitStatus),
     TimedOut,
+    /// The caller cancelled the call ([`ToolContext::cancel`]).
+    Cancelled,
     WaitFailed(io::Error),
 }
 

@@ -23,7 +23,7 @@ pub use net_policy::{AllowEntry, AllowEntryError, AllowList};
 pub use sandbox::{NetworkPolicy, SandboxConfig, SandboxLimits, SandboxMode, SandboxUser};
 pub use search::{Glob, GlobConfig, Grep, GrepConfig};
 pub use web_fetch::{
-    ForbiddenValues, WebFetch, WebFetchConfig, WebFetchError, classify_reqwest_error,
+    ForbiddenValues, WebFetch, WebFetchConfig, WebFetchError, classify_reqwest_error, site_endpoint,
 };
 pub use workspace::{Workspace, WorkspaceError};
 

@@ -448,6 +448,25 @@ impl Tool for WebFetch {
     fn call<'a>(&'a self, args: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
         Box::pin(self.run(args))
     }
+
+    /// The site the call goes to (see [`site_endpoint`]): each site gets its
+    /// own breaker, retry budget and concurrency cap, so refused
+    /// connections to one dead host do not close `web_fetch` for every
+    /// other host and every session.
+    fn endpoint_for(&self, args: &Value) -> Option<String> {
+        let url = parse_url(args.get("url")?.as_str()?).ok()?;
+        site_endpoint(&self.spec.name, &url)
+    }
+}
+
+/// The endpoint of a fetch from `tool` to `url`:
+/// `<tool>/<scheme>://<host>:<port>`, with the scheme's default port
+/// spelled out, so `https://a.example/x` and `https://a.example:443/y`
+/// share one. `None` for a URL without a host.
+pub fn site_endpoint(tool: &str, url: &Url) -> Option<String> {
+    let host = url.host_str()?;
+    let port = url.port_or_known_default()?;
+    Some(format!("{tool}/{}://{host}:{port}", url.scheme()))
 }
 
 fn spec(config: &WebFetchConfig) -> ToolSpec {

@@ -78,7 +78,17 @@ pub struct McpServerConfig {
     /// configured `env`, `PATH`, `LANG`, `TERM` and `HOME`: hale's own
     /// environment (model keys, `HALE_TOKEN`) is not inherited.
     pub inherit_env: Vec<String>,
+    /// The largest result (its JSON encoding) hale accepts from one
+    /// `tools/call`; a larger one becomes `OUTPUT_TOO_LARGE` with a hint to
+    /// ask for less (`[[mcp]] max_result_bytes`, default
+    /// [`DEFAULT_MAX_RESULT_BYTES`]).
+    pub max_result_bytes: u64,
 }
+
+/// The default of [`McpServerConfig::max_result_bytes`]: 1 MiB, ample for
+/// what a model can read, small enough that one result cannot swamp the
+/// conversation, the journal and the store.
+pub const DEFAULT_MAX_RESULT_BYTES: u64 = 1024 * 1024;
 
 /// The variables of hale's environment every stdio server gets: enough to
 /// find programs and keep per-user caches (`HOME`) working offline.
@@ -106,6 +116,7 @@ impl McpServerConfig {
             disabled: false,
             recorder: ProcessHook::default(),
             inherit_env: Vec::new(),
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
         }
     }
 
@@ -210,6 +221,9 @@ impl McpServerConfig {
             if value.is_zero() {
                 return Err(err(field, "must be greater than zero".into()));
             }
+        }
+        if self.max_result_bytes == 0 {
+            return Err(err("max_result_bytes", "must be at least 1".into()));
         }
         if let Some((tool, _)) = self.tool_timeouts.iter().find(|(_, t)| t.is_zero()) {
             return Err(err(

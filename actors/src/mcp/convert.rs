@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::catalog::ErrorCode;
 use crate::classify;
-use crate::outcome::ToolOutcome;
+use crate::outcome::{Hint, HintKind, ToolOutcome};
 
 /// A tool as the server listed it.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +97,104 @@ pub fn call_result(server: &str, tool: &str, result: &CallToolResult) -> ToolOut
         ),
     };
     outcome.with_data(json!({ "server": server, "tool": tool, "text": text }))
+}
+
+/// Arguments that usually ask a tool for less: offered in the hint of a
+/// result that was too large, when the tool's schema has them.
+const PAGING_ARGUMENTS: &[&str] = &[
+    "cursor",
+    "page",
+    "page_size",
+    "per_page",
+    "offset",
+    "limit",
+    "max_results",
+    "max_items",
+    "count",
+    "start",
+    "end",
+    "range",
+    "fields",
+    "filter",
+    "query",
+];
+
+/// The outcome for a result larger than `max_bytes` (its JSON encoding,
+/// content and structured content together), or `None` when it fits.
+///
+/// A result past the cap is dropped rather than cut: half a JSON
+/// document or half a listing reads as whole to a model. The outcome is
+/// `OUTPUT_TOO_LARGE` (recoverable, not retryable: the same call would be
+/// as large), delivered (the tool ran), with a hint to ask for less that
+/// names the tool's own paging arguments when its schema has any.
+pub fn oversized_result(
+    server: &str,
+    tool: &RemoteTool,
+    result: &CallToolResult,
+    max_bytes: u64,
+) -> Option<ToolOutcome> {
+    let size = json_size(&result.content)
+        .saturating_add(result.structured_content.as_ref().map_or(0, json_size));
+    if size <= max_bytes {
+        return None;
+    }
+    let paging: Vec<String> = tool
+        .schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|properties| {
+            PAGING_ARGUMENTS
+                .iter()
+                .filter(|name| properties.contains_key(**name))
+                .map(|name| (*name).to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let advice = if paging.is_empty() {
+        "ask for less: narrow the request (a smaller range, a filter, fewer fields) or          use the tool's pagination if it has any"
+            .to_owned()
+    } else {
+        format!(
+            "ask for less: use the tool's paging or filtering arguments ({}) to fetch the              result in parts",
+            paging.join(", ")
+        )
+    };
+    let name = &tool.name;
+    Some(
+        ToolOutcome::from_code(
+            ErrorCode::OutputTooLarge,
+            format!(
+                "`{name}` on MCP server `{server}` returned a {size}-byte result, more than the                  {max_bytes} bytes hale accepts from one MCP call; the result was dropped"
+            ),
+        )
+        .with_hint(Hint::new(HintKind::TryInstead, advice).with_suggestions(paging))
+        .with_data(json!({
+            "server": server,
+            "tool": name,
+            "result_bytes": size,
+            "max_result_bytes": max_bytes,
+        }))
+        .delivered(),
+    )
+}
+
+/// The length of `value`'s JSON encoding, counted without building it.
+fn json_size(value: &impl serde::Serialize) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(buf.len() as u64);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing into a counter cannot fail; a value that cannot be encoded
+    // counts as empty and is left to `call_result`.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// `MCP error -32602: bad input` -> `(-32602, "bad input")`.
@@ -195,6 +293,35 @@ mod tests {
         let outcome = call_result("s", "t", &ok);
         assert!(outcome.is_success());
         assert_eq!(outcome.data["text"], "a\nb");
+    }
+
+    #[test]
+    fn a_result_over_the_cap_is_output_too_large_with_the_paging_arguments() {
+        let tool = RemoteTool {
+            name: "list".into(),
+            description: String::new(),
+            schema: json!({ "type": "object", "properties": {
+                "cursor": { "type": "string" }, "limit": { "type": "integer" }, "x": {}
+            }}),
+            read_only: true,
+            idempotent_hint: true,
+        };
+        let result: CallToolResult = serde_json::from_value(json!({
+            "content": [{"type": "text", "text": "x".repeat(1000)}]
+        }))
+        .unwrap();
+        assert!(oversized_result("s", &tool, &result, 2000).is_none());
+        let outcome = oversized_result("s", &tool, &result, 500).unwrap();
+        assert_eq!(outcome.code, Some(ErrorCode::OutputTooLarge));
+        assert!(outcome.recoverable && !outcome.retryable);
+        assert!(outcome.is_delivered());
+        assert_eq!(outcome.hints[0].suggestions, ["cursor", "limit"]);
+        assert!(outcome.hints[0].message.starts_with("ask for less"));
+        let encoded = serde_json::to_vec(&result.content).unwrap().len() as u64;
+        assert_eq!(outcome.data["result_bytes"], encoded);
+        assert_eq!(outcome.data["max_result_bytes"], 500);
+        // No total_bytes: the dispatcher must not try a chunked re-read.
+        assert!(outcome.data.get("total_bytes").is_none());
     }
 
     #[test]

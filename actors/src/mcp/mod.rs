@@ -33,10 +33,14 @@ use hale_supervision::{
 };
 use serde_json::{Value, json};
 
-pub use config::{MCP_BASE_ENV, McpConfigError, McpServerConfig, McpTransport};
+pub use config::{
+    DEFAULT_MAX_RESULT_BYTES, MCP_BASE_ENV, McpConfigError, McpServerConfig, McpTransport,
+};
 pub use convert::RemoteTool;
 pub use manage::ManageMcp;
-pub use server::{McpMsg, McpServerActor, McpState, PROTOCOL_VERSION, ServerStatus};
+pub use server::{
+    McpMsg, McpServerActor, McpState, PROTOCOL_VERSION, STDERR_LINE_MAX_BYTES, ServerStatus,
+};
 
 use crate::catalog::ErrorCode;
 use crate::dispatch::{Endpoints, Router, Target, state_name};
@@ -440,7 +444,7 @@ impl std::fmt::Debug for McpTool {
 }
 
 impl McpTool {
-    async fn forward(&self, args: Value) -> ToolOutcome {
+    async fn forward(&self, args: Value, ctx: &ToolContext) -> ToolOutcome {
         let shared = &self.shared;
         let server = &shared.config.name;
         if !shared.is_enabled() {
@@ -479,6 +483,7 @@ impl McpTool {
                 timeout,
                 taken: taken.clone(),
                 sent: sent.clone(),
+                cancel: ctx.cancel.clone(),
                 reply: tx.into(),
             };
             if current.send_message(message).is_err() {
@@ -529,8 +534,8 @@ impl Tool for McpTool {
         &self.spec
     }
 
-    fn call<'a>(&'a self, args: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
-        Box::pin(self.forward(args))
+    fn call<'a>(&'a self, args: Value, ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
+        Box::pin(self.forward(args, ctx))
     }
 }
 

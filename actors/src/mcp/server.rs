@@ -31,6 +31,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::ChildStderr;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::catalog::ErrorCode;
 use crate::event::{Event, EventKind, EventSink, Level};
@@ -201,6 +202,9 @@ pub enum McpMsg {
         taken: Taken,
         /// Raised when the request is handed to the server.
         sent: Taken,
+        /// Fires when the caller gives up ([`ToolContext::cancel`](crate::tool::ToolContext::cancel)):
+        /// the request is dropped, which sends `notifications/cancelled`.
+        cancel: CancellationToken,
         /// Where the outcome goes.
         reply: RpcReplyPort<ToolOutcome>,
     },
@@ -243,6 +247,7 @@ struct PendingCall {
     args: Option<JsonObject>,
     timeout: Duration,
     sent: Taken,
+    cancel: CancellationToken,
     reply: RpcReplyPort<ToolOutcome>,
 }
 
@@ -318,6 +323,7 @@ impl Actor for McpServerActor {
                 timeout,
                 taken,
                 sent,
+                cancel,
                 reply,
             } => {
                 taken.mark();
@@ -326,6 +332,7 @@ impl Actor for McpServerActor {
                     args,
                     timeout,
                     sent,
+                    cancel,
                     reply,
                 };
                 match &mut state.phase {
@@ -458,6 +465,8 @@ fn start_call(
             .send(unknown_remote_tool(&server, &call.tool, tools));
         return;
     }
+    let remote = tools.iter().find(|t| t.name == call.tool).cloned();
+    let max_result_bytes = shared.config.max_result_bytes;
     let peer = peer.clone();
     call.sent.mark();
     tasks.spawn(async move {
@@ -465,10 +474,20 @@ fn start_call(
         if let Some(args) = call.args {
             params = params.with_arguments(args);
         }
-        // Dropping `call_tool` at the timeout sends `notifications/cancelled`
-        // and leaves the session usable.
-        let outcome = match tokio::time::timeout(call.timeout, peer.call_tool(params)).await {
-            Ok(Ok(result)) => convert::call_result(&server, &call.tool, &result),
+        // Dropping `call_tool` at the timeout, or when the caller gave up,
+        // sends `notifications/cancelled` and leaves the session usable.
+        let answered = tokio::select! {
+            biased;
+            answered = tokio::time::timeout(call.timeout, peer.call_tool(params)) => answered,
+            () = call.cancel.cancelled() => return,
+        };
+        let outcome = match answered {
+            Ok(Ok(result)) => remote
+                .as_ref()
+                .and_then(|tool| {
+                    convert::oversized_result(&server, tool, &result, max_result_bytes)
+                })
+                .unwrap_or_else(|| convert::call_result(&server, &call.tool, &result)),
             Ok(Err(error)) => convert::service_error(&server, &call.tool, &error),
             Err(_) => ToolOutcome::timeout(format!(
                 "`{}` on MCP server `{server}` did not answer within {} ms; the request was cancelled",
@@ -604,10 +623,17 @@ fn command_line(command: &std::path::Path, args: &[String]) -> String {
     line
 }
 
+/// Reads a server's stderr to its end, whatever it holds. The reader must
+/// not stop early: once it drops the pipe, the server's next write to
+/// stderr fails (EPIPE), which kills many servers, and the restart loop
+/// that follows parks them. So the bytes are split into lines by hand and
+/// decoded lossily (invalid UTF-8 becomes U+FFFD, never an error), and a
+/// line is kept to [`STDERR_LINE_MAX_BYTES`] (see [`StderrLines`]).
 async fn drain_stderr(shared: Arc<ServerShared>, stderr: ChildStderr) {
-    let mut lines = BufReader::new(stderr).lines();
+    let mut reader = BufReader::new(stderr);
+    let mut lines = StderrLines::new(STDERR_LINE_MAX_BYTES);
     let server = shared.config.name.clone();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let keep = |line: String| {
         tracing::debug!(target: "hale::mcp::stderr", server = %server, "{line}");
         shared.update(|s| {
             if s.stderr_tail.len() == STDERR_TAIL_LINES {
@@ -615,5 +641,126 @@ async fn drain_stderr(shared: Arc<ServerShared>, stderr: ChildStderr) {
             }
             s.stderr_tail.push_back(line);
         });
+    };
+    loop {
+        let chunk = match reader.fill_buf().await {
+            Ok([]) => break,
+            Ok(chunk) => chunk,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // A read error on a pipe is its end: the process is gone.
+            Err(_) => break,
+        };
+        let read = chunk.len();
+        lines.push(chunk, keep);
+        reader.consume(read);
+    }
+    if let Some(last) = lines.finish() {
+        keep(last);
+    }
+}
+
+/// The longest stderr line kept (in bytes, before decoding); the rest of a
+/// longer line is counted and discarded as it arrives, never buffered.
+/// stderr is for diagnosis (the last lines go into error messages and
+/// `manage_mcp` status), so a few KiB of each line is plenty.
+pub const STDERR_LINE_MAX_BYTES: usize = 4 * 1024;
+
+/// Splits a byte stream into lines of at most `cap` bytes each, decoded
+/// lossily; a longer line is cut, with a note of how much was dropped.
+/// Memory is bounded by `cap` whatever the stream holds.
+#[derive(Debug)]
+struct StderrLines {
+    cap: usize,
+    current: Vec<u8>,
+    /// Bytes of the current line dropped beyond `cap`.
+    dropped: u64,
+}
+
+impl StderrLines {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            current: Vec::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Feeds `bytes`, handing each completed line to `emit`.
+    fn push(&mut self, bytes: &[u8], emit: impl Fn(String)) {
+        for (i, piece) in bytes.split(|b| *b == b'\n').enumerate() {
+            if i > 0 {
+                emit(self.take());
+            }
+            let room = self.cap.saturating_sub(self.current.len());
+            let kept = piece.len().min(room);
+            self.current
+                .extend_from_slice(piece.get(..kept).unwrap_or(piece));
+            self.dropped = self.dropped.saturating_add((piece.len() - kept) as u64);
+        }
+    }
+
+    /// The unterminated last line at the end of the stream, if any.
+    fn finish(&mut self) -> Option<String> {
+        (!self.current.is_empty() || self.dropped > 0).then(|| self.take())
+    }
+
+    fn take(&mut self) -> String {
+        let bytes = std::mem::take(&mut self.current);
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(&bytes);
+        let mut line = String::from_utf8_lossy(bytes).into_owned();
+        if self.dropped > 0 {
+            line.push_str(&format!(
+                " [line cut at {} bytes; {} more bytes dropped]",
+                self.cap, self.dropped
+            ));
+            self.dropped = 0;
+        }
+        line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::cell::RefCell;
+
+    use super::*;
+
+    fn split(cap: usize, chunks: &[&[u8]]) -> Vec<String> {
+        let out = RefCell::new(Vec::new());
+        let mut lines = StderrLines::new(cap);
+        for chunk in chunks {
+            lines.push(chunk, |l| out.borrow_mut().push(l));
+        }
+        let mut out = out.into_inner();
+        out.extend(lines.finish());
+        out
+    }
+
+    #[test]
+    fn stderr_lines_split_across_chunks_and_decode_lossily() {
+        assert_eq!(
+            split(64, &[b"one\ntw", b"o\r\n\xff\xfebad\n", b"tail"]),
+            ["one", "two", "\u{fffd}\u{fffd}bad", "tail"]
+        );
+        assert!(split(64, &[b""]).is_empty());
+        assert_eq!(split(64, &[b"a\n\n"]), ["a", ""]);
+    }
+
+    #[test]
+    fn a_long_stderr_line_is_cut_and_the_rest_dropped_unbuffered() {
+        let long = vec![b'x'; 10_000];
+        let out = split(8, &[b"head\n", &long, &long, b"\nnext\n"]);
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(out[0], "head");
+        assert_eq!(
+            out[1],
+            "xxxxxxxx [line cut at 8 bytes; 19992 more bytes dropped]"
+        );
+        assert_eq!(out[2], "next");
+        let mut lines = StderrLines::new(8);
+        lines.push(&long, |_| {});
+        assert!(lines.current.capacity() <= 64, "the rest was buffered");
     }
 }
