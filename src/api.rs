@@ -137,6 +137,7 @@ impl From<SessionError> for ApiError {
             SessionError::UnknownSession(_) | SessionError::UnknownMessage(_) => {
                 Self::not_found(message)
             }
+            SessionError::Pruned(_) => Self::new(StatusCode::GONE, "gone", message),
             SessionError::UnknownAgent { .. }
             | SessionError::BadSessionId(_)
             | SessionError::BadMessageId(_)
@@ -650,7 +651,8 @@ async fn send_message(
 /// One message.
 #[utoipa::path(get, path = "/v1/messages/{message_id}",
     params(("message_id" = String, Path, description = "<session>:<n>")),
-    responses((status = 200, body = MessageResource), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = MessageResource), (status = 404, body = ErrorBody),
+        (status = 410, body = ErrorBody, description = "deleted by retention")))]
 async fn get_message(
     State(state): State<ApiState>,
     Path(message_id): Path<String>,
@@ -885,7 +887,11 @@ async fn switch_model(
                 .switch_model(&session, body.model.as_deref())
                 .await?
         }
-        (None, Some(agent)) => sessions.switch_agent_model(&agent, body.model.as_deref())?,
+        (None, Some(agent)) => {
+            sessions
+                .switch_agent_model(&agent, body.model.as_deref())
+                .await?
+        }
         _ => {
             return Err(ApiError::bad_request(
                 "give exactly one of `session` and `agent`",

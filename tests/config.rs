@@ -185,10 +185,13 @@ iteration_budget = 25
 memory_prompt_bytes = 8192
 journal_retention = "36h"
 learn_from_incidents = false
+message_retention = "12h"
+approval_retention = "0s"
 
 [audit]
 retention = "14d"
 max_events = 5000
+max_bytes = 4096
 
 [[mcp]]
 name = "weather"
@@ -293,11 +296,15 @@ fn a_full_example_maps_to_the_actor_configs() {
             journal_retention: Duration::from_secs(36 * 3600),
             learn_from_incidents: false,
             max_open_questions: 3,
+            message_retention: Some(Duration::from_secs(12 * 3600)),
+            approval_retention: None,
+            deleted_session_retention: Some(Duration::from_secs(7 * 86_400)),
         }
     );
     let retention = config.audit_config().retention;
     assert_eq!(retention.max_age, Some(Duration::from_secs(14 * 86_400)));
     assert_eq!(retention.max_rows, Some(5000));
+    assert_eq!(retention.max_bytes, Some(4096));
 
     let mcp = config.mcp_configs();
     assert_eq!(mcp.len(), 2);

@@ -97,6 +97,9 @@ pub(crate) struct RawSession {
     pub journal_retention: Option<Dur>,
     pub learn_from_incidents: Option<bool>,
     pub max_open_questions: Option<Spanned<usize>>,
+    pub message_retention: Option<Dur>,
+    pub approval_retention: Option<Dur>,
+    pub deleted_session_retention: Option<Dur>,
 }
 
 /// `[audit]`.
@@ -105,6 +108,7 @@ pub(crate) struct RawSession {
 pub(crate) struct RawAudit {
     pub retention: Option<Dur>,
     pub max_events: Option<u64>,
+    pub max_bytes: Option<u64>,
 }
 
 /// `[[mcp]]`.

@@ -5,6 +5,7 @@
 
 mod config_start;
 mod crash;
+mod limits;
 mod scenarios;
 mod sessions;
 mod support;
