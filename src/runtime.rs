@@ -1112,3 +1112,23 @@ fn report_memory_migration(
         })),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_retention_cutoff_is_now_less_the_kept_age() {
+        let now: jiff::Timestamp = "2026-12-03T12:00:00Z".parse().unwrap();
+        assert_eq!(StateRetention::cutoff(None, now), None);
+        assert_eq!(StateRetention::cutoff(Some(Duration::ZERO), now), Some(now));
+        assert_eq!(
+            StateRetention::cutoff(Some(Duration::from_secs(3600)), now),
+            Some("2026-12-03T11:00:00Z".parse().unwrap())
+        );
+        // Further back than time goes: nothing is old enough.
+        assert_eq!(StateRetention::cutoff(Some(Duration::MAX), now), None);
+    }
+}

@@ -1177,3 +1177,98 @@ fn history(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn completion() -> Completion {
+        Completion::new(broadcast::channel(4).0)
+    }
+
+    fn busy(result: Result<Slot<'_>, SessionError>) -> bool {
+        matches!(result, Err(SessionError::Busy { .. }))
+    }
+
+    #[test]
+    fn a_slot_counts_from_reservation_and_is_given_back_when_dropped() {
+        let c = completion();
+        let a = c.reserve("s", 2, 10).unwrap();
+        let b = c.reserve("s", 2, 10).unwrap();
+        assert!(
+            busy(c.reserve("s", 2, 10)),
+            "two reservations fill two slots"
+        );
+        drop(b);
+        assert_eq!(c.queued_total.load(Ordering::SeqCst), 1);
+        a.commit(1);
+        let b = c.reserve("s", 2, 10).unwrap();
+        b.commit(2);
+        assert!(busy(c.reserve("s", 2, 10)));
+        assert!(c.release("s", 1));
+        assert!(!c.release("s", 1), "released once");
+        assert_eq!(c.queued_total.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn the_total_limit_spans_sessions() {
+        let c = completion();
+        c.reserve("a", 5, 2).unwrap().commit(1);
+        c.reserve("b", 5, 2).unwrap().commit(1);
+        assert!(busy(c.reserve("c", 5, 2)));
+        assert!(
+            c.queued.get("c").is_none(),
+            "a refused send leaves no entry"
+        );
+    }
+
+    #[test]
+    fn a_deleted_session_frees_its_slots_and_its_sends_in_flight() {
+        let c = completion();
+        c.reserve("s", 3, 3).unwrap().commit(1);
+        c.reserve("s", 3, 3).unwrap().commit(2);
+        let late = c.reserve("s", 3, 3).unwrap();
+        c.release_session("s");
+        assert_eq!(
+            c.queued_total.load(Ordering::SeqCst),
+            1,
+            "only the reservation"
+        );
+        // Its enqueue committed before the delete did: it still must not
+        // count for a session that is gone.
+        late.commit(3);
+        assert_eq!(c.queued_total.load(Ordering::SeqCst), 0);
+        assert!(c.queued.is_empty());
+        c.reserve("t", 3, 3).unwrap().commit(1);
+    }
+
+    #[test]
+    fn concurrent_reservations_take_exactly_the_free_slots() {
+        let c = Arc::new(completion());
+        let barrier = Arc::new(std::sync::Barrier::new(16));
+        let handles: Vec<_> = (0..16)
+            .map(|i| {
+                let (c, barrier) = (Arc::clone(&c), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    match c.reserve("s", 5, 100) {
+                        Ok(slot) => {
+                            slot.commit(i);
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                })
+            })
+            .collect();
+        let taken = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|ok| *ok)
+            .count();
+        assert_eq!(taken, 5);
+        assert_eq!(c.queued_total.load(Ordering::SeqCst), 5);
+    }
+}
