@@ -190,7 +190,8 @@ async fn pruned_messages_answer_gone_and_leave_the_conversation() {
             .is_empty()
     );
 
-    ask(&runtime, &session, "third-gamma", WAIT).await;
+    let after = ask(&runtime, &session, "third-gamma", WAIT).await;
+    assert_eq!(after.seq, 3, "a pruned message's id is never reused");
     let third = sent(2);
     assert!(third.contains("third-gamma"), "{third}");
     assert!(

@@ -359,9 +359,12 @@ pub(crate) fn apply(
             if live.is_none() {
                 return Ok(0);
             }
+            // Past every seq retention deleted too: a message id is never
+            // reused, even once the whole inbox was pruned.
             let seq: i64 = conn
                 .query_row(
-                    "SELECT coalesce(max(seq), 0) + 1 FROM session_inbox WHERE session = ?1",
+                    "SELECT max(coalesce((SELECT max(seq) FROM session_inbox WHERE session = ?1), 0), \
+                     coalesce((SELECT pruned_through FROM sessions WHERE id = ?1), 0)) + 1",
                     params![session],
                     |row| row.get(0),
                 )
