@@ -137,6 +137,7 @@ impl From<SessionError> for ApiError {
             SessionError::UnknownSession(_) | SessionError::UnknownMessage(_) => {
                 Self::not_found(message)
             }
+            SessionError::Pruned(_) => Self::new(StatusCode::GONE, "gone", message),
             SessionError::UnknownAgent { .. }
             | SessionError::BadSessionId(_)
             | SessionError::BadMessageId(_)
@@ -808,6 +809,7 @@ async fn send_message(
     responses((status = 200, body = MessageResource),
         (status = 400, body = ErrorBody, description = "not a message id"),
         (status = 404, body = ErrorBody),
+        (status = 410, body = ErrorBody, description = "deleted by retention"),
         (status = 503, body = ErrorBody, description = "the store failed")))]
 async fn get_message(
     State(state): State<ApiState>,
@@ -1037,7 +1039,11 @@ async fn switch_model(
                 .switch_model(&session, body.model.as_deref())
                 .await?
         }
-        (None, Some(agent)) => sessions.switch_agent_model(&agent, body.model.as_deref())?,
+        (None, Some(agent)) => {
+            sessions
+                .switch_agent_model(&agent, body.model.as_deref())
+                .await?
+        }
         _ => {
             return Err(ApiError::bad_request(
                 "give exactly one of `session` and `agent`",

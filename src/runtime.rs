@@ -80,6 +80,9 @@ pub struct RuntimeConfig {
     pub journal_retention: Duration,
     /// How often compaction runs.
     pub compaction_interval: Duration,
+    /// Retention of finished messages, decided approvals and deleted
+    /// sessions (applied with compaction, every `compaction_interval`).
+    pub retention: StateRetention,
     /// Restart intensity of the session supervisor.
     pub session_intensity: (u32, Duration),
     /// The MEMORY.md file (default `<workspace>/memory/MEMORY.md`).
@@ -131,11 +134,101 @@ impl RuntimeConfig {
             audit: AuditConfig::default(),
             journal_retention: Duration::from_secs(7 * 24 * 3600),
             compaction_interval: Duration::from_secs(60),
+            retention: StateRetention::default(),
             session_intensity: (1000, Duration::from_secs(10)),
             memory_path: None,
             secrets: KnownSecrets::new(),
             session_store_layer: None,
             data_dir,
+        }
+    }
+}
+
+/// How long the inbox, approvals and deleted sessions keep their rows.
+/// `None` keeps them for ever. A pruned message answers `410 Gone` and is
+/// no longer part of its session's conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateRetention {
+    /// Finished (done or failed) messages older than this are deleted,
+    /// with their journals (default 30 days).
+    pub messages: Option<Duration>,
+    /// Approvals decided longer ago than this are deleted (default 30
+    /// days).
+    pub approvals: Option<Duration>,
+    /// Sessions deleted longer ago than this go with their inboxes and
+    /// journals (default 7 days).
+    pub deleted_sessions: Option<Duration>,
+    /// Rows deleted per store write, so a large deletion never holds the
+    /// writer for long (default 1000).
+    pub chunk: usize,
+}
+
+impl Default for StateRetention {
+    fn default() -> Self {
+        Self {
+            messages: Some(Duration::from_secs(30 * 86_400)),
+            approvals: Some(Duration::from_secs(30 * 86_400)),
+            deleted_sessions: Some(Duration::from_secs(7 * 86_400)),
+            chunk: 1000,
+        }
+    }
+}
+
+impl StateRetention {
+    /// The cutoff of a retention of `keep` at `now`: rows older go.
+    /// `None` when nothing goes (no retention, or one reaching before
+    /// the earliest representable time).
+    pub fn cutoff(keep: Option<Duration>, now: jiff::Timestamp) -> Option<jiff::Timestamp> {
+        let keep = jiff::SignedDuration::try_from(keep?).ok()?;
+        now.checked_sub(keep).ok()
+    }
+}
+
+/// Calls `step` (one bounded store write deleting up to `chunk` rows)
+/// until a call deletes less than a chunk; returns the total.
+async fn in_chunks<F, Fut, E>(chunk: usize, mut step: F) -> Result<u64, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, E>>,
+{
+    let mut total = 0;
+    loop {
+        let n = step().await?;
+        total += n;
+        if n < chunk as u64 {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// One pass of [`StateRetention`]: finished messages, decided approvals,
+/// deleted sessions, each in chunks (its own store write each), so
+/// handlers and the session actors interleave with a large deletion.
+async fn apply_retention(inner: &Inner) {
+    let retention = inner.config.retention;
+    let chunk = retention.chunk.max(1);
+    let now = jiff::Timestamp::now();
+    let store = &inner.store;
+    if let Some(before) = StateRetention::cutoff(retention.messages, now) {
+        match in_chunks(chunk, || store.prune_messages(before, chunk)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "retention deleted finished messages"),
+            Err(e) => tracing::warn!(error = %e, "message retention failed"),
+        }
+    }
+    if let Some(before) = StateRetention::cutoff(retention.approvals, now) {
+        match inner.escalation.prune_decided(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "retention deleted decided approvals"),
+            Err(e) => tracing::warn!(error = %e, "approval retention failed"),
+        }
+    }
+    if let Some(before) = StateRetention::cutoff(retention.deleted_sessions, now) {
+        match in_chunks(chunk, || store.prune_deleted_sessions(before, chunk)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "retention deleted rows of deleted sessions"),
+            Err(e) => tracing::warn!(error = %e, "deleted-session retention failed"),
         }
     }
 }
@@ -588,6 +681,10 @@ impl Runtime {
         }
         runtime.spawn_reattacher(attach_rx);
         runtime.spawn_compaction();
+        let switches = runtime.inner.sessions.restore_agent_models().await?;
+        if switches > 0 {
+            tracing::info!(switches, "restored agent-wide model switches");
+        }
         let resumed = runtime.inner.sessions.resume_all().await?;
         tracing::info!(resumed, "runtime started");
         runtime.inner.ready.store(true, Ordering::SeqCst);
@@ -674,8 +771,15 @@ impl Runtime {
                         }
                     }
                 }
+                apply_retention(&inner).await;
             }
         });
+    }
+
+    /// Applies the state retention once, now (the timer does it every
+    /// `compaction_interval`).
+    pub async fn apply_retention(&self) {
+        apply_retention(&self.inner).await;
     }
 
     /// Whether the tree is up and the journals replayed.
@@ -1031,4 +1135,24 @@ fn report_memory_migration(
             "to": to.display().to_string(),
         })),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_retention_cutoff_is_now_less_the_kept_age() {
+        let now: jiff::Timestamp = "2026-12-03T12:00:00Z".parse().unwrap();
+        assert_eq!(StateRetention::cutoff(None, now), None);
+        assert_eq!(StateRetention::cutoff(Some(Duration::ZERO), now), Some(now));
+        assert_eq!(
+            StateRetention::cutoff(Some(Duration::from_secs(3600)), now),
+            Some("2026-12-03T11:00:00Z".parse().unwrap())
+        );
+        // Further back than time goes: nothing is old enough.
+        assert_eq!(StateRetention::cutoff(Some(Duration::MAX), now), None);
+    }
 }

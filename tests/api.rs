@@ -899,3 +899,36 @@ async fn the_document_offers_only_what_the_handlers_accept() {
     assert_error(status, &body, StatusCode::NOT_FOUND);
     api.runtime.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_deleted_by_retention_answers_410_gone() {
+    let api = Api::start(false, |config| {
+        config.compaction_interval = Duration::from_secs(3600);
+        config.retention.messages = Some(Duration::ZERO);
+    })
+    .await;
+    let (_, created) = api
+        .call(Method::POST, "/v1/sessions", Some(json!({})))
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, message) = api
+        .call(
+            Method::POST,
+            &format!("/v1/sessions/{id}/messages?wait=20"),
+            Some(json!({"text": "hello"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{message}");
+    let path = format!("/v1/messages/{}", message["id"].as_str().unwrap());
+    let (status, _) = api.call(Method::GET, &path, None).await;
+    assert_eq!(status, StatusCode::OK);
+    api.runtime.apply_retention().await;
+    let (status, body) = api.call(Method::GET, &path, None).await;
+    assert_error(status, &body, StatusCode::GONE);
+    // One that never existed is still 404.
+    let (status, body) = api
+        .call(Method::GET, &format!("/v1/messages/{id}:99"), None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND);
+    api.runtime.shutdown().await.unwrap();
+}

@@ -189,10 +189,13 @@ context_budget_bytes = 100000
 max_turns_per_message = 12
 stall_backoff = "2s"
 stall_max_backoff = "30s"
+message_retention = "12h"
+approval_retention = "0s"
 
 [audit]
 retention = "14d"
 max_events = 5000
+max_bytes = 4096
 
 [[mcp]]
 name = "weather"
@@ -304,11 +307,15 @@ fn a_full_example_maps_to_the_actor_configs() {
                 min: Duration::from_secs(2),
                 max: Duration::from_secs(30),
             },
+            message_retention: Some(Duration::from_secs(12 * 3600)),
+            approval_retention: None,
+            deleted_session_retention: Some(Duration::from_secs(7 * 86_400)),
         }
     );
     let retention = config.audit_config().retention;
     assert_eq!(retention.max_age, Some(Duration::from_secs(14 * 86_400)));
     assert_eq!(retention.max_rows, Some(5000));
+    assert_eq!(retention.max_bytes, Some(4096));
 
     let mcp = config.mcp_configs();
     assert_eq!(mcp.len(), 2);

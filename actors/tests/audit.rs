@@ -493,6 +493,7 @@ async fn retention_runs_in_the_background() {
             retention: Retention {
                 max_age: Some(Duration::from_secs(3600)),
                 max_rows: Some(4),
+                max_bytes: None,
                 interval: Duration::from_millis(100),
                 chunk: 2,
             },
@@ -515,6 +516,66 @@ async fn retention_runs_in_the_background() {
         .collect();
     assert_eq!(left, ["new 5", "new 4", "new 3", "new 2"]);
     // Nothing left to delete; on demand through the actor.
+    assert_eq!(trail.audit.sweep().await.unwrap(), 0);
+    trail.stop().await;
+}
+
+/// Retention by bytes: the trail's size follows every append and prune,
+/// and a sweep deletes the oldest events until the trail fits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_bytes_deletes_the_oldest_until_the_trail_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(StoreConfig::new(dir.path().join("hale.db")))
+        .await
+        .unwrap();
+    let events: Vec<Event> = (0..20)
+        .map(|i| {
+            Event::new(
+                Level::Warning,
+                "t",
+                EventKind::Log,
+                format!("{i:04}{}", "x".repeat(996)),
+            )
+            .with_timestamp(ago(100 - i))
+        })
+        .collect();
+    store.append(events).await.unwrap();
+    // 64 per row, the source `t`, the kind `log`, a 1000-byte message.
+    let row: u64 = 64 + 1 + 3 + 1000;
+    assert_eq!(store.audit_bytes().await.unwrap(), 20 * row);
+    store.close().await.unwrap();
+    drop(store);
+
+    let trail = start(
+        dir.path(),
+        AuditConfig {
+            min_level: Level::Warning,
+            retention: Retention {
+                max_age: None,
+                max_rows: None,
+                max_bytes: Some(5 * row + row / 2),
+                interval: Duration::from_millis(100),
+                chunk: 3,
+            },
+            ..quiet()
+        },
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while trail.store.count().await.unwrap() != 5 {
+        assert!(Instant::now() < deadline, "retention by bytes did not run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left: Vec<String> = trail
+        .audit
+        .query(EventQuery::newest(EventFilter::default(), 100))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.message[..4].to_owned())
+        .collect();
+    assert_eq!(left, ["0019", "0018", "0017", "0016", "0015"]);
+    assert_eq!(trail.store.audit_bytes().await.unwrap(), 5 * row);
     assert_eq!(trail.audit.sweep().await.unwrap(), 0);
     trail.stop().await;
 }

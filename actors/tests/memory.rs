@@ -515,6 +515,50 @@ async fn a_killed_actor_is_replaced_and_reloads_the_file() {
     supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
+/// A MEMORY.md that is not UTF-8 used to fail every load, so the actor
+/// restarted until its supervisor gave up. Now it is moved aside with a
+/// timestamp, a fresh file starts, and the operator gets an error-level
+/// incident naming where the old file went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_memory_file_is_quarantined_and_a_fresh_one_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory_dir = dir.path().join("memory");
+    std::fs::create_dir_all(&memory_dir).unwrap();
+    let corrupt = b"## Tools\n\n- caf\xe9 \xff\xfe broken\n".to_vec();
+    std::fs::write(memory_dir.join("MEMORY.md"), &corrupt).unwrap();
+    let (supervisor, handle, sink) = start(dir.path(), 3).await;
+
+    let outcome = handle.remember(Lesson::new("Tools", "fresh")).await;
+    assert!(outcome.is_success(), "{outcome:?}");
+    assert_eq!(handle.read().await.unwrap(), "## Tools\n\n- fresh\n");
+    assert_eq!(supervisor.stats().await.unwrap().restarts, 0);
+
+    let aside: Vec<_> = std::fs::read_dir(&memory_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("MEMORY.md.corrupt-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::read(&aside[0]).unwrap(), corrupt);
+    let incident = sink
+        .events()
+        .into_iter()
+        .find(|e| e.kind == EventKind::Incident)
+        .expect("an incident event");
+    assert_eq!(incident.level, hale_actors::Level::Error);
+    assert_eq!(
+        incident.data["quarantined"].as_str().unwrap(),
+        aside[0].display().to_string()
+    );
+    assert!(incident.message.contains("not valid UTF-8"));
+    supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
 #[test]
 fn a_stale_generation_never_renames() {
     let dir = tempfile::tempdir().unwrap();

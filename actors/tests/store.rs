@@ -111,6 +111,56 @@ async fn migrations_are_applied_once_and_reopening_keeps_the_data() {
     assert_eq!(rows, MIGRATIONS.len() as i64);
 }
 
+/// Migration 3 on a file written at version 2: the trail's size starts
+/// as the sum of the rows already there, and follows appends and prunes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_3_sizes_an_existing_audit_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hale.db");
+    {
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL, \
+             applied_at INTEGER NOT NULL) STRICT;",
+        )
+        .unwrap();
+        for m in &MIGRATIONS[..2] {
+            raw.execute_batch(m.sql).unwrap();
+            raw.execute(
+                "INSERT INTO schema_version VALUES (?1, ?2, 0)",
+                rusqlite::params![m.version, m.name],
+            )
+            .unwrap();
+        }
+        // 64 + source (2) + session (1) + kind (3) + code (4) + message (5)
+        // + data (2) = 81; and 64 + 2 + 3 + 5 = 74 without the optional ones.
+        raw.execute_batch(
+            "INSERT INTO audit_events (ts, level, source, session, kind, code, message, data) \
+             VALUES (1, 1, 'ab', 's', 'log', 'CODE', 'hello', '{}'), \
+                    (2, 1, 'ab', NULL, 'log', NULL, 'héllo', NULL);",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(StoreConfig::new(&path)).await.unwrap();
+    // `héllo` is six bytes.
+    assert_eq!(store.audit_bytes().await.unwrap(), 81 + 75);
+    store
+        .append(vec![Event::new(Level::Info, "ab", EventKind::Log, "hello")])
+        .await
+        .unwrap();
+    assert_eq!(store.audit_bytes().await.unwrap(), 81 + 75 + 74);
+    let n = store
+        .prune(Prune::MaxBytes {
+            max_bytes: 160,
+            chunk: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(store.audit_bytes().await.unwrap(), 75 + 74);
+    store.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_from_a_newer_hale_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -42,7 +42,7 @@ use hale_actors::store::StoreConfig;
 use toml::Spanned;
 
 pub use duration::{format_duration, parse_duration};
-use raw::{RawAgent, RawConfig, RawMcp, RawModel, RawNetwork, RawSandbox};
+use raw::{Dur, RawAgent, RawConfig, RawMcp, RawModel, RawNetwork, RawSandbox};
 
 /// The file `Config::load(None)` looks for in the current directory.
 pub const DEFAULT_FILE: &str = "hale.toml";
@@ -195,6 +195,16 @@ pub struct SessionSettings {
     /// the first wait (default 1 s), doubling up to the last (default
     /// 1 min).
     pub stall_backoff: hale_actors::session::StallBackoff,
+    /// How long finished messages are kept (default 30 days; `None`, "0s"
+    /// in the file: for ever). A pruned message answers 410 and leaves
+    /// its session's conversation.
+    pub message_retention: Option<Duration>,
+    /// How long decided approvals are kept (default 30 days; `None`: for
+    /// ever).
+    pub approval_retention: Option<Duration>,
+    /// How long deleted sessions' rows are kept (default 7 days; `None`:
+    /// for ever).
+    pub deleted_session_retention: Option<Duration>,
 }
 
 impl Default for SessionSettings {
@@ -209,6 +219,9 @@ impl Default for SessionSettings {
                 hale_actors::session::context_budget::DEFAULT_CONTEXT_BUDGET_BYTES,
             max_turns_per_message: hale_actors::session::DEFAULT_MAX_TURNS_PER_MESSAGE,
             stall_backoff: hale_actors::session::StallBackoff::default(),
+            message_retention: Some(Duration::from_secs(30 * 86_400)),
+            approval_retention: Some(Duration::from_secs(30 * 86_400)),
+            deleted_session_retention: Some(Duration::from_secs(7 * 86_400)),
         }
     }
 }
@@ -735,6 +748,17 @@ impl Resolver<'_> {
         if let Some(on) = s.learn_from_incidents {
             session.learn_from_incidents = on;
         }
+        // "0s" keeps for ever, as `[audit] retention` does.
+        let keep = |d: Option<Dur>, current: Option<Duration>| match d {
+            Some(d) => (!d.value.is_zero()).then_some(d.value),
+            None => current,
+        };
+        session.message_retention = keep(s.message_retention, session.message_retention);
+        session.approval_retention = keep(s.approval_retention, session.approval_retention);
+        session.deleted_session_retention = keep(
+            s.deleted_session_retention,
+            session.deleted_session_retention,
+        );
         if let Some(n) = &s.max_open_questions {
             if *n.get_ref() == 0 {
                 return Err(self.invalid(
@@ -791,6 +815,9 @@ impl Resolver<'_> {
         }
         if let Some(n) = raw.audit.max_events {
             retention.max_rows = (n != 0).then_some(n);
+        }
+        if let Some(n) = raw.audit.max_bytes {
+            retention.max_bytes = (n != 0).then_some(n);
         }
         retention
     }

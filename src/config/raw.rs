@@ -105,6 +105,9 @@ pub(crate) struct RawSession {
     pub max_turns_per_message: Option<Spanned<u32>>,
     pub stall_backoff: Option<Spanned<Dur>>,
     pub stall_max_backoff: Option<Spanned<Dur>>,
+    pub message_retention: Option<Dur>,
+    pub approval_retention: Option<Dur>,
+    pub deleted_session_retention: Option<Dur>,
 }
 
 /// `[audit]`.
@@ -113,6 +116,7 @@ pub(crate) struct RawSession {
 pub(crate) struct RawAudit {
     pub retention: Option<Dur>,
     pub max_events: Option<u64>,
+    pub max_bytes: Option<u64>,
 }
 
 /// `[dispatch]`.

@@ -70,6 +70,9 @@ impl RuntimeConfig {
         runtime.agents = config.agents().into_iter().map(agent_spec).collect();
         runtime.sessions.memory_prompt_bytes = settings.memory_prompt_bytes;
         runtime.journal_retention = settings.journal_retention;
+        runtime.retention.messages = settings.message_retention;
+        runtime.retention.approvals = settings.approval_retention;
+        runtime.retention.deleted_sessions = settings.deleted_session_retention;
         runtime.learning.lessons = settings.learn_from_incidents;
         runtime.sessions.max_open_questions = settings.max_open_questions;
         runtime.sessions.context_budget_bytes = settings.context_budget_bytes;

@@ -331,6 +331,33 @@ impl SessionStore for FullDisk {
     ) -> BoxFuture<'_, Result<u64, StoreError>> {
         self.inner.compact_journals(before, chunk)
     }
+    fn prune_messages(
+        &self,
+        before: Timestamp,
+        chunk: usize,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.inner.prune_messages(before, chunk)
+    }
+    fn message_pruned(&self, session: String, seq: u64) -> BoxFuture<'_, Result<bool, StoreError>> {
+        self.inner.message_pruned(session, seq)
+    }
+    fn prune_deleted_sessions(
+        &self,
+        before: Timestamp,
+        chunk: usize,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.inner.prune_deleted_sessions(before, chunk)
+    }
+    fn set_agent_model(
+        &self,
+        agent: String,
+        model: Option<String>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.set_agent_model(agent, model)
+    }
+    fn agent_models(&self) -> BoxFuture<'_, Result<Vec<(String, String)>, StoreError>> {
+        self.inner.agent_models()
+    }
 }
 
 /// Serves the API over `runtime` on a free loopback port and returns a

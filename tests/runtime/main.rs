@@ -6,6 +6,7 @@
 mod config_start;
 mod crash;
 mod limits;
+mod retention;
 mod scenarios;
 mod sessions;
 mod support;

@@ -305,5 +305,17 @@ pub(crate) async fn sweep(
             tokio::task::yield_now().await;
         }
     }
+    if let Some(max_bytes) = retention.max_bytes {
+        // Each call deletes what covers the excess (at most a chunk), so
+        // a call that deleted nothing means the trail fits.
+        loop {
+            let n = store.prune(Prune::MaxBytes { max_bytes, chunk }).await?;
+            deleted += n;
+            if n == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
     Ok(deleted)
 }

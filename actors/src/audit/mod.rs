@@ -69,11 +69,17 @@ pub struct Retention {
     pub max_age: Option<Duration>,
     /// Only the newest this many events are kept.
     pub max_rows: Option<u64>,
+    /// The oldest events are deleted while the trail holds more than this
+    /// many bytes ([`Store::audit_bytes`](crate::store::Store::audit_bytes)).
+    pub max_bytes: Option<u64>,
     /// How often the rules are applied.
     pub interval: Duration,
     /// Rows deleted per write, so ingest interleaves with a big deletion.
     pub chunk: usize,
 }
+
+/// The audit trail's default size cap: 1 GiB.
+pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 
 impl Retention {
     /// No retention: keep everything.
@@ -81,23 +87,25 @@ impl Retention {
         Self {
             max_age: None,
             max_rows: None,
+            max_bytes: None,
             ..Self::default()
         }
     }
 
     /// Whether any rule is set.
     pub fn is_active(&self) -> bool {
-        self.max_age.is_some() || self.max_rows.is_some()
+        self.max_age.is_some() || self.max_rows.is_some() || self.max_bytes.is_some()
     }
 }
 
 impl Default for Retention {
-    /// 30 days, 1,000,000 events, applied every minute, 5,000 rows per
-    /// write.
+    /// 30 days, 1,000,000 events, 1 GiB, applied every minute, 5,000
+    /// rows per write.
     fn default() -> Self {
         Self {
             max_age: Some(Duration::from_secs(30 * 86_400)),
             max_rows: Some(1_000_000),
+            max_bytes: Some(DEFAULT_MAX_BYTES),
             interval: Duration::from_secs(60),
             chunk: 5_000,
         }

@@ -92,6 +92,15 @@ pub enum EscalationMsg {
         /// The list.
         reply: RpcReplyPort<Vec<Approval>>,
     },
+    /// Retention: forget the approvals decided before `before`, here and
+    /// in the store; answered with how many the actor dropped once the
+    /// store's deletion is done.
+    Prune {
+        /// The oldest decision kept.
+        before: Timestamp,
+        /// How many were dropped, or why the store failed.
+        reply: RpcReplyPort<Result<usize, ApprovalStoreError>>,
+    },
     /// The store's contents at start (internal).
     Loaded(Result<Vec<Approval>, ApprovalStoreError>),
     /// A save finished (internal).
@@ -116,6 +125,7 @@ impl std::fmt::Debug for EscalationMsg {
             EscalationMsg::Wait { .. } => "Wait",
             EscalationMsg::Get { .. } => "Get",
             EscalationMsg::List { .. } => "List",
+            EscalationMsg::Prune { .. } => "Prune",
             EscalationMsg::Loaded(_) => "Loaded",
             EscalationMsg::Saved { .. } => "Saved",
             EscalationMsg::Deadline { .. } => "Deadline",
@@ -384,6 +394,27 @@ fn handle_loaded(
                 _ => state.waiters.entry(id).or_default().push(reply),
             },
         },
+        EscalationMsg::Prune { before, reply } => {
+            // Not one being saved or waited on: those are fresh anyway.
+            let old: Vec<String> = approvals
+                .values()
+                .filter(|a| {
+                    a.resolution.as_ref().is_some_and(|r| r.at < before)
+                        && !state.saving.contains_key(&a.id)
+                        && !state.waiters.contains_key(&a.id)
+                })
+                .map(|a| a.id.clone())
+                .collect();
+            for id in &old {
+                approvals.remove(id);
+            }
+            let store = Arc::clone(&state.args.store);
+            state.tasks.spawn(async move {
+                let n = old.len();
+                let result = store.forget(old, before).await.map(|_| n);
+                let _ = reply.send(result);
+            });
+        }
         EscalationMsg::Get { id, reply } => {
             let _ = reply.send(
                 approvals
@@ -719,6 +750,17 @@ impl Escalation {
             reply,
         })
         .await?
+    }
+
+    /// Retention: forgets every approval decided before `before`, in the
+    /// actor and in its store; returns how many the actor dropped.
+    ///
+    /// # Errors
+    /// `Unavailable`, or the store's deletion failed.
+    pub async fn prune_decided(&self, before: Timestamp) -> Result<usize, EscalationError> {
+        self.rpc(|reply| EscalationMsg::Prune { before, reply })
+            .await?
+            .map_err(|e| EscalationError::Store(e.to_string()))
     }
 
     /// Every approval, or only the open ones, oldest first.

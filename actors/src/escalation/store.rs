@@ -28,7 +28,23 @@ pub trait ApprovalStore: Send + Sync + 'static {
 
     /// Every stored approval, open and resolved, oldest first.
     fn load_all(&self) -> BoxFuture<'_, Result<Vec<Approval>, ApprovalStoreError>>;
+
+    /// Retention: deletes the approvals `ids` (decided before
+    /// `decided_before`, already dropped by the actor) and any other
+    /// approval decided before then; returns how many rows went. A store
+    /// that keeps everything (the default) deletes nothing.
+    fn forget(
+        &self,
+        ids: Vec<String>,
+        decided_before: jiff::Timestamp,
+    ) -> BoxFuture<'_, Result<u64, ApprovalStoreError>> {
+        let _ = (ids, decided_before);
+        Box::pin(async { Ok(0) })
+    }
 }
+
+/// Rows deleted per store write by approval retention.
+const FORGET_CHUNK: usize = 1000;
 
 /// Approvals in memory: lost with the process.
 #[derive(Debug, Default, Clone)]
@@ -44,6 +60,22 @@ impl MemoryApprovalStore {
 }
 
 impl ApprovalStore for MemoryApprovalStore {
+    fn forget(
+        &self,
+        ids: Vec<String>,
+        _decided_before: jiff::Timestamp,
+    ) -> BoxFuture<'_, Result<u64, ApprovalStoreError>> {
+        let mut approvals = self
+            .approvals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = ids
+            .iter()
+            .filter(|id| approvals.remove(id.as_str()).is_some())
+            .count();
+        Box::pin(async move { Ok(n as u64) })
+    }
+
     fn save(&self, approval: Approval) -> BoxFuture<'_, Result<(), ApprovalStoreError>> {
         self.approvals
             .lock()
@@ -237,6 +269,34 @@ impl ApprovalStore for StoreApprovals {
                 // Nothing about an open approval changes after it is
                 // opened.
                 Some(_) => Ok(()),
+            }
+        })
+    }
+
+    fn forget(
+        &self,
+        ids: Vec<String>,
+        decided_before: jiff::Timestamp,
+    ) -> BoxFuture<'_, Result<u64, ApprovalStoreError>> {
+        Box::pin(async move {
+            {
+                let mut rows = self.rows.lock().unwrap_or_else(PoisonError::into_inner);
+                for id in &ids {
+                    rows.remove(id);
+                }
+            }
+            // The rows' `updated_at` is when they were decided.
+            let mut deleted = 0;
+            loop {
+                let n = self
+                    .store
+                    .prune_approvals(OPEN.to_owned(), decided_before, FORGET_CHUNK)
+                    .await
+                    .map_err(store_error)?;
+                deleted += n;
+                if n < FORGET_CHUNK as u64 {
+                    return Ok(deleted);
+                }
             }
         })
     }

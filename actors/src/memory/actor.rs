@@ -171,6 +171,9 @@ impl Actor for MemoryActor {
                         "removed temporary files of memory writes that died before their rename"
                     );
                 }
+                if let Some(aside) = &loaded.quarantined {
+                    state.report_quarantine(aside);
+                }
                 state.doc = Document::new(loaded.text.clone());
                 state.durable = loaded.text;
                 state.loaded = true;
@@ -397,6 +400,36 @@ impl MemoryState {
             let result = durable::persist(&settings.path, &content, &settings.fence, generation);
             let _ = myself.send_message(MemoryMsg(Msg::Flushed(result.map(|()| content))));
         });
+    }
+
+    /// Tells the operator that the file could not be read and was moved
+    /// aside: the lessons in it are out of the prompt until a human
+    /// recovers them.
+    fn report_quarantine(&self, aside: &std::path::Path) {
+        let settings = &self.settings;
+        let aside = aside.display().to_string();
+        tracing::error!(
+            path = %settings.display,
+            quarantined = %aside,
+            "the memory file is not valid UTF-8: moved aside to {aside}, started a fresh one"
+        );
+        settings.sink.emit(
+            Event::new(
+                Level::Error,
+                settings.source.clone(),
+                EventKind::Incident,
+                format!(
+                    "the memory file `{}` is not valid UTF-8: it was moved aside to `{aside}` \
+                     and a fresh, empty one started; recover its lessons by hand",
+                    settings.display
+                ),
+            )
+            .with_data(json!({
+                "path": settings.display,
+                "quarantined": aside,
+                "generation": self.generation,
+            })),
+        );
     }
 
     fn complete(&self, ack: Ack) {

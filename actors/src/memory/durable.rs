@@ -199,6 +199,9 @@ pub struct Loaded {
     pub text: String,
     /// How many leftover temporary files of earlier writers were removed.
     pub removed_temps: usize,
+    /// Where an unreadable file (not UTF-8) was moved aside, if one was:
+    /// `text` is then empty and a fresh, empty file stands in its place.
+    pub quarantined: Option<PathBuf>,
 }
 
 /// Claims `generation`, then reads the memory file (creating its
@@ -207,26 +210,37 @@ pub struct Loaded {
 /// of a rename that is not yet durable. Blocking: call it off the
 /// executor.
 ///
+/// A file that is not UTF-8 cannot be loaded however often the actor
+/// restarts, so it is quarantined instead of failing the load: renamed to
+/// [`quarantine_path`] (kept for a human to recover by hand), replaced by
+/// an empty file, and reported in [`Loaded::quarantined`].
+///
 /// # Errors
 /// [`PersistError::Io`] when the directory or the file cannot be read, or
-/// the file is not UTF-8 (`InvalidData`).
+/// an unreadable file cannot be moved aside.
 pub fn load(path: &Path, fence: &Fence, generation: u64) -> Result<Loaded, PersistError> {
     let dir = parent(path)?;
     fs::create_dir_all(dir).map_err(PersistError::io("create the directory", dir))?;
     fence.claim(generation);
     let removed_temps = remove_temps(dir, path);
+    let mut quarantined = None;
     let text = match fs::read(path) {
-        Ok(bytes) => {
-            let text = String::from_utf8(bytes).map_err(|e| PersistError::Io {
-                action: "read (it is not UTF-8)",
-                path: path.to_path_buf(),
-                source: io::Error::new(io::ErrorKind::InvalidData, e),
-            })?;
-            File::open(path)
-                .and_then(|f| f.sync_all())
-                .map_err(PersistError::io("sync", path))?;
-            text
-        }
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => {
+                File::open(path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(PersistError::io("sync", path))?;
+                text
+            }
+            Err(_) => {
+                let aside = quarantine_path(path, jiff::Timestamp::now());
+                fs::rename(path, &aside).map_err(PersistError::io("quarantine", path))?;
+                sync_dir(dir)?;
+                persist(path, "", fence, generation)?;
+                quarantined = Some(aside);
+                String::new()
+            }
+        },
         Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(PersistError::io("read", path)(e)),
     };
@@ -234,7 +248,18 @@ pub fn load(path: &Path, fence: &Fence, generation: u64) -> Result<Loaded, Persi
     Ok(Loaded {
         text,
         removed_temps,
+        quarantined,
     })
+}
+
+/// Where an unreadable memory file goes: beside it, named
+/// `<name>.corrupt-<UTC time to the nanosecond>`, so successive
+/// quarantines never overwrite each other.
+pub fn quarantine_path(path: &Path, now: jiff::Timestamp) -> PathBuf {
+    let stamp = now.strftime("%Y%m%dT%H%M%S%.9fZ").to_string();
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".corrupt-{stamp}"));
+    path.with_file_name(name)
 }
 
 fn parent(path: &Path) -> Result<&Path, PersistError> {

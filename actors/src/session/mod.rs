@@ -288,6 +288,9 @@ pub enum SessionError {
     /// No such message.
     #[error("no message `{0}`")]
     UnknownMessage(String),
+    /// The message existed but retention deleted it.
+    #[error("message `{0}` was deleted by retention")]
+    Pruned(String),
     /// No configured model has this name.
     #[error("{0}")]
     UnknownModel(String),
@@ -384,28 +387,147 @@ struct Completion {
     waiters: Waiters,
     done: broadcast::Sender<MessageRecord>,
     /// Messages sent through this handle and not finished, per session.
-    queued: DashMap<String, std::collections::HashSet<u64>>,
+    queued: DashMap<String, Queue>,
+    /// Every message counted in `queued`, pending or reserved.
     queued_total: AtomicUsize,
 }
 
-impl Completion {
-    fn queued_in(&self, session: &str) -> usize {
-        self.queued.get(session).map_or(0, |q| q.len())
+/// One session's count against the queue limits.
+#[derive(Debug, Default)]
+struct Queue {
+    /// Stored and not finished.
+    pending: std::collections::HashSet<u64>,
+    /// Sends past the limit check whose enqueue has not answered yet: they
+    /// count, so concurrent sends cannot all pass one free slot.
+    reserved: usize,
+    /// The session was deleted while sends were reserved; they release
+    /// their slot whatever the store answers.
+    deleted: bool,
+}
+
+impl Queue {
+    fn len(&self) -> usize {
+        self.pending.len() + self.reserved
     }
 
-    fn add(&self, id: &MessageId) {
-        if self
-            .queued
-            .entry(id.session.clone())
-            .or_default()
-            .insert(id.seq)
-        {
-            self.queued_total.fetch_add(1, Ordering::Relaxed);
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.reserved == 0
+    }
+}
+
+/// A slot reserved under the queue limits for one send. Dropped without
+/// [`commit`](Self::commit) (the enqueue failed, or the sender went away
+/// mid-send), it gives the slot back.
+#[derive(Debug)]
+struct Slot<'a> {
+    completion: &'a Completion,
+    session: String,
+    armed: bool,
+}
+
+impl Slot<'_> {
+    /// The message was stored as `seq`: the slot becomes its count.
+    fn commit(mut self, seq: u64) {
+        self.armed = false;
+        let c = self.completion;
+        let counted = c.queued.get_mut(&self.session).is_some_and(|mut q| {
+            q.reserved = q.reserved.saturating_sub(1);
+            !q.deleted && q.pending.insert(seq)
+        });
+        if !counted {
+            c.queued_total.fetch_sub(1, Ordering::SeqCst);
+        }
+        c.queued.remove_if(&self.session, |_, q| q.is_empty());
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let c = self.completion;
+        if let Some(mut q) = c.queued.get_mut(&self.session) {
+            q.reserved = q.reserved.saturating_sub(1);
+        }
+        c.queued_total.fetch_sub(1, Ordering::SeqCst);
+        c.queued.remove_if(&self.session, |_, q| q.is_empty());
+    }
+}
+
+impl Completion {
+    fn new(done: broadcast::Sender<MessageRecord>) -> Self {
+        Self {
+            waiters: Waiters::default(),
+            done,
+            queued: DashMap::new(),
+            queued_total: AtomicUsize::new(0),
         }
     }
 
+    /// Reserves one slot for a send to `session`, or says why not. The
+    /// check and the count are one step under the session's entry lock
+    /// (the total with a compare-and-swap inside it), so N concurrent
+    /// sends against L free slots get exactly L.
+    fn reserve(
+        &self,
+        session: &str,
+        per_session: usize,
+        total: usize,
+    ) -> Result<Slot<'_>, SessionError> {
+        let busy = |queued, limit| SessionError::Busy {
+            queued,
+            limit,
+            retry_after: Duration::from_secs(1),
+        };
+        let result = {
+            let mut q = self.queued.entry(session.to_owned()).or_default();
+            let queued = q.len();
+            if queued >= per_session {
+                Err(busy(queued, per_session))
+            } else {
+                match self
+                    .queued_total
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                        (n < total).then_some(n + 1)
+                    }) {
+                    Ok(_) => {
+                        q.reserved += 1;
+                        Ok(())
+                    }
+                    Err(n) => Err(busy(n, total)),
+                }
+            }
+        };
+        match result {
+            Ok(()) => Ok(Slot {
+                completion: self,
+                session: session.to_owned(),
+                armed: true,
+            }),
+            Err(e) => {
+                self.queued.remove_if(session, |_, q| q.is_empty());
+                Err(e)
+            }
+        }
+    }
+
+    /// A deleted session's messages no longer count against the limits
+    /// (its actor is gone; they will never finish here).
+    fn release_session(&self, session: &str) {
+        if let Some(mut q) = self.queued.get_mut(session) {
+            let n = q.pending.len();
+            q.pending.clear();
+            q.deleted = true;
+            self.queued_total.fetch_sub(n, Ordering::SeqCst);
+        }
+        self.queued.remove_if(session, |_, q| q.is_empty());
+    }
+
     fn is_pending(&self, session: &str, seq: u64) -> bool {
-        self.queued.get(session).is_some_and(|q| q.contains(&seq))
+        self.queued
+            .get(session)
+            .is_some_and(|q| q.pending.contains(&seq))
     }
 
     /// Whether `id` was still counted as queued (and no longer is).
@@ -413,9 +535,9 @@ impl Completion {
         let removed = self
             .queued
             .get_mut(session)
-            .is_some_and(|mut q| q.remove(&seq));
+            .is_some_and(|mut q| q.pending.remove(&seq));
         if removed {
-            self.queued_total.fetch_sub(1, Ordering::Relaxed);
+            self.queued_total.fetch_sub(1, Ordering::SeqCst);
         }
         self.queued.remove_if(session, |_, q| q.is_empty());
         removed
@@ -455,12 +577,7 @@ impl Sessions {
                 .collect(),
             addresses: DashMap::new(),
             supervisor: std::sync::RwLock::new(None),
-            completion: Arc::new(Completion {
-                waiters: Waiters::default(),
-                done,
-                queued: DashMap::new(),
-                queued_total: AtomicUsize::new(0),
-            }),
+            completion: Arc::new(Completion::new(done)),
             in_flight: Arc::new(InFlight::default()),
             agent_models: Arc::new(DashMap::new()),
             stalls: Arc::new(Stalls::default()),
@@ -543,6 +660,7 @@ impl Sessions {
         if !self.env.store.delete_session(id.to_owned()).await? {
             return Err(SessionError::UnknownSession(id.to_owned()));
         }
+        self.completion.release_session(id);
         if self.addresses.remove(id).is_some() {
             let supervisor = self.supervisor()?;
             let child = ChildId::new(id);
@@ -591,23 +709,11 @@ impl Sessions {
     /// # Errors
     /// Unknown session, `Busy` over the queue limits, or a store failure.
     pub async fn send(&self, session: &str, text: &str) -> Result<MessageId, SessionError> {
-        let limit = self.env.settings.max_queued_per_session;
-        let queued = self.completion.queued_in(session);
-        if queued >= limit {
-            return Err(SessionError::Busy {
-                queued,
-                limit,
-                retry_after: Duration::from_secs(1),
-            });
-        }
-        let total = self.completion.queued_total.load(Ordering::Relaxed);
-        if total >= self.env.settings.max_queued_total {
-            return Err(SessionError::Busy {
-                queued: total,
-                limit: self.env.settings.max_queued_total,
-                retry_after: Duration::from_secs(1),
-            });
-        }
+        let slot = self.completion.reserve(
+            session,
+            self.env.settings.max_queued_per_session,
+            self.env.settings.max_queued_total,
+        )?;
         let record = match self.env.store.session(session.to_owned()).await? {
             Some(record) if !record.deleted => record,
             _ => return Err(SessionError::UnknownSession(session.to_owned())),
@@ -624,7 +730,7 @@ impl Sessions {
             session: session.to_owned(),
             seq,
         };
-        self.completion.add(&id);
+        slot.commit(seq);
         self.env.sink.emit(
             Event::new(
                 Level::Info,
@@ -697,11 +803,14 @@ impl Sessions {
     /// # Errors
     /// Unknown message or a store failure.
     pub async fn message(&self, id: &MessageId) -> Result<MessageRecord, SessionError> {
-        self.env
-            .store
-            .message(id.session.clone(), id.seq)
-            .await?
-            .ok_or_else(|| SessionError::UnknownMessage(id.to_string()))
+        let store = &self.env.store;
+        if let Some(record) = store.message(id.session.clone(), id.seq).await? {
+            return Ok(record);
+        }
+        if store.message_pruned(id.session.clone(), id.seq).await? {
+            return Err(SessionError::Pruned(id.to_string()));
+        }
+        Err(SessionError::UnknownMessage(id.to_string()))
     }
 
     /// Finished messages, live.
@@ -737,10 +846,12 @@ impl Sessions {
 
     /// Switches every session of `agent` without a model of its own to
     /// `model` (`None` restores the agent's chain), from its next message.
+    /// The switch is stored before it applies, so it outlives a restart
+    /// ([`restore_agent_models`](Self::restore_agent_models)).
     ///
     /// # Errors
-    /// Unknown agent or model.
-    pub fn switch_agent_model(
+    /// Unknown agent or model, or a store failure.
+    pub async fn switch_agent_model(
         &self,
         agent: &str,
         model: Option<&str>,
@@ -751,19 +862,64 @@ impl Sessions {
                 known: self.agent_names().join(", "),
             });
         }
-        match model {
-            Some(name) => {
-                let model = self.env.models.resolve(name).map_err(|o| {
-                    SessionError::UnknownModel(format!("{} ({})", o.message, hint_text(&o)))
-                })?;
+        let model = match model {
+            Some(name) => Some(self.env.models.resolve(name).map_err(|o| {
+                SessionError::UnknownModel(format!("{} ({})", o.message, hint_text(&o)))
+            })?),
+            None => None,
+        };
+        self.env
+            .store
+            .set_agent_model(agent.to_owned(), model.clone())
+            .await?;
+        match &model {
+            Some(model) => {
                 self.agent_models.insert(agent.to_owned(), model.clone());
-                Ok(Some(model))
             }
             None => {
                 self.agent_models.remove(agent);
-                Ok(None)
             }
         }
+        Ok(model)
+    }
+
+    /// Loads the stored agent-wide switches (at start). A stored model
+    /// that is no longer configured, or an agent that no longer exists, is
+    /// skipped with a warning: the agent runs its configured chain.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn restore_agent_models(&self) -> Result<usize, SessionError> {
+        let mut restored = 0;
+        for (agent, model) in self.env.store.agent_models().await? {
+            if !self.agents.contains_key(&agent) {
+                tracing::warn!(
+                    agent,
+                    model,
+                    "stored model switch of an agent no longer configured; ignored"
+                );
+                continue;
+            }
+            match self.env.models.resolve(&model) {
+                Ok(model) => {
+                    self.agent_models.insert(agent, model);
+                    restored += 1;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        agent,
+                        model,
+                        "stored model switch to a model no longer configured; ignored"
+                    );
+                }
+            }
+        }
+        Ok(restored)
+    }
+
+    /// The agent-wide switch of `agent` in force, if any.
+    pub fn agent_model(&self, agent: &str) -> Option<String> {
+        self.agent_models.get(agent).map(|m| m.clone())
     }
 
     /// Starts the actors of every session with unfinished messages (after
@@ -1093,4 +1249,99 @@ fn history(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn completion() -> Completion {
+        Completion::new(broadcast::channel(4).0)
+    }
+
+    fn busy(result: Result<Slot<'_>, SessionError>) -> bool {
+        matches!(result, Err(SessionError::Busy { .. }))
+    }
+
+    #[test]
+    fn a_slot_counts_from_reservation_and_is_given_back_when_dropped() {
+        let c = completion();
+        let a = c.reserve("s", 2, 10).unwrap();
+        let b = c.reserve("s", 2, 10).unwrap();
+        assert!(
+            busy(c.reserve("s", 2, 10)),
+            "two reservations fill two slots"
+        );
+        drop(b);
+        assert_eq!(c.queued_total.load(Ordering::SeqCst), 1);
+        a.commit(1);
+        let b = c.reserve("s", 2, 10).unwrap();
+        b.commit(2);
+        assert!(busy(c.reserve("s", 2, 10)));
+        assert!(c.release("s", 1));
+        assert!(!c.release("s", 1), "released once");
+        assert_eq!(c.queued_total.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn the_total_limit_spans_sessions() {
+        let c = completion();
+        c.reserve("a", 5, 2).unwrap().commit(1);
+        c.reserve("b", 5, 2).unwrap().commit(1);
+        assert!(busy(c.reserve("c", 5, 2)));
+        assert!(
+            c.queued.get("c").is_none(),
+            "a refused send leaves no entry"
+        );
+    }
+
+    #[test]
+    fn a_deleted_session_frees_its_slots_and_its_sends_in_flight() {
+        let c = completion();
+        c.reserve("s", 3, 3).unwrap().commit(1);
+        c.reserve("s", 3, 3).unwrap().commit(2);
+        let late = c.reserve("s", 3, 3).unwrap();
+        c.release_session("s");
+        assert_eq!(
+            c.queued_total.load(Ordering::SeqCst),
+            1,
+            "only the reservation"
+        );
+        // Its enqueue committed before the delete did: it still must not
+        // count for a session that is gone.
+        late.commit(3);
+        assert_eq!(c.queued_total.load(Ordering::SeqCst), 0);
+        assert!(c.queued.is_empty());
+        c.reserve("t", 3, 3).unwrap().commit(1);
+    }
+
+    #[test]
+    fn concurrent_reservations_take_exactly_the_free_slots() {
+        let c = Arc::new(completion());
+        let barrier = Arc::new(std::sync::Barrier::new(16));
+        let handles: Vec<_> = (0..16)
+            .map(|i| {
+                let (c, barrier) = (Arc::clone(&c), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    match c.reserve("s", 5, 100) {
+                        Ok(slot) => {
+                            slot.commit(i);
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                })
+            })
+            .collect();
+        let taken = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|ok| *ok)
+            .count();
+        assert_eq!(taken, 5);
+        assert_eq!(c.queued_total.load(Ordering::SeqCst), 5);
+    }
 }

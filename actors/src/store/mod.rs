@@ -64,6 +64,20 @@ pub trait Store: Send + Sync + 'static {
     /// many were deleted; call again until it returns less than the chunk.
     fn prune(&self, prune: Prune) -> BoxFuture<'_, Result<u64, StoreError>>;
 
+    /// The audit trail's size in bytes: each event's text fields plus a
+    /// fixed overhead per row, kept in step with every append and prune.
+    fn audit_bytes(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Deletes up to `chunk` approvals, oldest first, that are not in
+    /// state `keep` and last changed before `before` (decided approvals
+    /// past their retention); returns how many.
+    fn prune_approvals(
+        &self,
+        keep: String,
+        before: Timestamp,
+        chunk: usize,
+    ) -> BoxFuture<'_, Result<u64, StoreError>>;
+
     /// Stores a new approval and returns its id once committed.
     fn insert_approval(&self, approval: NewApproval) -> BoxFuture<'_, Result<u64, StoreError>>;
 
@@ -331,6 +345,15 @@ pub enum Prune {
     KeepNewest {
         /// How many of the newest events are kept.
         keep: u64,
+        /// The most rows deleted by this call.
+        chunk: usize,
+    },
+    /// Delete up to `chunk` of the oldest events, as many as it takes to
+    /// bring the trail's size ([`Store::audit_bytes`]) to `max_bytes` or
+    /// under.
+    MaxBytes {
+        /// The most bytes kept.
+        max_bytes: u64,
         /// The most rows deleted by this call.
         chunk: usize,
     },

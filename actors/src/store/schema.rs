@@ -31,6 +31,13 @@
 //!   non-idempotent tool is reported, never silently repeated. `message`
 //!   (migration 2) is the inbox `seq` an entry belongs to, so journals of
 //!   finished messages can be compacted.
+//! - Migration 3: `agent_models` holds an agent-wide `switch_model`, so
+//!   it outlives a restart; `sessions.pruned_through` is the highest
+//!   message `seq` retention deleted, so a pruned message is told apart
+//!   from one that never existed; `audit_size` (one row) keeps the audit
+//!   trail's size in bytes as rows come and go (see [`AUDIT_ROW_BYTES`]),
+//!   so retention by bytes never has to sum the table; and indexes for the
+//!   retention sweeps.
 
 /// One step of the schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +118,45 @@ CREATE INDEX session_inbox_open ON session_inbox (session) WHERE state NOT IN ('
 ALTER TABLE session_journal ADD COLUMN message INTEGER;
 "#,
     },
+    Migration {
+        version: 3,
+        name: "agent model switches; retention of messages, approvals, sessions; audit size",
+        sql: r#"
+CREATE TABLE agent_models (
+    agent      TEXT PRIMARY KEY,
+    model      TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+) STRICT;
+ALTER TABLE sessions ADD COLUMN pruned_through INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX session_inbox_finished ON session_inbox (finished_at)
+    WHERE state IN ('done', 'failed');
+CREATE INDEX sessions_deleted ON sessions (deleted_at) WHERE state = 'deleted';
+CREATE INDEX approvals_updated ON approvals (updated_at);
+CREATE TABLE audit_size (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    bytes INTEGER NOT NULL
+) STRICT;
+INSERT INTO audit_size (id, bytes)
+    SELECT 1, coalesce(sum(
+        64 + length(CAST(source AS BLOB)) + coalesce(length(CAST(session AS BLOB)), 0)
+        + length(CAST(kind AS BLOB)) + coalesce(length(CAST(code AS BLOB)), 0)
+        + length(CAST(message AS BLOB)) + coalesce(length(CAST(data AS BLOB)), 0)), 0)
+    FROM audit_events;
+"#,
+    },
 ];
+
+/// What one audit row counts for in the trail's size: its text fields'
+/// bytes plus [`AUDIT_ROW_OVERHEAD`] for the integers and the indexes. An
+/// estimate of the disk it takes, cheap to keep exactly in step with the
+/// rows (the writer adds and subtracts the same expression).
+pub(crate) const AUDIT_ROW_BYTES: &str = "(64 + length(CAST(source AS BLOB)) \
+     + coalesce(length(CAST(session AS BLOB)), 0) + length(CAST(kind AS BLOB)) \
+     + coalesce(length(CAST(code AS BLOB)), 0) + length(CAST(message AS BLOB)) \
+     + coalesce(length(CAST(data AS BLOB)), 0))";
+
+/// The fixed part of [`AUDIT_ROW_BYTES`].
+pub(crate) const AUDIT_ROW_OVERHEAD: u64 = 64;
 
 /// The newest schema version this build knows.
 pub(crate) fn latest_version() -> i64 {

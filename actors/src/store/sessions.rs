@@ -207,6 +207,39 @@ pub trait SessionStore: Send + Sync + 'static {
         before: Timestamp,
         chunk: usize,
     ) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Deletes up to `chunk` messages finished before `before`, oldest
+    /// first, with their journals; returns how many. Each session
+    /// remembers the highest `seq` pruned ([`message_pruned`](Self::message_pruned)).
+    fn prune_messages(
+        &self,
+        before: Timestamp,
+        chunk: usize,
+    ) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Whether message `seq` of `session` was deleted by retention (as
+    /// opposed to never existing).
+    fn message_pruned(&self, session: String, seq: u64) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Deletes sessions deleted before `before`, oldest first, with their
+    /// inboxes and journals, up to `chunk` rows in all; returns how many
+    /// rows.
+    fn prune_deleted_sessions(
+        &self,
+        before: Timestamp,
+        chunk: usize,
+    ) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Records an agent-wide model switch (`None` restores the agent's
+    /// chain), so it outlives a restart.
+    fn set_agent_model(
+        &self,
+        agent: String,
+        model: Option<String>,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Every recorded agent-wide switch: `(agent, model)`.
+    fn agent_models(&self) -> BoxFuture<'_, Result<Vec<(String, String)>, StoreError>>;
 }
 
 /// A write of the session tables, applied by the store's writer.
@@ -241,6 +274,18 @@ pub(crate) enum SessionWrite {
     Compact {
         before: Timestamp,
         chunk: usize,
+    },
+    PruneMessages {
+        before: Timestamp,
+        chunk: usize,
+    },
+    PruneDeleted {
+        before: Timestamp,
+        chunk: usize,
+    },
+    SetAgentModel {
+        agent: String,
+        model: Option<String>,
     },
 }
 
@@ -314,9 +359,12 @@ pub(crate) fn apply(
             if live.is_none() {
                 return Ok(0);
             }
+            // Past every seq retention deleted too: a message id is never
+            // reused, even once the whole inbox was pruned.
             let seq: i64 = conn
                 .query_row(
-                    "SELECT coalesce(max(seq), 0) + 1 FROM session_inbox WHERE session = ?1",
+                    "SELECT max(coalesce((SELECT max(seq) FROM session_inbox WHERE session = ?1), 0), \
+                     coalesce((SELECT pruned_through FROM sessions WHERE id = ?1), 0)) + 1",
                     params![session],
                     |row| row.get(0),
                 )
@@ -393,7 +441,131 @@ pub(crate) fn apply(
                 .map_err(db("compact journals"))?;
             Ok(n as u64)
         }
+        SessionWrite::PruneMessages { before, chunk } => prune_messages(conn, *before, *chunk),
+        SessionWrite::PruneDeleted { before, chunk } => prune_deleted(conn, *before, *chunk),
+        SessionWrite::SetAgentModel { agent, model } => {
+            match model {
+                Some(model) => conn.execute(
+                    "INSERT INTO agent_models (agent, model, updated_at) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (agent) DO UPDATE SET model = ?2, updated_at = ?3",
+                    params![agent, model, ns(now)],
+                ),
+                None => conn.execute("DELETE FROM agent_models WHERE agent = ?1", params![agent]),
+            }
+            .map_err(db("set agent model"))?;
+            Ok(1)
+        }
     }
+}
+
+fn chunk_i64(chunk: usize) -> i64 {
+    i64::try_from(chunk).unwrap_or(i64::MAX)
+}
+
+/// Retention of finished messages: the oldest `chunk` finished before
+/// `before` go, with their journals; each session's `pruned_through`
+/// rises to the highest `seq` it lost.
+fn prune_messages(conn: &Connection, before: Timestamp, chunk: usize) -> Result<u64, StoreError> {
+    let op = "prune messages";
+    let victims: Vec<(String, i64)> = {
+        let mut stmt = conn
+            .prepare(
+                "SELECT session, seq FROM session_inbox \
+                 WHERE state IN ('done', 'failed') AND finished_at < ?1 \
+                 ORDER BY finished_at LIMIT ?2",
+            )
+            .map_err(db(op))?;
+        let rows = stmt
+            .query_map(params![ns(before), chunk_i64(chunk)], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .map_err(db(op))?;
+        rows.collect::<Result<_, _>>().map_err(db(op))?
+    };
+    let mut journal = conn
+        .prepare("DELETE FROM session_journal WHERE session = ?1 AND message = ?2")
+        .map_err(db(op))?;
+    let mut inbox = conn
+        .prepare("DELETE FROM session_inbox WHERE session = ?1 AND seq = ?2")
+        .map_err(db(op))?;
+    let mut mark = conn
+        .prepare("UPDATE sessions SET pruned_through = max(pruned_through, ?2) WHERE id = ?1")
+        .map_err(db(op))?;
+    for (session, seq) in &victims {
+        journal.execute(params![session, seq]).map_err(db(op))?;
+        inbox.execute(params![session, seq]).map_err(db(op))?;
+        mark.execute(params![session, seq]).map_err(db(op))?;
+    }
+    Ok(victims.len() as u64)
+}
+
+/// Retention of deleted sessions: journals, then inboxes, then the
+/// session row, oldest deletion first, `chunk` rows in all, so a session
+/// with a long history is removed over several calls.
+fn prune_deleted(conn: &Connection, before: Timestamp, chunk: usize) -> Result<u64, StoreError> {
+    let op = "prune deleted sessions";
+    let mut budget = chunk;
+    let mut deleted = 0;
+    while budget > 0 {
+        let oldest: Option<String> = conn
+            .query_row(
+                "SELECT id FROM sessions WHERE state = 'deleted' AND deleted_at < ?1 \
+                 ORDER BY deleted_at, id LIMIT 1",
+                params![ns(before)],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db(op))?;
+        let Some(id) = oldest else { break };
+        for table in ["session_journal", "session_inbox"] {
+            let n = conn
+                .execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE rowid IN \
+                         (SELECT rowid FROM {table} WHERE session = ?1 LIMIT ?2)"
+                    ),
+                    params![id, chunk_i64(budget)],
+                )
+                .map_err(db(op))?;
+            budget -= n.min(budget);
+            deleted += n as u64;
+            if budget == 0 {
+                return Ok(deleted);
+            }
+        }
+        conn.execute("DELETE FROM sessions WHERE id = ?1", params![id])
+            .map_err(db(op))?;
+        budget -= 1;
+        deleted += 1;
+    }
+    Ok(deleted)
+}
+
+pub(crate) fn read_message_pruned(
+    conn: &Connection,
+    session: &str,
+    seq: u64,
+) -> Result<bool, StoreError> {
+    let pruned: Option<i64> = conn
+        .query_row(
+            "SELECT pruned_through FROM sessions WHERE id = ?1",
+            params![session],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(db("read message"))?;
+    Ok(pruned.is_some_and(|p| seq_i64(seq) <= p))
+}
+
+pub(crate) fn read_agent_models(conn: &Connection) -> Result<Vec<(String, String)>, StoreError> {
+    let mut stmt = conn
+        .prepare("SELECT agent, model FROM agent_models ORDER BY agent")
+        .map_err(db("read agent models"))?;
+    let rows = stmt
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .map_err(db("read agent models"))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(db("read agent models"))
 }
 
 fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {

@@ -43,7 +43,7 @@ use rusqlite::{Connection, InterruptHandle, OpenFlags, OptionalExtension, params
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::schema::{MIGRATIONS, latest_version};
+use super::schema::{AUDIT_ROW_BYTES, AUDIT_ROW_OVERHEAD, MIGRATIONS, latest_version};
 use super::sessions::{
     self, Finish, JournalRecord, MessageRecord, MessageState, SessionRecord, SessionStore,
     SessionWrite,
@@ -499,6 +499,26 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn audit_bytes(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.read("read the audit size", audit_bytes))
+    }
+
+    fn prune_approvals(
+        &self,
+        keep: String,
+        before: Timestamp,
+        chunk: usize,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.write("prune approvals", move |reply| {
+            Op::Write(Write::PruneApprovals {
+                keep,
+                before,
+                chunk,
+                reply,
+            })
+        }))
+    }
+
     fn insert_approval(&self, mut approval: NewApproval) -> BoxFuture<'_, Result<u64, StoreError>> {
         if let Some(redactor) = self.redactor() {
             redactor.redact_value(&mut approval.request);
@@ -660,6 +680,12 @@ enum Write {
         approval: NewApproval,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
+    PruneApprovals {
+        keep: String,
+        before: Timestamp,
+        chunk: usize,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
     TransitionApproval {
         transition: ApprovalTransition,
         reply: oneshot::Sender<Result<bool, StoreError>>,
@@ -689,6 +715,7 @@ impl Write {
             }
             Write::Prune { reply, .. }
             | Write::InsertApproval { reply, .. }
+            | Write::PruneApprovals { reply, .. }
             | Write::Session { reply, .. } => {
                 let _ = reply.send(Err(error()));
             }
@@ -920,6 +947,17 @@ fn apply_in_savepoint(conn: &Connection, op: Write, now: Timestamp) -> Applied {
                 .map_err(|e| StoreError::database("savepoint", e))
                 .and_then(|()| insert_approval(conn, &approval, now)),
         },
+        Write::PruneApprovals {
+            keep,
+            before,
+            chunk,
+            reply,
+        } => Applied::Count {
+            reply,
+            result: savepoint
+                .map_err(|e| StoreError::database("savepoint", e))
+                .and_then(|()| prune_approvals(conn, &keep, before, chunk)),
+        },
         Write::Session { write, reply } => Applied::Count {
             reply,
             result: savepoint
@@ -952,7 +990,9 @@ fn insert_events(conn: &Connection, batch: &Encoded) -> Result<Vec<u64>, StoreEr
     let map = |e| StoreError::database("append events", e);
     let mut stmt = conn.prepare(INSERT_EVENT).map_err(map)?;
     let mut ids = Vec::with_capacity(batch.events.len());
+    let mut bytes: u64 = 0;
     for (event, data) in batch.events.iter().zip(&batch.data) {
+        bytes += event_bytes(event, data.as_deref());
         stmt.execute(params![
             ts_to_ns(event.timestamp),
             level_rank(event.level),
@@ -966,19 +1006,74 @@ fn insert_events(conn: &Connection, batch: &Encoded) -> Result<Vec<u64>, StoreEr
         .map_err(map)?;
         ids.push(u64::try_from(conn.last_insert_rowid()).unwrap_or(0));
     }
+    conn.execute(
+        "UPDATE audit_size SET bytes = bytes + ?1 WHERE id = 1",
+        [to_i64(bytes)],
+    )
+    .map_err(map)?;
     Ok(ids)
+}
+
+/// What an event counts for in the trail's size: the same sum as
+/// [`AUDIT_ROW_BYTES`], computed before the row exists.
+fn event_bytes(event: &Event, data: Option<&str>) -> u64 {
+    let text = event.source.len()
+        + event.session.as_ref().map_or(0, String::len)
+        + event.kind.as_str().len()
+        + event.code.as_ref().map_or(0, |c| c.as_str().len())
+        + event.message.len()
+        + data.map_or(0, str::len);
+    AUDIT_ROW_OVERHEAD + text as u64
+}
+
+/// Deletes the events whose ids `select` (a `SELECT id ...` taking
+/// `args`) returns, and takes their bytes off the trail's size.
+fn delete_events(conn: &Connection, select: &str, args: &[SqlValue]) -> Result<usize, StoreError> {
+    let map = |e| StoreError::database("prune events", e);
+    let bytes: i64 = conn
+        .query_row(
+            &format!(
+                "SELECT coalesce(sum({AUDIT_ROW_BYTES}), 0) FROM audit_events WHERE id IN ({select})"
+            ),
+            rusqlite::params_from_iter(args),
+            |row| row.get(0),
+        )
+        .map_err(map)?;
+    let n = conn
+        .execute(
+            &format!("DELETE FROM audit_events WHERE id IN ({select})"),
+            rusqlite::params_from_iter(args),
+        )
+        .map_err(map)?;
+    conn.execute(
+        "UPDATE audit_size SET bytes = max(0, bytes - ?1) WHERE id = 1",
+        [bytes],
+    )
+    .map_err(map)?;
+    Ok(n)
+}
+
+/// The audit trail's size in bytes, as [`AUDIT_ROW_BYTES`] counts it.
+fn audit_bytes(conn: &Connection) -> Result<u64, StoreError> {
+    conn.query_row("SELECT bytes FROM audit_size WHERE id = 1", [], |row| {
+        row.get::<_, i64>(0)
+    })
+    .optional()
+    .map(|n| n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+    .map_err(|e| StoreError::database("read the audit size", e))
 }
 
 fn prune_events(conn: &Connection, prune: Prune) -> Result<u64, StoreError> {
     let map = |e| StoreError::database("prune events", e);
     let deleted = match prune {
-        Prune::OlderThan { cutoff, chunk } => conn
-            .execute(
-                "DELETE FROM audit_events WHERE id IN \
-                 (SELECT id FROM audit_events WHERE ts < ?1 ORDER BY ts, id LIMIT ?2)",
-                params![ts_to_ns(cutoff), to_i64(chunk as u64)],
-            )
-            .map_err(map)?,
+        Prune::OlderThan { cutoff, chunk } => delete_events(
+            conn,
+            "SELECT id FROM audit_events WHERE ts < ? ORDER BY ts, id LIMIT ?",
+            &[
+                SqlValue::Integer(ts_to_ns(cutoff)),
+                SqlValue::Integer(to_i64(chunk as u64)),
+            ],
+        )?,
         Prune::KeepNewest { keep, chunk } => {
             // The newest row beyond the kept ones; it and everything older go.
             let boundary: Option<(i64, i64)> = conn
@@ -991,18 +1086,69 @@ fn prune_events(conn: &Connection, prune: Prune) -> Result<u64, StoreError> {
                 .map_err(map)?;
             match boundary {
                 None => 0,
-                Some((ts, id)) => conn
-                    .execute(
-                        "DELETE FROM audit_events WHERE id IN \
-                         (SELECT id FROM audit_events WHERE (ts, id) <= (?1, ?2) \
-                          ORDER BY ts, id LIMIT ?3)",
-                        params![ts, id, to_i64(chunk as u64)],
-                    )
-                    .map_err(map)?,
+                Some((ts, id)) => delete_up_to(conn, ts, id, chunk)?,
+            }
+        }
+        Prune::MaxBytes { max_bytes, chunk } => {
+            let total = audit_bytes(conn)?;
+            if total <= max_bytes {
+                return Ok(0);
+            }
+            // The oldest rows whose bytes cover the excess, at most a
+            // chunk of them: the last one is the boundary.
+            let excess = total - max_bytes;
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT ts, id, {AUDIT_ROW_BYTES} FROM audit_events ORDER BY ts, id LIMIT ?1"
+                ))
+                .map_err(map)?;
+            let mut rows = stmt.query([to_i64(chunk as u64)]).map_err(map)?;
+            let mut covered: u64 = 0;
+            let mut boundary = None;
+            while let Some(row) = rows.next().map_err(map)? {
+                boundary = Some((row.get::<_, i64>(0).map_err(map)?, row.get(1).map_err(map)?));
+                covered += u64::try_from(row.get::<_, i64>(2).map_err(map)?).unwrap_or(0);
+                if covered >= excess {
+                    break;
+                }
+            }
+            drop(rows);
+            match boundary {
+                None => 0,
+                Some((ts, id)) => delete_up_to(conn, ts, id, chunk)?,
             }
         }
     };
     Ok(deleted as u64)
+}
+
+/// Deletes up to `chunk` of the oldest events, none newer than `(ts, id)`.
+fn delete_up_to(conn: &Connection, ts: i64, id: i64, chunk: usize) -> Result<usize, StoreError> {
+    delete_events(
+        conn,
+        "SELECT id FROM audit_events WHERE (ts, id) <= (?, ?) ORDER BY ts, id LIMIT ?",
+        &[
+            SqlValue::Integer(ts),
+            SqlValue::Integer(id),
+            SqlValue::Integer(to_i64(chunk as u64)),
+        ],
+    )
+}
+
+fn prune_approvals(
+    conn: &Connection,
+    keep: &str,
+    before: Timestamp,
+    chunk: usize,
+) -> Result<u64, StoreError> {
+    let n = conn
+        .execute(
+            "DELETE FROM approvals WHERE id IN (SELECT id FROM approvals \
+             WHERE updated_at < ?1 AND state <> ?2 ORDER BY updated_at, id LIMIT ?3)",
+            params![ts_to_ns(before), keep, to_i64(chunk as u64)],
+        )
+        .map_err(|e| StoreError::database("prune approvals", e))?;
+    Ok(n as u64)
 }
 
 fn insert_approval(
@@ -1206,6 +1352,53 @@ impl SessionStore for SqliteStore {
         chunk: usize,
     ) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(self.session_write("compact journals", SessionWrite::Compact { before, chunk }))
+    }
+
+    fn prune_messages(
+        &self,
+        before: Timestamp,
+        chunk: usize,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.session_write(
+            "prune messages",
+            SessionWrite::PruneMessages { before, chunk },
+        ))
+    }
+
+    fn message_pruned(&self, session: String, seq: u64) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(self.read("read message", move |conn| {
+            sessions::read_message_pruned(conn, &session, seq)
+        }))
+    }
+
+    fn prune_deleted_sessions(
+        &self,
+        before: Timestamp,
+        chunk: usize,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.session_write(
+            "prune deleted sessions",
+            SessionWrite::PruneDeleted { before, chunk },
+        ))
+    }
+
+    fn set_agent_model(
+        &self,
+        agent: String,
+        model: Option<String>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.session_write(
+                "set agent model",
+                SessionWrite::SetAgentModel { agent, model },
+            )
+            .await
+            .map(|_| ())
+        })
+    }
+
+    fn agent_models(&self) -> BoxFuture<'_, Result<Vec<(String, String)>, StoreError>> {
+        Box::pin(self.read("read agent models", sessions::read_agent_models))
     }
 }
 
