@@ -84,6 +84,8 @@ pub struct RuntimeConfig {
     pub session_intensity: (u32, Duration),
     /// The MEMORY.md file (default `<workspace>/memory/MEMORY.md`).
     pub memory_path: Option<PathBuf>,
+    /// The HTTP server's limits (`[serve]`), for `hale serve` and the API.
+    pub serve: crate::config::ServeSettings,
     /// Secret values to mask everywhere besides those the runtime finds
     /// itself at start (the token file, `HALE_TOKEN`, each model's
     /// `api_key_env` value, each stdio MCP server's `env` values; see
@@ -113,6 +115,7 @@ impl RuntimeConfig {
             compaction_interval: Duration::from_secs(60),
             session_intensity: (1000, Duration::from_secs(10)),
             memory_path: None,
+            serve: crate::config::ServeSettings::default(),
             secrets: KnownSecrets::new(),
             data_dir,
         }

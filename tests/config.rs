@@ -641,7 +641,7 @@ fn load_reads_the_file_and_resolves_paths_next_to_it() {
     assert_eq!(
         e.to_string(),
         format!(
-            "{}:3:1: unknown field `bogus`, expected one of `data_dir`, `tools`, `session`, `audit`, `mcp`, `models`, `agents`",
+            "{}:3:1: unknown field `bogus`, expected one of `data_dir`, `tools`, `session`, `audit`, `mcp`, `models`, `agents`, `serve`",
             path.display()
         )
     );
@@ -800,6 +800,53 @@ fn sandbox_settings() {
     ] {
         let message = error(bad).to_string();
         assert!(message.contains("tools.sandbox"), "{bad}: {message}");
+        assert!(message.contains(":2:"), "{bad}: {message}");
+    }
+}
+
+/// `[serve]`: the HTTP server's limits, their defaults (which the
+/// template shows), and zero refused at its line.
+#[test]
+fn serve_limits_parse_default_and_refuse_zero() {
+    use hale::config::ServeSettings;
+
+    let defaults = parse("").unwrap().serve().clone();
+    assert_eq!(defaults, ServeSettings::default());
+    assert_eq!(defaults.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(defaults.idle_timeout, Duration::from_secs(60));
+    assert_eq!(defaults.max_connections, 512);
+    assert_eq!(defaults.max_event_streams, 64);
+    assert_eq!(defaults.metrics_refresh, Duration::from_secs(1));
+    let section = TEMPLATE.lines().skip_while(|l| *l != "[serve]").skip(1);
+    for line in section.take_while(|l| !l.is_empty()) {
+        if let Some(setting) = line.strip_prefix("# ").filter(|l| l.contains(" = ")) {
+            let text = format!("[serve]\n{setting}\n");
+            assert_eq!(parse(&text).unwrap().serve(), &defaults, "{setting}");
+        }
+    }
+    let set = parse(
+        "[serve]\nheader_read_timeout = \"2s\"\nidle_timeout = \"5m\"\nmax_connections = 10\n\
+         max_event_streams = 3\nmetrics_refresh = \"0s\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        set.serve(),
+        &ServeSettings {
+            header_read_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 10,
+            max_event_streams: 3,
+            metrics_refresh: Duration::ZERO,
+        }
+    );
+    for bad in [
+        "[serve]\nheader_read_timeout = \"0s\"\n",
+        "[serve]\nidle_timeout = \"0ms\"\n",
+        "[serve]\nmax_connections = 0\n",
+        "[serve]\nmax_event_streams = 0\n",
+    ] {
+        let message = error(bad).to_string();
+        assert!(message.contains("serve."), "{bad}: {message}");
         assert!(message.contains(":2:"), "{bad}: {message}");
     }
 }

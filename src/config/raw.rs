@@ -31,6 +31,8 @@ pub(crate) struct RawConfig {
     pub models: Vec<RawModel>,
     #[serde(default)]
     pub agents: Vec<RawAgent>,
+    #[serde(default)]
+    pub serve: RawServe,
 }
 
 /// `[tools]`.
@@ -105,6 +107,17 @@ pub(crate) struct RawSession {
 pub(crate) struct RawAudit {
     pub retention: Option<Dur>,
     pub max_events: Option<u64>,
+}
+
+/// `[serve]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServe {
+    pub header_read_timeout: Option<Spanned<Dur>>,
+    pub idle_timeout: Option<Spanned<Dur>>,
+    pub max_connections: Option<Spanned<usize>>,
+    pub max_event_streams: Option<Spanned<usize>>,
+    pub metrics_refresh: Option<Dur>,
 }
 
 /// `[[mcp]]`.

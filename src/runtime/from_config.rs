@@ -71,6 +71,7 @@ impl RuntimeConfig {
         runtime.sessions.max_open_questions = settings.max_open_questions;
         runtime.audit = config.audit_config();
         runtime.memory_path = Some(config.memory_config().path);
+        runtime.serve = config.serve().clone();
         Ok(runtime)
     }
 }
