@@ -795,8 +795,10 @@ impl Runtime {
         Ok(self.inner.escalation.resolve(id, answer, by).await?)
     }
 
-    /// Approvals opened and resolved, live.
-    pub fn subscribe_approvals(&self) -> mpsc::UnboundedReceiver<ApprovalNotice> {
+    /// Approvals opened and resolved, live; a receiver that falls more
+    /// than [`NOTICE_BUFFER`](hale_actors::escalation::NOTICE_BUFFER)
+    /// behind is told how many it missed.
+    pub fn subscribe_approvals(&self) -> tokio::sync::broadcast::Receiver<ApprovalNotice> {
         self.inner.escalation.subscribe()
     }
 
