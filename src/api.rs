@@ -12,6 +12,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -21,7 +22,7 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use futures_util::Stream;
 use hale_actors::escalation::{Answer, ApprovalNotice, EscalationError};
 use hale_actors::event::{Event, Level};
@@ -36,12 +37,20 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::metrics::Cached;
 use crate::runtime::{Runtime, RuntimeError};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// The longest `?wait=` accepted, in seconds.
 pub const MAX_WAIT_SECS: u64 = 300;
+/// Events queued between a `/v1/events` stream and its connection. A
+/// client that reads slower than events come fills it; then that
+/// stream's events are dropped (not queued) until it catches up, and it
+/// gets a `lagged` event saying how many it missed.
+pub const EVENT_STREAM_BUFFER: usize = 64;
+/// `Retry-After` (seconds) when every `/v1/events` slot is taken.
+pub const EVENT_STREAM_RETRY_AFTER: u64 = 5;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -60,6 +69,47 @@ impl std::fmt::Debug for ApiState {
             .field("allow_chaos", &self.allow_chaos)
             .finish_non_exhaustive()
     }
+}
+
+/// What the requests of one router share beyond [`ApiState`]: the
+/// `/v1/events` slots and what `/metrics` last read from the store.
+#[derive(Debug)]
+struct Limits {
+    streams: Arc<tokio::sync::Semaphore>,
+    max_streams: usize,
+    snapshot: Cached<Snapshot>,
+    /// Events dropped for streams that read too slowly.
+    missed: AtomicU64,
+}
+
+impl Limits {
+    fn new(settings: &crate::config::ServeSettings) -> Self {
+        let max_streams = settings.max_event_streams.max(1);
+        Self {
+            streams: Arc::new(tokio::sync::Semaphore::new(max_streams)),
+            max_streams,
+            snapshot: Cached::new(settings.metrics_refresh),
+            missed: AtomicU64::new(0),
+        }
+    }
+
+    fn open_streams(&self) -> usize {
+        self.max_streams - self.streams.available_permits()
+    }
+
+    fn lagged(&self, missed: u64) -> SseEvent {
+        self.missed.fetch_add(missed, Ordering::Relaxed);
+        sse("lagged", &json!({"missed": missed}))
+    }
+}
+
+/// What `/metrics` reads at most once per `metrics_refresh`: one
+/// counting query and the MCP servers' breakers.
+#[derive(Debug, Default)]
+struct Snapshot {
+    counts: hale_actors::store::GaugeCounts,
+    started: usize,
+    breakers: Vec<(String, &'static str)>,
 }
 
 // ----------------------------------------------------------------- errors
@@ -1111,20 +1161,42 @@ async fn chaos_kill(
 }
 
 /// Live events (server-sent): `audit`, `approval.opened`,
-/// `approval.resolved`, `message.done`.
+/// `approval.resolved`, `message.done`, and `lagged` (`{"missed": n}`)
+/// when the client read too slowly and `n` events were dropped for it.
+/// At most `[serve] max_event_streams` streams are open at once; beyond
+/// that the answer is 503 with `Retry-After`.
 #[utoipa::path(get, path = "/v1/events", params(EventParams),
-    responses((status = 200, content_type = "text/event-stream", description = "server-sent events")))]
+    responses((status = 200, content_type = "text/event-stream", description = "server-sent events"),
+        (status = 503, body = ErrorBody, description = "every event stream slot is taken (`[serve] max_event_streams`)",
+            headers(("Retry-After" = u64, description = "seconds to wait before trying again")))))]
 async fn events(
     State(state): State<ApiState>,
+    Extension(limits): Extension<Arc<Limits>>,
     ApiQuery(params): ApiQuery<EventParams>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let Ok(slot) = Arc::clone(&limits.streams).try_acquire_owned() else {
+        let mut error = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            format!(
+                "{} event streams are open, the most `[serve] max_event_streams` allows; retry later",
+                limits.max_streams
+            ),
+        );
+        error.retry_after = Some(EVENT_STREAM_RETRY_AFTER);
+        return Err(error);
+    };
     let mut audit = state.runtime.subscribe_events();
     let mut approvals = state.runtime.subscribe_approvals();
     let mut done = state.runtime.sessions().subscribe_done();
     let session = params.session;
     let stream = async_stream(move |tx| async move {
+        // The slot is free again when this task ends: when the client
+        // goes, even if no event comes to notice it by.
+        let _slot = slot;
         loop {
             let next = tokio::select! {
+                () = tx.closed() => return,
                 event = audit.recv() => match event {
                     Ok(event) => {
                         if session.is_some() && event.session != session {
@@ -1132,25 +1204,24 @@ async fn events(
                         }
                         sse("audit", &event)
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        sse("lagged", &json!({"missed": n}))
-                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => limits.lagged(n),
                     Err(_) => return,
                 },
                 notice = approvals.recv() => match notice {
-                    Some(ApprovalNotice::Opened(a)) => {
+                    Ok(ApprovalNotice::Opened(a)) => {
                         if session.is_some() && a.request.requester != session {
                             continue;
                         }
                         sse("approval.opened", &shown(&state, &a))
                     }
-                    Some(ApprovalNotice::Resolved(a)) => {
+                    Ok(ApprovalNotice::Resolved(a)) => {
                         if session.is_some() && a.request.requester != session {
                             continue;
                         }
                         sse("approval.resolved", &shown(&state, &a))
                     }
-                    None => return,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => limits.lagged(n),
+                    Err(_) => return,
                 },
                 record = done.recv() => match record {
                     Ok(record) => {
@@ -1159,9 +1230,7 @@ async fn events(
                         }
                         sse("message.done", &shown(&state, &MessageResource::from(record)))
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        sse("lagged", &json!({"missed": n}))
-                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => limits.lagged(n),
                     Err(_) => return,
                 },
             };
@@ -1170,7 +1239,7 @@ async fn events(
             }
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 /// `value` as JSON with its secrets masked (known values and patterns):
@@ -1215,42 +1284,62 @@ where
     F: FnOnce(tokio::sync::mpsc::Sender<Result<SseEvent, Infallible>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let (tx, rx) = tokio::sync::mpsc::channel(EVENT_STREAM_BUFFER);
     tokio::spawn(f(tx));
     futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     })
 }
 
-/// Prometheus metrics (no token needed: counts only).
+/// Prometheus metrics (no token needed: counts only). A scrape costs the
+/// same however many sessions and approvals there are: counters and
+/// event-kept gauges are read as they are, and the store is read (one
+/// counting query) at most once per `[serve] metrics_refresh`.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain", description = "Prometheus text")))]
-async fn metrics(State(state): State<ApiState>) -> Response {
+async fn metrics(
+    State(state): State<ApiState>,
+    Extension(limits): Extension<Arc<Limits>>,
+) -> Response {
+    use std::fmt::Write as _;
+
     let runtime = &state.runtime;
-    let sessions = runtime.sessions().list().await.map_or(0, |s| s.len());
-    let open = runtime.approvals(true).await.map_or(0, |a| a.len());
+    let snapshot = limits
+        .snapshot
+        .get(|| async {
+            let counts = runtime.store().gauge_counts().await?;
+            let breakers = runtime
+                .mcp()
+                .list(runtime.endpoints())
+                .await
+                .into_iter()
+                .map(|report| (report.name, report.breaker))
+                .collect();
+            Ok::<_, hale_actors::store::StoreError>(Snapshot {
+                counts,
+                started: runtime.sessions().started().len(),
+                breakers,
+            })
+        })
+        .await;
     let mut breakers = Vec::new();
-    for report in runtime.mcp().list(runtime.endpoints()).await {
+    for (name, breaker) in &snapshot.breakers {
         for state_name in ["closed", "open", "half_open"] {
             breakers.push((
-                format!("{{endpoint=\"{}\",state=\"{state_name}\"}}", report.name),
-                if report.breaker == state_name {
-                    1.0
-                } else {
-                    0.0
-                },
+                format!("{{endpoint=\"{name}\",state=\"{state_name}\"}}"),
+                if *breaker == state_name { 1.0 } else { 0.0 },
             ));
         }
     }
-    let text = runtime.metrics().render(&[
+    let mut text = runtime.metrics().render(&[
         (
             "hale_sessions",
             "Live sessions.",
-            vec![(String::new(), sessions as f64)],
+            vec![(String::new(), snapshot.counts.live_sessions as f64)],
         ),
         (
             "hale_sessions_started",
             "Session actors started.",
-            vec![(String::new(), runtime.sessions().started().len() as f64)],
+            vec![(String::new(), snapshot.started as f64)],
         ),
         (
             "hale_messages_queued",
@@ -1260,14 +1349,36 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         (
             "hale_approvals_open",
             "Open approvals.",
-            vec![(String::new(), open as f64)],
+            vec![(String::new(), snapshot.counts.open_approvals as f64)],
         ),
         (
             "hale_breaker_state",
             "MCP endpoint breakers (1 = in that state).",
             breakers,
         ),
+        (
+            "hale_event_streams",
+            "Open /v1/events streams.",
+            vec![(String::new(), limits.open_streams() as f64)],
+        ),
     ]);
+    for (name, help, value) in [
+        (
+            "hale_metrics_store_reads_total",
+            "Store reads made for /metrics (at most one per metrics_refresh).",
+            limits.snapshot.loads(),
+        ),
+        (
+            "hale_event_stream_missed_total",
+            "Events dropped for /v1/events clients that read too slowly.",
+            limits.missed.load(Ordering::Relaxed),
+        ),
+    ] {
+        let _ = write!(
+            text,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -1383,9 +1494,11 @@ pub fn router(state: ApiState) -> (Router, Value) {
             }),
         )
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let limits = Arc::new(Limits::new(&state.runtime.config().serve));
     let app = v1
         .merge(open)
         .fallback(|| async { ApiError::not_found("no such route; see /v1/openapi.json") })
+        .layer(Extension(limits))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), redact_errors))
         .with_state(state);

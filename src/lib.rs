@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod conn_limits;
 pub mod data_dir;
 pub mod demo;
 pub mod drive;

@@ -87,6 +87,8 @@ pub struct RuntimeConfig {
     pub session_intensity: (u32, Duration),
     /// The MEMORY.md file (default `<workspace>/memory/MEMORY.md`).
     pub memory_path: Option<PathBuf>,
+    /// The HTTP server's limits (`[serve]`), for `hale serve` and the API.
+    pub serve: crate::config::ServeSettings,
     /// Secret values to mask everywhere besides those the runtime finds
     /// itself at start (the token file, `HALE_TOKEN`, each model's
     /// `api_key_env` value, each stdio MCP server's `env` values; see
@@ -137,6 +139,7 @@ impl RuntimeConfig {
             retention: StateRetention::default(),
             session_intensity: (1000, Duration::from_secs(10)),
             memory_path: None,
+            serve: crate::config::ServeSettings::default(),
             secrets: KnownSecrets::new(),
             session_store_layer: None,
             data_dir,
@@ -920,8 +923,10 @@ impl Runtime {
         Ok(self.inner.escalation.resolve(id, answer, by).await?)
     }
 
-    /// Approvals opened and resolved, live.
-    pub fn subscribe_approvals(&self) -> mpsc::UnboundedReceiver<ApprovalNotice> {
+    /// Approvals opened and resolved, live; a receiver that falls more
+    /// than [`NOTICE_BUFFER`](hale_actors::escalation::NOTICE_BUFFER)
+    /// behind is told how many it missed.
+    pub fn subscribe_approvals(&self) -> tokio::sync::broadcast::Receiver<ApprovalNotice> {
         self.inner.escalation.subscribe()
     }
 

@@ -7,7 +7,8 @@
 //! until then. On SIGINT or SIGTERM the server stops accepting, gives open
 //! requests a bounded time to finish, and the runtime stops its tree in
 //! reverse start order; unfinished messages stay in their journals and
-//! resume at the next start.
+//! resume at the next start. Connections are capped and their headers and
+//! idle time bounded (`[serve]`, see [`crate::conn_limits`]).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -179,8 +180,14 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     }));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stopped = stop_rx.clone();
+    // Bounded before the runtime starts: the listener is open from the
+    // first moment, so its limits must be too.
+    let listener = crate::conn_limits::LimitedListener::new(
+        listener,
+        crate::conn_limits::ConnLimits::from(&config.serve),
+    );
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
+        crate::conn_limits::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = stopped.wait_for(|s| *s).await;
             })

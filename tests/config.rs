@@ -883,4 +883,49 @@ max_result_bytes = 4096
     let zero = "[[mcp]]\nname = \"a\"\ncommand = \"x\"\nmax_result_bytes = 0\n";
     assert_eq!(line_of(zero, "max_result_bytes must be at least 1"), 4);
     assert_eq!(line_of("[dispatch]\nretries = 1\n", "unknown field"), 2);
+/// `[serve]`: the HTTP server's limits, their defaults (which the
+/// template shows), and zero refused at its line.
+#[test]
+fn serve_limits_parse_default_and_refuse_zero() {
+    use hale::config::ServeSettings;
+
+    let defaults = parse("").unwrap().serve().clone();
+    assert_eq!(defaults, ServeSettings::default());
+    assert_eq!(defaults.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(defaults.idle_timeout, Duration::from_secs(60));
+    assert_eq!(defaults.max_connections, 512);
+    assert_eq!(defaults.max_event_streams, 64);
+    assert_eq!(defaults.metrics_refresh, Duration::from_secs(1));
+    let section = TEMPLATE.lines().skip_while(|l| *l != "[serve]").skip(1);
+    for line in section.take_while(|l| !l.is_empty()) {
+        if let Some(setting) = line.strip_prefix("# ").filter(|l| l.contains(" = ")) {
+            let text = format!("[serve]\n{setting}\n");
+            assert_eq!(parse(&text).unwrap().serve(), &defaults, "{setting}");
+        }
+    }
+    let set = parse(
+        "[serve]\nheader_read_timeout = \"2s\"\nidle_timeout = \"5m\"\nmax_connections = 10\n\
+         max_event_streams = 3\nmetrics_refresh = \"0s\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        set.serve(),
+        &ServeSettings {
+            header_read_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 10,
+            max_event_streams: 3,
+            metrics_refresh: Duration::ZERO,
+        }
+    );
+    for bad in [
+        "[serve]\nheader_read_timeout = \"0s\"\n",
+        "[serve]\nidle_timeout = \"0ms\"\n",
+        "[serve]\nmax_connections = 0\n",
+        "[serve]\nmax_event_streams = 0\n",
+    ] {
+        let message = error(bad).to_string();
+        assert!(message.contains("serve."), "{bad}: {message}");
+        assert!(message.contains(":2:"), "{bad}: {message}");
+    }
 }

@@ -78,7 +78,7 @@ async fn open_list_resolve_and_wait() {
         .await
         .unwrap();
     assert!(approval.is_open());
-    assert!(matches!(notices.recv().await, Some(ApprovalNotice::Opened(a)) if a.id == approval.id));
+    assert!(matches!(notices.recv().await, Ok(ApprovalNotice::Opened(a)) if a.id == approval.id));
     let open = escalation.list(true).await.unwrap();
     assert_eq!(open.len(), 1);
     assert_eq!(
@@ -99,9 +99,7 @@ async fn open_list_resolve_and_wait() {
     assert_eq!(resolution.option.as_deref(), Some("window"));
     assert_eq!(resolution.by, "alice");
     assert_eq!(waiter.await.unwrap().unwrap(), resolution);
-    assert!(
-        matches!(notices.recv().await, Some(ApprovalNotice::Resolved(a)) if a.id == approval.id)
-    );
+    assert!(matches!(notices.recv().await, Ok(ApprovalNotice::Resolved(a)) if a.id == approval.id));
     assert!(escalation.list(true).await.unwrap().is_empty());
     assert_eq!(escalation.list(false).await.unwrap().len(), 1);
     let kinds: Vec<EventKind> = sink.events().into_iter().map(|e| e.kind).collect();
@@ -378,7 +376,7 @@ async fn ask_approval_waits_for_the_human() {
         )
         .await
     });
-    let Some(ApprovalNotice::Opened(opened)) = notices.recv().await else {
+    let Ok(ApprovalNotice::Opened(opened)) = notices.recv().await else {
         panic!("no opened notice");
     };
     // The session comes from the context; the question is the agent's and
@@ -616,5 +614,41 @@ async fn approvals_in_the_sqlite_store_survive_a_process_kill() {
             .await
             .is_err()
     );
+    supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// A subscriber that never reads (a stalled `/v1/events` client) holds
+/// at most `NOTICE_BUFFER` notices, however many are published; when it
+/// reads again it is told how many it missed, then gets the newest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_never_reads_holds_a_bounded_number_of_notices() {
+    use hale_actors::escalation::NOTICE_BUFFER;
+    use tokio::sync::broadcast::error::RecvError;
+
+    let (supervisor, escalation, _) = start(Arc::new(MemoryApprovalStore::new())).await;
+    let mut stalled = escalation.subscribe();
+    let opened = NOTICE_BUFFER + 50;
+    for n in 0..opened {
+        let gate = Gate::new(
+            "session-1",
+            n as u64,
+            format!("{n}:call"),
+            "exec",
+            &json!({"command": "migrate", "n": n}),
+        );
+        escalation
+            .open_gate(request(Duration::from_secs(600), None), gate)
+            .await
+            .unwrap();
+    }
+    // The oldest 50 were dropped for it, not kept: it is told so, then
+    // gets exactly the newest NOTICE_BUFFER.
+    assert_eq!(stalled.recv().await, Err(RecvError::Lagged(50)));
+    let mut kept = 0;
+    while let Ok(notice) = stalled.try_recv() {
+        assert!(matches!(notice, ApprovalNotice::Opened(_)));
+        kept += 1;
+    }
+    assert_eq!(kept, NOTICE_BUFFER);
     supervisor.shutdown(Duration::from_secs(5)).await.unwrap();
 }

@@ -262,6 +262,40 @@ pub struct AgentConfig {
     pub system_prompt: Option<String>,
 }
 
+/// `[serve]`: the limits of `hale serve`'s HTTP server. Each one bounds
+/// what a client (or many) can hold of the daemon: sockets, tasks,
+/// buffers and store reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeSettings {
+    /// How long a client may take to send a request's header, from its
+    /// first byte (default 10 s); the connection is closed after that.
+    pub header_read_timeout: Duration,
+    /// How long a connection may sit with no request in flight and no
+    /// byte moving (default 60 s) before it is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once (default 512); further ones wait in
+    /// the listen backlog until one closes.
+    pub max_connections: usize,
+    /// `/v1/events` streams open at once (default 64); beyond it the
+    /// route answers 503 with `Retry-After`.
+    pub max_event_streams: usize,
+    /// The longest `/metrics` reuses what it read from the store
+    /// (default 1 s): scrapes read the store at most once per this.
+    pub metrics_refresh: Duration,
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 512,
+            max_event_streams: 64,
+            metrics_refresh: Duration::from_secs(1),
+        }
+    }
+}
+
 /// A loaded, checked `hale.toml`. See the module docs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -269,6 +303,7 @@ pub struct Config {
     data_dir: PathBuf,
     builtin: BuiltinConfig,
     session: SessionSettings,
+    serve: ServeSettings,
     retention: Retention,
     dispatch: DispatchConfig,
     mcp: Vec<McpServerConfig>,
@@ -404,6 +439,11 @@ impl Config {
     /// `[session]`.
     pub fn session(&self) -> &SessionSettings {
         &self.session
+    }
+
+    /// `[serve]`.
+    pub fn serve(&self) -> &ServeSettings {
+        &self.serve
     }
 
     /// The audit trail's settings: the defaults with `[audit]`'s retention.
@@ -569,6 +609,7 @@ impl Resolver<'_> {
         };
         let builtin = self.builtin(&raw, &data_dir)?;
         let session = self.session(&raw)?;
+        let serve = self.serve(&raw)?;
         let retention = self.retention(&raw);
         let dispatch = self.dispatch(&raw)?;
         let (mcp, breakers) = self.mcp(&raw.mcp)?;
@@ -586,6 +627,7 @@ impl Resolver<'_> {
             data_dir,
             builtin,
             session,
+            serve,
             retention,
             dispatch,
             mcp,
@@ -805,6 +847,55 @@ impl Resolver<'_> {
             ));
         }
         Ok(session)
+    }
+
+    /// `[serve]` onto the defaults. A zero timeout or cap would refuse
+    /// every client, so it is an error, not "no limit".
+    fn serve(&self, raw: &RawConfig) -> Result<ServeSettings, ConfigError> {
+        let mut serve = ServeSettings::default();
+        let s = &raw.serve;
+        for (key, value, slot) in [
+            (
+                "header_read_timeout",
+                &s.header_read_timeout,
+                &mut serve.header_read_timeout,
+            ),
+            ("idle_timeout", &s.idle_timeout, &mut serve.idle_timeout),
+        ] {
+            if let Some(d) = value {
+                if d.get_ref().value.is_zero() {
+                    return Err(
+                        self.invalid(Some(d.span()), format!("serve.{key} must be more than 0s"))
+                    );
+                }
+                *slot = d.get_ref().value;
+            }
+        }
+        for (key, value, slot) in [
+            (
+                "max_connections",
+                &s.max_connections,
+                &mut serve.max_connections,
+            ),
+            (
+                "max_event_streams",
+                &s.max_event_streams,
+                &mut serve.max_event_streams,
+            ),
+        ] {
+            if let Some(n) = value {
+                if *n.get_ref() == 0 {
+                    return Err(
+                        self.invalid(Some(n.span()), format!("serve.{key} must be at least 1"))
+                    );
+                }
+                *slot = *n.get_ref();
+            }
+        }
+        if let Some(d) = s.metrics_refresh {
+            serve.metrics_refresh = d.value;
+        }
+        Ok(serve)
     }
 
     fn retention(&self, raw: &RawConfig) -> Retention {

@@ -33,6 +33,8 @@ pub(crate) struct RawConfig {
     pub models: Vec<RawModel>,
     #[serde(default)]
     pub agents: Vec<RawAgent>,
+    #[serde(default)]
+    pub serve: RawServe,
 }
 
 /// `[tools]`.
@@ -124,6 +126,17 @@ pub(crate) struct RawAudit {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDispatch {
     pub attempt_timeout: Option<Spanned<Dur>>,
+}
+
+/// `[serve]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServe {
+    pub header_read_timeout: Option<Spanned<Dur>>,
+    pub idle_timeout: Option<Spanned<Dur>>,
+    pub max_connections: Option<Spanned<usize>>,
+    pub max_event_streams: Option<Spanned<usize>>,
+    pub metrics_refresh: Option<Dur>,
 }
 
 /// `[[mcp]]`.

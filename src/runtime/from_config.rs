@@ -80,6 +80,7 @@ impl RuntimeConfig {
         runtime.sessions.stall_backoff = settings.stall_backoff;
         runtime.audit = config.audit_config();
         runtime.memory_path = Some(config.memory_config().path);
+        runtime.serve = config.serve().clone();
         Ok(runtime)
     }
 }

@@ -9,14 +9,14 @@
 //! every (re)start.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hale_supervision::{Address, ChildSpec};
 use jiff::Timestamp;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
 use crate::escalation::{
@@ -30,6 +30,10 @@ use crate::tool_actor::Taken;
 const READY_WAIT: Duration = Duration::from_secs(5);
 /// How soon a deadline whose timeout could not be stored is tried again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
+/// Notices a subscriber may fall behind by. A subscriber that does not
+/// read (a stalled `/v1/events` client) costs at most this many; beyond
+/// it, it is told how many it missed instead of holding them.
+pub const NOTICE_BUFFER: usize = 256;
 
 /// What subscribers (the control plane) are told.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,8 +146,10 @@ pub struct EscalationArgs {
     pub address: Address<EscalationMsg>,
     /// The audit trail.
     pub sink: Arc<dyn EventSink>,
-    /// Subscribers to opened and resolved approvals.
-    pub subscribers: Arc<Mutex<Vec<mpsc::UnboundedSender<ApprovalNotice>>>>,
+    /// Subscribers to opened and resolved approvals: a bounded ring
+    /// ([`NOTICE_BUFFER`]); a subscriber that falls behind is told how
+    /// many it missed.
+    pub subscribers: broadcast::Sender<ApprovalNotice>,
 }
 
 impl Clone for EscalationArgs {
@@ -152,7 +158,7 @@ impl Clone for EscalationArgs {
             store: Arc::clone(&self.store),
             address: self.address.clone(),
             sink: Arc::clone(&self.sink),
-            subscribers: Arc::clone(&self.subscribers),
+            subscribers: self.subscribers.clone(),
         }
     }
 }
@@ -558,11 +564,8 @@ fn emit(args: &EscalationArgs, approval: &Approval, kind: EventKind) {
 }
 
 fn notify(args: &EscalationArgs, notice: ApprovalNotice) {
-    let mut subscribers = args
-        .subscribers
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    subscribers.retain(|s| s.send(notice.clone()).is_ok());
+    // No subscriber is not an error; a slow one lags, never blocks this.
+    let _ = args.subscribers.send(notice);
 }
 
 fn new_id(now: Timestamp) -> String {
@@ -595,7 +598,7 @@ pub fn escalation_child(
         store,
         address: Address::new(),
         sink,
-        subscribers: Arc::new(Mutex::new(Vec::new())),
+        subscribers: broadcast::channel(NOTICE_BUFFER).0,
     };
     let for_child = args.clone();
     let spec = ChildSpec::worker("escalation", move || (EscalationActor, for_child.clone()));
@@ -772,15 +775,11 @@ impl Escalation {
             .await
     }
 
-    /// Notices of every approval opened or resolved from now on.
-    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<ApprovalNotice> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.args
-            .subscribers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(tx);
-        rx
+    /// Notices of every approval opened or resolved from now on. The
+    /// receiver holds at most [`NOTICE_BUFFER`] unread notices; past
+    /// that, `recv` answers `Lagged(missed)` and goes on with the newest.
+    pub fn subscribe(&self) -> broadcast::Receiver<ApprovalNotice> {
+        self.args.subscribers.subscribe()
     }
 
     /// Sends an idempotent request, again to the replacement if the actor

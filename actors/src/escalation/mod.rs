@@ -41,7 +41,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use actor::{
-    ApprovalNotice, Escalation, EscalationActor, EscalationArgs, EscalationMsg, escalation_child,
+    ApprovalNotice, Escalation, EscalationActor, EscalationArgs, EscalationMsg, NOTICE_BUFFER,
+    escalation_child,
 };
 pub use grants::{ApprovalGrants, GrantKey};
 pub use store::{

@@ -35,8 +35,8 @@ pub use sessions::{
     Finish, JournalRecord, MessageRecord, MessageState, SessionRecord, SessionStore,
 };
 pub use sqlite::{
-    DEFAULT_PATH, Durability, PRIVATE_FILE_MODE, SqliteStore, StoreConfig, WriterStats,
-    database_files,
+    DEFAULT_PATH, Durability, GaugeCounts, PRIVATE_FILE_MODE, SqliteStore, StoreConfig,
+    WriterStats, database_files,
 };
 
 /// The durable store, as the actors see it.

@@ -358,6 +358,31 @@ impl SqliteStore {
         .await
     }
 
+    /// Live sessions and open approvals, counted in one read: what
+    /// `/metrics` shows, without reading the rows.
+    ///
+    /// # Errors
+    /// The read failed or timed out.
+    pub async fn gauge_counts(&self) -> Result<GaugeCounts, StoreError> {
+        self.read("count sessions and approvals", |conn| {
+            // `open` is the state `StoreApprovals` gives an undecided
+            // approval; `live` a session not deleted.
+            conn.query_row(
+                "SELECT (SELECT COUNT(*) FROM sessions WHERE state = 'live'), \
+                        (SELECT COUNT(*) FROM approvals WHERE state = 'open')",
+                [],
+                |row| {
+                    Ok(GaugeCounts {
+                        live_sessions: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+                        open_approvals: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                    })
+                },
+            )
+            .map_err(|e| StoreError::database("count sessions and approvals", e))
+        })
+        .await
+    }
+
     /// Commits what was queued before it, checkpoints the WAL into the
     /// main file and stops the writer. Later writes through any clone fail with
     /// [`StoreError::Closed`]; reads keep working.
@@ -1208,6 +1233,15 @@ impl SqliteStore {
         self.write(op, |reply| Op::Write(Write::Session { write, reply }))
             .await
     }
+}
+
+/// What [`SqliteStore::gauge_counts`] counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GaugeCounts {
+    /// Sessions not deleted.
+    pub live_sessions: u64,
+    /// Approvals not decided.
+    pub open_approvals: u64,
 }
 
 impl SessionStore for SqliteStore {
