@@ -883,6 +883,8 @@ max_result_bytes = 4096
     let zero = "[[mcp]]\nname = \"a\"\ncommand = \"x\"\nmax_result_bytes = 0\n";
     assert_eq!(line_of(zero, "max_result_bytes must be at least 1"), 4);
     assert_eq!(line_of("[dispatch]\nretries = 1\n", "unknown field"), 2);
+}
+
 /// `[serve]`: the HTTP server's limits, their defaults (which the
 /// template shows), and zero refused at its line.
 #[test]
