@@ -56,6 +56,8 @@ const WARM_UP_READS: usize = 96;
 const WARM_UP_BURSTS: u32 = 20;
 /// Bursts in a row that leave the server's open files unchanged: warm.
 const WARM_UP_STEADY: u32 = 3;
+/// How long answers found by lookup may take to show on the stream.
+const ANNOUNCE_GRACE: Duration = Duration::from_secs(10);
 /// Lookups per drain round, so a stream that saw nothing does not turn the
 /// drain into a flood.
 const POLLS_PER_ROUND: usize = 200;
@@ -175,6 +177,9 @@ pub struct MessageFigures {
     pub duplicate_done_events: u64,
     /// Answers found by `GET /v1/messages/{id}` instead of the stream.
     pub answered_by_poll: u64,
+    /// Answers never announced on the watching stream (found by lookup
+    /// only): lost notifications, unless the stream lagged.
+    pub unannounced: u64,
     /// Messages with more than one `message_done` in the audit trail.
     pub audit_duplicates: u64,
     /// Messages with no `message_done` in the audit trail.
@@ -1096,6 +1101,11 @@ async fn soak(options: &SoakOptions, server: &Server) -> anyhow::Result<SoakRepo
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // Answers found by lookup may still be on their way down the stream.
+    let grace = Instant::now() + ANNOUNCE_GRACE;
+    while Instant::now() < grace && lock(&tracker.seen).values().any(|s| s.announced == 0) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let drained = steady_sample(pid, started).await;
     let _ = stop_tx.send(true);
     while streams.join_next().await.is_some() {}
@@ -1204,6 +1214,10 @@ async fn soak(options: &SoakOptions, server: &Server) -> anyhow::Result<SoakRepo
                 if answer.by_poll {
                     figures.answered_by_poll += 1;
                 }
+                if answer.announced == 0 && options.streams > 0 {
+                    figures.unannounced += 1;
+                    example("unannounced", id);
+                }
             }
             None => {
                 figures.missing += 1;
@@ -1287,7 +1301,7 @@ pub fn render(report: &SoakReport) -> String {
     let _ = writeln!(
         out,
         "messages: {} scheduled, {} accepted, refused {:?}, {} send errors; {} answered \
-         ({} failed, {} by lookup), {} missing, {} wrong reply, {} announced twice, \
+         ({} failed, {} by lookup, {} never announced), {} missing, {} wrong reply, {} announced twice, \
          audit: {} missing / {} twice; exactly once: {}",
         m.scheduled,
         m.accepted,
@@ -1296,6 +1310,7 @@ pub fn render(report: &SoakReport) -> String {
         m.answered,
         m.failed,
         m.answered_by_poll,
+        m.unannounced,
         m.missing,
         m.wrong_reply,
         m.duplicate_done_events,
