@@ -946,8 +946,13 @@ async fn soak(options: &SoakOptions, server: &Server) -> anyhow::Result<SoakRepo
     });
     let slot_rx = Arc::new(tokio::sync::Mutex::new(slot_rx));
     let mut senders = JoinSet::new();
+    // Every load client's connection stays open until the last sample is
+    // taken: a client dropped as its task ends at the deadline would close
+    // a connection just before the end's sample.
+    let mut held = Vec::new();
     for _ in 0..options.senders {
         let client = client(REQUEST_TIMEOUT)?;
+        held.push(client.clone());
         let slots = Arc::clone(&slot_rx);
         let tracker = Arc::clone(&tracker);
         let sessions = Arc::clone(&sessions);
@@ -991,6 +996,7 @@ async fn soak(options: &SoakOptions, server: &Server) -> anyhow::Result<SoakRepo
     // Chaos kills.
     let chaos = {
         let client = client(REQUEST_TIMEOUT)?;
+        held.push(client.clone());
         let (url, token) = (url.clone(), token.clone());
         let rate = options.chaos_rate;
         tokio::spawn(async move {
@@ -1030,6 +1036,7 @@ async fn soak(options: &SoakOptions, server: &Server) -> anyhow::Result<SoakRepo
     // The scraper.
     let scraper = {
         let client = client(REQUEST_TIMEOUT)?;
+        held.push(client.clone());
         let url = url.clone();
         let every = options.scrape_every;
         tokio::spawn(async move {
@@ -1064,6 +1071,7 @@ async fn soak(options: &SoakOptions, server: &Server) -> anyhow::Result<SoakRepo
 
     let _ = pacer.await;
     let samples = sampler.await.unwrap_or_default();
+    drop(held);
     let chaos = chaos.await.unwrap_or_default();
     let scrapes = scraper.await.unwrap_or_default();
     while senders.join_next().await.is_some() {}
