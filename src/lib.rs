@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod runtime;
 pub mod sandbox;
 pub mod serve;
+pub mod soak;
 pub mod tree_demo;
 
 pub use hale_actors as actors;

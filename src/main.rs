@@ -301,6 +301,49 @@ enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// A `hale serve` child held under load, chaos kills, scrapes and
+    /// event streams: answers exactly once, RSS and fds over time.
+    Soak {
+        /// How long the load lasts.
+        #[arg(long, default_value = "2m", value_parser = hale::config::parse_duration)]
+        duration: Duration,
+        /// Messages per second.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// Chaos kills per second (0: none).
+        #[arg(long, default_value_t = 20.0)]
+        chaos_rate: f64,
+        /// How often `/metrics` is scraped.
+        #[arg(long, default_value = "100ms", value_parser = hale::config::parse_duration)]
+        scrape_every: Duration,
+        /// `/v1/events` streams open and read.
+        #[arg(long, default_value_t = 50)]
+        streams: usize,
+        /// `/v1/events` streams opened and never read.
+        #[arg(long, default_value_t = 1)]
+        idle_streams: usize,
+        /// Sessions the messages go to, round robin.
+        #[arg(long, default_value_t = 100)]
+        sessions: usize,
+        /// Connections sending messages, one at a time each.
+        #[arg(long, default_value_t = 16)]
+        senders: usize,
+        /// The reference sample the end is compared with.
+        #[arg(long, default_value = "10s", value_parser = hale::config::parse_duration)]
+        checkpoint: Duration,
+        /// How long to wait for the last answers after the load.
+        #[arg(long, default_value = "2m", value_parser = hale::config::parse_duration)]
+        drain: Duration,
+        /// The hale binary to serve with [default: this one].
+        #[arg(long)]
+        hale: Option<PathBuf>,
+        /// Parent of the temporary directory (default: the temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Logs go to stderr: in stdio mode stdout carries the protocol only.
@@ -539,6 +582,48 @@ fn main() -> ExitCode {
                                 dir,
                             })
                             .await
+                        }
+                        BenchCommand::Soak {
+                            duration,
+                            rate,
+                            chaos_rate,
+                            scrape_every,
+                            streams,
+                            idle_streams,
+                            sessions,
+                            senders,
+                            checkpoint,
+                            drain,
+                            hale,
+                            dir,
+                            json,
+                        } => {
+                            let hale = match hale {
+                                Some(path) => path,
+                                None => std::env::current_exe()
+                                    .map_err(|e| anyhow::anyhow!("finding this binary: {e}"))?,
+                            };
+                            let report = hale::soak::run(hale::soak::SoakOptions {
+                                duration,
+                                rate,
+                                chaos_rate,
+                                scrape_every,
+                                streams,
+                                idle_streams,
+                                sessions,
+                                senders,
+                                checkpoint,
+                                drain,
+                                dir,
+                                ..hale::soak::SoakOptions::new(hale)
+                            })
+                            .await?;
+                            if json {
+                                println!("{}", serde_json::to_string_pretty(&report)?);
+                            } else {
+                                print!("{}", hale::soak::render(&report));
+                            }
+                            Ok(())
                         }
                     }
                 });
