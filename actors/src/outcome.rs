@@ -425,6 +425,18 @@ mod tests {
         assert!(!outcome.retryable);
     }
 
+    /// Found by the outcome-reader property (issue 12): without serde_json's
+    /// `float_roundtrip` a float in `data` read back one ulp off after a
+    /// write, so an outcome changed on every journal round trip.
+    #[test]
+    fn floats_survive_a_write_and_a_read() {
+        let value = json!({"status": "success", "data": [-2.212_281_258_570_282_3e41, 0.1]});
+        let outcome: ToolOutcome = serde_json::from_value(value).unwrap();
+        let text = serde_json::to_string(&outcome).unwrap();
+        let back: ToolOutcome = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, outcome);
+    }
+
     #[test]
     fn codeless_timeout_and_block_take_implied_defaults() {
         let t: ToolOutcome = serde_json::from_str(r#"{"status":"timeout"}"#).unwrap();

@@ -238,6 +238,12 @@ impl FromStr for MessageId {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || SessionError::BadMessageId(s.to_owned());
         let (session, seq) = s.rsplit_once(':').ok_or_else(bad)?;
+        // One spelling per message: plain digits without a leading zero,
+        // so the text read is the text hale writes (`s:01` and `s:+1`
+        // are not other names of `s:1`).
+        if !seq.bytes().all(|b| b.is_ascii_digit()) || seq.starts_with('0') {
+            return Err(bad());
+        }
         let seq: u64 = seq.parse().map_err(|_| bad())?;
         if seq == 0 || !valid_session_id(session) {
             return Err(bad());

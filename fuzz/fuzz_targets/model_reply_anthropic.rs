@@ -1,0 +1,16 @@
+//! Anthropic Messages reply bodies: any bytes are a reply or a reason, and every tool
+//! call read has object arguments.
+#![no_main]
+
+use hale_actors::model::anthropic;
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(body) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
+    if let Ok(reply) = anthropic::parse_reply(&body) {
+        assert!(reply.tool_calls.iter().all(|c| c.arguments.is_object()));
+    }
+});
