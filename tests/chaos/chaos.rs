@@ -38,13 +38,16 @@ const KINDS: &[&str] = &[
 ];
 
 /// Kills a random actor of the listed kinds every `KILL_EVERY` until
-/// stopped; returns the kills per kind.
+/// stopped; returns the kills per kind and the killer's attempts (ticks
+/// with a target), so the check does not depend on how fast a loaded
+/// machine schedules the killer.
 fn killer(
     runtime: Runtime,
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<BTreeMap<String, u64>> {
+) -> tokio::task::JoinHandle<(BTreeMap<String, u64>, u64)> {
     tokio::spawn(async move {
         let mut kills: BTreeMap<String, u64> = BTreeMap::new();
+        let mut attempts = 0u64;
         let mut tick = tokio::time::interval(KILL_EVERY);
         let mut tree = Vec::new();
         let mut fetched = Instant::now() - Duration::from_secs(1);
@@ -67,11 +70,12 @@ fn killer(
                 continue;
             }
             let node = &tree[fastrand::usize(..tree.len())];
+            attempts += 1;
             if runtime.kill(&node.id).await.is_ok() {
                 *kills.entry(node.kind.clone()).or_default() += 1;
             }
         }
-        kills
+        (kills, attempts)
     })
 }
 
@@ -181,7 +185,7 @@ async fn two_hundred_sessions_survive_a_kill_every_20_ms() {
     }
     let elapsed = started.elapsed();
     stop.store(true, Ordering::SeqCst);
-    let kills = kills.await.unwrap();
+    let (kills, attempts) = kills.await.unwrap();
     let answered = approvals.await.unwrap();
 
     // Exactly one reply per message, in order per session.
@@ -243,10 +247,14 @@ async fn two_hundred_sessions_survive_a_kill_every_20_ms() {
         ratio * 100.0
     );
     if env_or("HALE_CHAOS_KILL", 1) == 1 {
-        let expected = (elapsed.as_millis() / KILL_EVERY.as_millis() / 2) as u64;
+        // Most attempts land (a target may exit between the listing and
+        // the kill), and there were many: a kill at least every 100 ms of
+        // the run even on a loaded machine (about 5x below the pace asked).
+        let done = kills.values().sum::<u64>();
+        let floor = (elapsed.as_millis() / (5 * KILL_EVERY.as_millis())) as u64;
         assert!(
-            kills.values().sum::<u64>() >= expected,
-            "the killer ran (at least {expected} kills expected): {kills:?}"
+            done >= attempts / 2 && done >= floor,
+            "the killer ran ({done} kills of {attempts} attempts, at least {floor} expected): {kills:?}"
         );
     }
 
