@@ -23,8 +23,8 @@ fuzz_target!(|query: &str| {
         for time in [&params.since, &params.until].into_iter().flatten() {
             let _ = parse_time(time, now);
         }
-        if let Some(level) = &params.level {
-            let _ = level.parse::<Level>();
+        if let Some(level) = params.level {
+            let _ = Level::from(level);
         }
         if let Some(grep) = &params.grep {
             let _ = Grep::text(grep);
