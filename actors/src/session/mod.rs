@@ -409,6 +409,12 @@ struct Queue {
     /// The session was deleted while sends were reserved; they release
     /// their slot whatever the store answers.
     deleted: bool,
+    /// Messages that finished before their sender recorded them as
+    /// pending (the session can pick a message up as soon as the enqueue
+    /// commits). Their late `commit` must not count them, or a later pass
+    /// over the inbox would find them "pending" and announce them again.
+    /// Only kept while sends are reserved.
+    finished_early: std::collections::HashSet<u64>,
 }
 
 impl Queue {
@@ -438,7 +444,11 @@ impl Slot<'_> {
         let c = self.completion;
         let counted = c.queued.get_mut(&self.session).is_some_and(|mut q| {
             q.reserved = q.reserved.saturating_sub(1);
-            !q.deleted && q.pending.insert(seq)
+            let early = q.finished_early.remove(&seq);
+            if q.reserved == 0 {
+                q.finished_early.clear();
+            }
+            !q.deleted && !early && q.pending.insert(seq)
         });
         if !counted {
             c.queued_total.fetch_sub(1, Ordering::SeqCst);
@@ -455,6 +465,9 @@ impl Drop for Slot<'_> {
         let c = self.completion;
         if let Some(mut q) = c.queued.get_mut(&self.session) {
             q.reserved = q.reserved.saturating_sub(1);
+            if q.reserved == 0 {
+                q.finished_early.clear();
+            }
         }
         c.queued_total.fetch_sub(1, Ordering::SeqCst);
         c.queued.remove_if(&self.session, |_, q| q.is_empty());
@@ -549,8 +562,27 @@ impl Completion {
         removed
     }
 
+    /// `seq` of `session` finished: gives its count back, and says whether
+    /// it was still counted. One that finished before its sender counted
+    /// it is remembered, so the sender's late `commit` does not count it.
+    fn finished(&self, session: &str, seq: u64) -> bool {
+        let mut released = false;
+        if let Some(mut q) = self.queued.get_mut(session) {
+            if q.pending.remove(&seq) {
+                released = true;
+            } else if q.reserved > 0 {
+                q.finished_early.insert(seq);
+            }
+        }
+        if released {
+            self.queued_total.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.queued.remove_if(session, |_, q| q.is_empty());
+        released
+    }
+
     fn done(&self, env: &SessionEnv, session: &str, record: &MessageRecord, finished_here: bool) {
-        let released = self.release(session, record.seq);
+        let released = self.finished(session, record.seq);
         // The event goes first, so whoever was waiting finds it in the
         // audit trail.
         if finished_here || released {
@@ -1289,6 +1321,21 @@ mod tests {
         assert!(c.release("s", 1));
         assert!(!c.release("s", 1), "released once");
         assert_eq!(c.queued_total.load(Ordering::SeqCst), 1);
+    }
+
+    /// Found by the soak (one message announced twice under chaos): the
+    /// session finished a message before its sender's `commit` ran; the
+    /// commit counted it as pending, and the next pass over the inbox
+    /// announced it a second time.
+    #[test]
+    fn a_message_finished_before_its_send_commits_is_not_counted_again() {
+        let c = completion();
+        let slot = c.reserve("s", 2, 10).unwrap();
+        assert!(!c.finished("s", 1), "not counted yet");
+        slot.commit(1);
+        assert!(!c.is_pending("s", 1), "a finished message is never pending");
+        assert_eq!(c.queued_total.load(Ordering::SeqCst), 0);
+        assert!(c.queued.get("s").is_none(), "nothing left for the session");
     }
 
     #[test]
