@@ -23,11 +23,6 @@ use hale::soak::SoakReport;
 const BOUND: Duration = Duration::from_secs(600);
 
 #[test]
-#[ignore = "issue 12, open: on a quiet clean-clone run it caught one message \
-            answered twice under chaos kills (1 of 1,499; two message_done in \
-            the audit trail) and the store's read pool opening a connection \
-            after the 10 s checkpoint (91 -> 93 fds); fix both, then drop this \
-            ignore. Run it: cargo test -p hale --test soak -- --ignored"]
 fn thirty_seconds_at_50_messages_per_second_answer_each_once_and_hold_fds_and_memory() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_hale"))

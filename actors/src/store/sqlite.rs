@@ -288,6 +288,14 @@ impl SqliteStore {
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(config.readers.max(1))),
         });
+        // Open every reader now: a pool that grows on demand changes the
+        // process's open files long after start (the soak's descriptor
+        // check saw it as a leak), and a reader that cannot be opened is
+        // better reported at start than on the first busy minute.
+        for _ in 0..config.readers.max(1) {
+            let conn = readers.open()?;
+            readers.give_back(conn);
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 writer,
