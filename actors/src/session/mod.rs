@@ -549,19 +549,6 @@ impl Completion {
             .is_some_and(|q| q.pending.contains(&seq))
     }
 
-    /// Whether `id` was still counted as queued (and no longer is).
-    fn release(&self, session: &str, seq: u64) -> bool {
-        let removed = self
-            .queued
-            .get_mut(session)
-            .is_some_and(|mut q| q.pending.remove(&seq));
-        if removed {
-            self.queued_total.fetch_sub(1, Ordering::SeqCst);
-        }
-        self.queued.remove_if(session, |_, q| q.is_empty());
-        removed
-    }
-
     /// `seq` of `session` finished: gives its count back, and says whether
     /// it was still counted. One that finished before its sender counted
     /// it is remembered, so the sender's late `commit` does not count it.
@@ -1318,8 +1305,8 @@ mod tests {
         let b = c.reserve("s", 2, 10).unwrap();
         b.commit(2);
         assert!(busy(c.reserve("s", 2, 10)));
-        assert!(c.release("s", 1));
-        assert!(!c.release("s", 1), "released once");
+        assert!(c.finished("s", 1));
+        assert!(!c.finished("s", 1), "released once");
         assert_eq!(c.queued_total.load(Ordering::SeqCst), 1);
     }
 
