@@ -153,6 +153,14 @@ open_enum! {
         SessionStalled => "session_stalled",
         /// A stalled session could write again and goes on.
         SessionResumed => "session_resumed",
+        /// An endpoint asked for a pause (`Retry-After` on a 429/503): no
+        /// request to it starts before the instant in `data.until`.
+        NotBefore => "not_before",
+        /// A model turn's token usage (prompt, completion, cached).
+        ModelUsage => "model_usage",
+        /// The runtime healed a failure by changing the request itself (a
+        /// conversation compacted after `CONTEXT_TOO_LONG`).
+        Fix => "fix",
     }
 }
 

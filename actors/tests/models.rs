@@ -280,6 +280,7 @@ fn hello() -> ModelRequest {
         }],
         tools: Vec::new(),
         budget_left: None,
+        deltas: None,
     }
 }
 
@@ -335,6 +336,7 @@ async fn openai_tool_call_round_trip_sends_the_wire_format() {
         }],
         tools: vec![exec_spec()],
         budget_left: Some(7),
+        deltas: None,
     };
     let reply = complete(&h, &["gpt"], &request).await.unwrap();
     assert_eq!(reply.model, "gpt");
@@ -433,6 +435,7 @@ async fn anthropic_tool_call_round_trip_sends_the_wire_format() {
         }],
         tools: vec![exec_spec()],
         budget_left: Some(3),
+        deltas: None,
     };
     let reply = complete(&h, &["claude"], &request).await.unwrap();
     assert_eq!(reply.model, "claude");
@@ -1296,6 +1299,7 @@ fn scripted_model_is_a_pure_function_of_the_conversation() {
         messages: messages.clone(),
         tools: vec![exec_spec()],
         budget_left: Some(1),
+        deltas: None,
     });
     assert_eq!(dressed, ask(&messages));
 }

@@ -250,6 +250,7 @@ pub fn parse_reply(body: &Value) -> Result<ModelReply, String> {
         text,
         tool_calls,
         model: String::new(),
+        usage: None,
     })
 }
 
@@ -299,6 +300,7 @@ mod tests {
             ],
             tools: vec![],
             budget_left: Some(3),
+            deltas: None,
         };
         let body = request_body("claude", 100, &request);
         let messages = body["messages"].as_array().unwrap();

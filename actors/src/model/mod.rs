@@ -37,6 +37,7 @@ pub mod models;
 pub mod openai;
 pub mod scripted;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -209,6 +210,50 @@ pub struct ModelRequest {
     /// Tool calls left in this message's iteration budget; providers show
     /// it to the model each turn.
     pub budget_left: Option<u32>,
+    /// Where a streaming client reports the reply's text as it arrives;
+    /// `None` when nobody listens.
+    pub deltas: Option<Arc<dyn DeltaSink>>,
+}
+
+/// Receives a model reply's text while it streams in.
+///
+/// The engine calls [`attempt`](DeltaSink::attempt) before every attempt
+/// of a turn (1 for the first), so a listener can void the text of an
+/// attempt that failed half-way; clients call [`text`](DeltaSink::text)
+/// with each piece of text, in order. Calls must be cheap and never
+/// block: they run on the request's task.
+pub trait DeltaSink: Send + Sync + std::fmt::Debug {
+    /// Attempt `attempt` of the turn starts (1 for the first); text of
+    /// earlier attempts is void.
+    fn attempt(&self, attempt: u32);
+    /// A piece of the reply's text, in order.
+    fn text(&self, delta: &str);
+}
+
+/// The tokens one model reply used, as the provider reported them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    /// Tokens of the request (prompt), cached ones included.
+    pub prompt_tokens: u64,
+    /// Tokens of the reply.
+    pub completion_tokens: u64,
+    /// Prompt tokens served from the provider's cache.
+    #[serde(default)]
+    pub cached_tokens: u64,
+}
+
+impl Usage {
+    /// The sum of two usages, field by field (saturating).
+    #[must_use]
+    pub fn plus(self, other: Usage) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens.saturating_add(other.prompt_tokens),
+            completion_tokens: self
+                .completion_tokens
+                .saturating_add(other.completion_tokens),
+            cached_tokens: self.cached_tokens.saturating_add(other.cached_tokens),
+        }
+    }
 }
 
 /// A model's answer for one turn.
@@ -223,6 +268,9 @@ pub struct ModelReply {
     /// The configured name of the model that answered (after fallbacks).
     #[serde(default)]
     pub model: String,
+    /// The tokens the reply used, when the provider reported them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 /// A model endpoint's client: one provider's wire format.

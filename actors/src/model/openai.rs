@@ -237,6 +237,7 @@ pub fn parse_reply(body: &Value) -> Result<ModelReply, String> {
         text,
         tool_calls,
         model: String::new(),
+        usage: None,
     })
 }
 

@@ -125,6 +125,7 @@ pub fn scripted_reply(request: &ModelRequest) -> ModelReply {
                 arguments: step.args.clone(),
             }],
             model: String::new(),
+            usage: None,
         };
     }
     let steps: Vec<Value> = outcomes
@@ -139,6 +140,7 @@ fn text_reply(text: String) -> ModelReply {
         text: Some(text),
         tool_calls: Vec::new(),
         model: String::new(),
+        usage: None,
     }
 }
 

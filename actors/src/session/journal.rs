@@ -252,6 +252,7 @@ mod tests {
                     arguments: json!({"command": "true"}),
                 }],
                 model: "scripted".into(),
+                usage: None,
             },
         }
         .to_json()

@@ -429,6 +429,7 @@ impl<'a> MessageRun<'a> {
             messages: fitted.messages,
             tools: self.tools.clone(),
             budget_left: Some(self.budget.remaining()),
+            deltas: None,
         };
         let ctx = ToolContext {
             session: Some(self.session.to_owned()),
