@@ -4,24 +4,22 @@
 //! actor is what gives it a place in the supervision tree: a tool whose
 //! state went bad (a wedged client, a leaked handle) is restarted by its
 //! supervisor like any other child, and its calls in flight end with it
-//! instead of lingering. The actor never runs a call inside its handler:
-//! each call is a task in a `JoinSet` the actor owns, so a slow `exec`
-//! does not hold up a quick one, and when the actor dies (even by `kill`,
-//! which skips `post_stop`) dropping its state aborts every task it
-//! started.
+//! instead of lingering. The actor is the supervision crate's
+//! [`TaskActor`] running [`ToolWork`]: each call is a task the actor owns,
+//! so a slow `exec` does not hold up a quick one, and a killed actor aborts
+//! its calls in flight.
 //!
 //! Callers hold a [`ToolHandle`], which implements [`Tool`] itself and
-//! finds the current incarnation through an [`Address`], waiting (bounded)
-//! while a restart is in progress.
+//! reaches the current incarnation with a [`SupervisedCall`], waiting
+//! (bounded) while a restart is in progress.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use hale_supervision::{Address, ChildSpec};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use hale_supervision::{
+    Address, CallError, CallPolicy, ChildSpec, SupervisedCall, Task, TaskActor, TaskArgs, Work,
+};
 use serde_json::{Value, json};
-use tokio::task::JoinSet;
 
 use crate::catalog::ErrorCode;
 use crate::outcome::ToolOutcome;
@@ -31,119 +29,35 @@ use crate::tool::{BoxFuture, CANCEL_GRACE, Tool, ToolContext, ToolSpec, call_gua
 /// answered `SERVICE_UNAVAILABLE` (undelivered, so recovery may retry).
 pub const DEFAULT_READY_WAIT: Duration = Duration::from_secs(5);
 
-/// Whether an actor has taken a message out of its mailbox.
-///
-/// A killed actor drops its queued messages unread, and its caller then
-/// sees the same closed reply port as for a call that died half-way. The
-/// difference decides whether re-sending is safe, so the caller hands a
-/// flag along with the message and the actor raises it when it starts the
-/// work: down means the message never left the mailbox.
-#[derive(Debug, Clone, Default)]
-pub struct Taken(Arc<AtomicBool>);
+/// What a tool actor runs: the tool, one call per task.
+#[derive(Clone)]
+pub struct ToolWork(pub Arc<dyn Tool>);
 
-impl Taken {
-    /// A flag that is down.
-    pub fn new() -> Self {
-        Self::default()
-    }
+/// One call of a tool: the JSON arguments object, and who calls, for
+/// which step, until when.
+pub type ToolCall = (Value, Box<ToolContext>);
 
-    /// Raised by the actor when it starts on the message.
-    pub fn mark(&self) {
-        self.0.store(true, Ordering::Release);
-    }
+impl Work for ToolWork {
+    type Request = ToolCall;
+    type Reply = ToolOutcome;
 
-    /// Whether the actor started on the message.
-    pub fn is_taken(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+    async fn run(self, (args, ctx): ToolCall) -> Option<ToolOutcome> {
+        // The caller's future ends at the reply port; this task does not.
+        // Without the cancel signal an abandoned call (an `exec` the
+        // dispatcher gave up on) would run on here, unseen, to its own
+        // timeout.
+        run_until_cancelled(&*self.0, args, &ctx).await
     }
 }
 
-/// The tool actor's messages.
-#[derive(Debug)]
-pub enum ToolMsg {
-    /// Run the tool with these arguments and reply with the outcome.
-    Call {
-        /// The JSON arguments object.
-        args: Value,
-        /// Who calls, for which step, until when.
-        ctx: Box<ToolContext>,
-        /// Raised when the actor starts the call.
-        taken: Taken,
-        /// Where the outcome goes.
-        reply: RpcReplyPort<ToolOutcome>,
-    },
-}
+/// The tool actor's messages: one call each.
+pub type ToolMsg = Task<ToolWork>;
 
 /// The actor behaviour; its state is the tool and the calls in flight.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ToolActor;
+pub type ToolActor = TaskActor<ToolWork>;
 
 /// What each incarnation starts from.
-pub struct ToolActorArgs {
-    /// The tool it runs.
-    pub tool: Arc<dyn Tool>,
-    /// Where it publishes itself.
-    pub address: Address<ToolMsg>,
-}
-
-/// The running actor's state.
-pub struct ToolActorState {
-    tool: Arc<dyn Tool>,
-    /// Dropping the set aborts every call still running, which is what a
-    /// kill should do to them.
-    calls: JoinSet<()>,
-}
-
-impl Actor for ToolActor {
-    type Msg = ToolMsg;
-    type State = ToolActorState;
-    type Arguments = ToolActorArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        args.address.publish(myself);
-        Ok(ToolActorState {
-            tool: args.tool,
-            calls: JoinSet::new(),
-        })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match message {
-            ToolMsg::Call {
-                args,
-                ctx,
-                taken,
-                reply,
-            } => {
-                taken.mark();
-                // Reap finished calls so the set does not grow with history.
-                while state.calls.try_join_next().is_some() {}
-                let tool = Arc::clone(&state.tool);
-                state.calls.spawn(async move {
-                    // The caller's future ends at the reply port; this task
-                    // does not. Without the cancel signal an abandoned call
-                    // (an `exec` the dispatcher gave up on) would run on
-                    // here, unseen, to its own timeout.
-                    if let Some(outcome) = run_until_cancelled(&*tool, args, &ctx).await {
-                        // The caller may have timed out and gone; that is
-                        // its business.
-                        let _ = reply.send(outcome);
-                    }
-                });
-            }
-        }
-        Ok(())
-    }
-}
+pub type ToolActorArgs = TaskArgs<ToolWork>;
 
 /// Runs one call until it answers or its caller cancels it (see
 /// [`ToolContext::cancel`]). A cancelled call gets [`CANCEL_GRACE`] to stop
@@ -202,44 +116,35 @@ impl ToolHandle {
     }
 
     async fn forward(&self, args: Value, ctx: &ToolContext) -> ToolOutcome {
-        let name = &self.spec.name;
-        let mut actor = self.address.live(self.ready_wait).await;
         // A message the actor never took (it died first, dropping its
         // mailbox) ran nothing, so it is sent again to the replacement; a
         // few times at most, since each try waits for a new incarnation.
-        for _ in 0..3 {
-            let Some(current) = actor.take() else {
-                return not_running(name, self.ready_wait);
-            };
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let taken = Taken::new();
-            let message = ToolMsg::Call {
-                args: args.clone(),
-                ctx: Box::new(ctx.clone()),
-                taken: taken.clone(),
-                reply: tx.into(),
-            };
-            if current.send_message(message).is_ok()
-                && let Ok(outcome) = rx.await
-            {
-                return outcome;
-            }
-            if taken.is_taken() {
-                // The actor took the call and died before answering: the
-                // tool may have run.
-                return ToolOutcome::from_code(
-                    ErrorCode::Interrupted,
-                    format!("the `{name}` tool actor stopped while the call was running"),
-                )
-                .for_idempotency(self.spec.idempotent)
-                .with_data(json!({ "tool": name }));
-            }
-            actor = self
-                .address
-                .live_other_than(&current, self.ready_wait)
-                .await;
+        let policy = CallPolicy::new(self.ready_wait);
+        let sent = SupervisedCall::new(&self.address, policy)
+            .send(|taken, reply| Task {
+                request: (args.clone(), Box::new(ctx.clone())),
+                taken,
+                reply,
+            })
+            .await;
+        let name = &self.spec.name;
+        match sent {
+            Ok(outcome) => outcome,
+            // The actor took the call and died before answering: the tool
+            // may have run.
+            Err(CallError::Interrupted { .. }) => ToolOutcome::from_code(
+                ErrorCode::Interrupted,
+                format!("the `{name}` tool actor stopped while the call was running"),
+            )
+            .for_idempotency(self.spec.idempotent)
+            .with_data(json!({ "tool": name })),
+            Err(CallError::NotRunning { waited, .. }) => not_running(name, waited),
+            // The policy sets no reply deadline; the tool bounds itself.
+            Err(CallError::Timeout { after }) => ToolOutcome::timeout(format!(
+                "the `{name}` tool actor gave no answer within {} ms",
+                after.as_millis()
+            )),
         }
-        not_running(name, self.ready_wait)
     }
 }
 
@@ -285,9 +190,9 @@ pub fn tool_child(id: &str, tool: Arc<dyn Tool>) -> (ChildSpec, ToolHandle) {
     };
     let spec = ChildSpec::worker(id, move || {
         (
-            ToolActor,
+            ToolActor::new(),
             ToolActorArgs {
-                tool: Arc::clone(&tool),
+                work: ToolWork(Arc::clone(&tool)),
                 address: address.clone(),
             },
         )

@@ -63,10 +63,14 @@
 //!   drops queued messages (ractor's stop jumps the queue). Callers that need
 //!   delivery must keep the message until it is acknowledged.
 //! - **Addressing.** A restarted child is a new actor with a new ref. Keep the
-//!   [`ChildId`] and resolve through [`SupervisorRef::resolve`].
+//!   [`ChildId`] and resolve through [`SupervisorRef::resolve`], or publish
+//!   each incarnation in an [`Address`] and call it with a
+//!   [`SupervisedCall`], which re-sends a message the dead incarnation never
+//!   took ([`Taken`]) under an explicit [`CallPolicy`].
 
 mod address;
 mod backoff;
+mod call;
 mod client;
 mod error;
 mod event;
@@ -74,9 +78,11 @@ mod intensity;
 mod reason;
 mod spec;
 mod supervisor;
+mod task;
 
 pub use address::Address;
 pub use backoff::{Backoff, BackoffError};
+pub use call::{AfterLost, CallError, CallPolicy, SupervisedCall, Taken};
 pub use client::{DEFAULT_CALL_TIMEOUT, SupervisorRef};
 pub use error::SupervisorError;
 pub use event::{SupervisorEvent, SupervisorEventKind, SupervisorObserver};
@@ -89,3 +95,4 @@ pub use spec::{
 pub use supervisor::{
     ChildInfo, ChildState, Supervisor, SupervisorMsg, SupervisorState, SupervisorStats, Timer,
 };
+pub use task::{Task, TaskActor, TaskArgs, TaskState, Work};

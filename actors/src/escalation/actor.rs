@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hale_supervision::{Address, ChildSpec};
+use hale_supervision::{Address, CallError, CallPolicy, ChildSpec, SupervisedCall, Taken};
 use jiff::Timestamp;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::json;
@@ -24,7 +24,6 @@ use crate::escalation::{
     Origin, Resolution, ResolveEffect, decide_resolution, timeout_resolution, validate_request,
 };
 use crate::event::{Event, EventKind, EventSink, Level};
-use crate::tool_actor::Taken;
 
 /// How long a handle waits for a restarting escalation actor.
 const READY_WAIT: Duration = Duration::from_secs(5);
@@ -606,15 +605,12 @@ pub fn escalation_child(
 }
 
 impl Escalation {
-    async fn actor(
-        &self,
-        dead: Option<&ActorRef<EscalationMsg>>,
-    ) -> Result<ActorRef<EscalationMsg>, EscalationError> {
-        let found = match dead {
-            Some(dead) => self.args.address.live_other_than(dead, READY_WAIT).await,
-            None => self.args.address.live(READY_WAIT).await,
-        };
-        found.ok_or(EscalationError::Unavailable)
+    /// A call to the current incarnation: three sends, re-sending what
+    /// the actor did not take (or, with `resend_taken`, anything: only
+    /// for idempotent requests), and no reply deadline.
+    fn call(&self, resend_taken: bool) -> SupervisedCall<'_, EscalationMsg> {
+        let policy = CallPolicy::new(READY_WAIT).resend_taken(resend_taken);
+        SupervisedCall::new(&self.args.address, policy)
     }
 
     /// Opens the runtime's approval for the one call `gate` describes (a
@@ -661,30 +657,17 @@ impl Escalation {
         gate: Option<Gate>,
         limit: Option<usize>,
     ) -> Result<Approval, EscalationError> {
-        let mut dead = None;
-        for _ in 0..3 {
-            let actor = self.actor(dead.as_ref()).await?;
-            let taken = Taken::new();
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let sent = actor.send_message(EscalationMsg::Open {
+        self.call(false)
+            .send(|taken, reply| EscalationMsg::Open {
                 request: Box::new(request.clone()),
                 origin,
                 gate: gate.clone().map(Box::new),
                 limit,
-                taken: taken.clone(),
-                reply: tx.into(),
-            });
-            if sent.is_ok()
-                && let Ok(answer) = rx.await
-            {
-                return answer;
-            }
-            if taken.is_taken() {
-                return Err(EscalationError::Unavailable);
-            }
-            dead = Some(actor);
-        }
-        Err(EscalationError::Unavailable)
+                taken,
+                reply,
+            })
+            .await
+            .unwrap_or_else(|e| Err(unavailable(e)))
     }
 
     /// Resolves an approval. Idempotent: the same answer again returns the
@@ -717,29 +700,21 @@ impl Escalation {
     /// # Cancel safety
     /// Cancel safe: dropping the future only stops waiting.
     pub async fn wait(&self, id: &str) -> Result<Resolution, EscalationError> {
-        let mut dead: Option<ActorRef<EscalationMsg>> = None;
+        // A wait has no deadline of its own: it is offered to every
+        // incarnation, and looks again when none is running.
+        let policy = CallPolicy::new(READY_WAIT)
+            .resend_taken(true)
+            .max_sends(usize::MAX);
         loop {
-            let actor = match self.actor(dead.as_ref()).await {
-                Ok(actor) => actor,
-                // A wait has no deadline of its own: keep looking.
-                Err(EscalationError::Unavailable) => {
-                    dead = None;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if actor
-                .send_message(EscalationMsg::Wait {
+            let answer = SupervisedCall::new(&self.args.address, policy)
+                .send(|_, reply| EscalationMsg::Wait {
                     id: id.to_owned(),
-                    reply: tx.into(),
+                    reply,
                 })
-                .is_ok()
-                && let Ok(answer) = rx.await
-            {
+                .await;
+            if let Ok(answer) = answer {
                 return answer;
             }
-            dead = Some(actor);
         }
     }
 
@@ -789,17 +764,14 @@ impl Escalation {
         F: Fn(RpcReplyPort<T>) -> EscalationMsg,
         T: Send + 'static,
     {
-        let mut dead = None;
-        for _ in 0..3 {
-            let actor = self.actor(dead.as_ref()).await?;
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if actor.send_message(message(tx.into())).is_ok()
-                && let Ok(answer) = rx.await
-            {
-                return Ok(answer);
-            }
-            dead = Some(actor);
-        }
-        Err(EscalationError::Unavailable)
+        self.call(true)
+            .send(|_, reply| message(reply))
+            .await
+            .map_err(unavailable)
     }
+}
+
+/// Every way a call to the actor can fail is `Unavailable` to its caller.
+fn unavailable(_: CallError) -> EscalationError {
+    EscalationError::Unavailable
 }

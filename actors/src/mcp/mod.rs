@@ -28,8 +28,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use hale_supervision::{
-    Backoff, ChildId, ChildSpec, Intensity, Park, Strategy, SupervisorError, SupervisorRef,
-    SupervisorSpec,
+    Backoff, CallError, CallPolicy, ChildId, ChildSpec, Intensity, Park, Strategy, SupervisedCall,
+    SupervisorError, SupervisorRef, SupervisorSpec, Taken,
 };
 use serde_json::{Value, json};
 
@@ -47,7 +47,6 @@ use crate::dispatch::{Endpoints, Router, Target, state_name};
 use crate::event::EventSink;
 use crate::outcome::ToolOutcome;
 use crate::tool::{BoxFuture, Tool, ToolContext, ToolSpec};
-use crate::tool_actor::Taken;
 use server::ServerShared;
 
 /// The separator between server and tool in the names hale gives MCP
@@ -464,68 +463,58 @@ impl McpTool {
             }
         };
         let timeout = shared.config.timeout_for(&self.remote);
-        let mut actor = shared.address.live(self.ready_wait).await;
         // A call the actor never took from its mailbox (it died first)
-        // reached nothing and is sent again to the replacement.
-        for _ in 0..3 {
-            let Some(current) = actor.take() else {
+        // reached nothing and is sent again to the replacement. The actor
+        // may queue the call while it connects: allow that on top of the
+        // call's own timeout.
+        let policy = CallPolicy::new(self.ready_wait)
+            .reply_deadline(Some(timeout + shared.config.connect_timeout));
+        // The flag of the last send: whether the request left the actor.
+        let mut sent: Option<Taken> = None;
+        let answer = SupervisedCall::new(&shared.address, policy)
+            .send(|taken, reply| McpMsg::Call {
+                tool: self.remote.clone(),
+                args: args.clone(),
+                timeout,
+                taken,
+                sent: sent.insert(Taken::new()).clone(),
+                cancel: ctx.cancel.clone(),
+                reply,
+            })
+            .await;
+        match answer {
+            Ok(outcome) => outcome,
+            Err(CallError::NotRunning { sends, .. }) if sends >= policy.max_sends => {
+                server::unreachable(shared, "it is restarting")
+            }
+            Err(CallError::NotRunning { .. }) => {
                 let why = match shared.status().last_error {
                     Some(e) => format!("not running (last error: {e})"),
                     None => "not running".to_owned(),
                 };
-                return server::unreachable(shared, &why);
-            };
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let (taken, sent) = (Taken::new(), Taken::new());
-            let message = McpMsg::Call {
-                tool: self.remote.clone(),
-                args: args.clone(),
-                timeout,
-                taken: taken.clone(),
-                sent: sent.clone(),
-                cancel: ctx.cancel.clone(),
-                reply: tx.into(),
-            };
-            if current.send_message(message).is_err() {
-                actor = shared
-                    .address
-                    .live_other_than(&current, self.ready_wait)
-                    .await;
-                continue;
+                server::unreachable(shared, &why)
             }
-            // The actor may queue the call while it connects: allow that
-            // on top of the call's own timeout.
-            let limit = timeout + shared.config.connect_timeout;
-            return match tokio::time::timeout(limit, rx).await {
-                Ok(Ok(outcome)) => outcome,
-                Ok(Err(_)) if !taken.is_taken() => {
-                    actor = shared
-                        .address
-                        .live_other_than(&current, self.ready_wait)
-                        .await;
-                    continue;
-                }
-                Ok(Err(_)) if !sent.is_taken() => server::unreachable(
+            Err(CallError::Interrupted { .. }) if !sent.as_ref().is_some_and(Taken::is_taken) => {
+                server::unreachable(
                     shared,
                     "it went down while connecting, before the call was sent",
-                ),
-                Ok(Err(_)) => ToolOutcome::from_code(
-                    ErrorCode::TransportClosed,
-                    format!(
-                        "MCP server `{server}` went down while `{}` was in flight",
-                        self.remote
-                    ),
                 )
-                .with_data(json!({ "server": server, "tool": self.remote })),
-                Err(_) => ToolOutcome::timeout(format!(
-                    "`{}` on MCP server `{server}` got no answer within {} ms",
-                    self.remote,
-                    limit.as_millis()
-                ))
-                .with_data(json!({ "server": server, "tool": self.remote })),
-            };
+            }
+            Err(CallError::Interrupted { .. }) => ToolOutcome::from_code(
+                ErrorCode::TransportClosed,
+                format!(
+                    "MCP server `{server}` went down while `{}` was in flight",
+                    self.remote
+                ),
+            )
+            .with_data(json!({ "server": server, "tool": self.remote })),
+            Err(CallError::Timeout { after }) => ToolOutcome::timeout(format!(
+                "`{}` on MCP server `{server}` got no answer within {} ms",
+                self.remote,
+                after.as_millis()
+            ))
+            .with_data(json!({ "server": server, "tool": self.remote })),
         }
-        server::unreachable(shared, "it is restarting")
     }
 }
 

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use hale_supervision::Address;
+use hale_supervision::{Address, Taken};
 use process_wrap::tokio::{CommandWrap, KillOnDrop, ProcessGroup};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rmcp::model::{
@@ -40,7 +40,6 @@ use crate::mcp::convert::{self, RemoteTool};
 use crate::outcome::{Hint, HintKind, ToolOutcome};
 use crate::process::ProcessRecord;
 use crate::tool::closest_first;
-use crate::tool_actor::Taken;
 
 /// The protocol version hale asks for. rmcp's default is newer than many
 /// deployed servers accept; 2025-06-18 is the newest the TypeScript and

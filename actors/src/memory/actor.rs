@@ -5,7 +5,7 @@ use std::mem;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hale_supervision::Address;
+use hale_supervision::{Address, Taken};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::{Value, json};
 
@@ -15,7 +15,6 @@ use crate::catalog::ErrorCode;
 use crate::classify::from_io_error;
 use crate::event::{Event, EventKind, EventSink, Level};
 use crate::outcome::ToolOutcome;
-use crate::tool_actor::Taken;
 
 /// How many extra trips round the mailbox a flush waits for a burst of
 /// writes to finish arriving; bounds the latency it adds to microseconds.

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hale_supervision::Address;
+use hale_supervision::{Address, CallError, CallPolicy, SupervisedCall, Taken};
 use ractor::RpcReplyPort;
 use serde_json::json;
 
@@ -14,7 +14,7 @@ use super::durable::Fence;
 use crate::audit::Redactor;
 use crate::catalog::ErrorCode;
 use crate::outcome::ToolOutcome;
-use crate::tool_actor::{DEFAULT_READY_WAIT, Taken};
+use crate::tool_actor::DEFAULT_READY_WAIT;
 
 /// How long a request waits for the actor's answer by default. A write
 /// is answered after its flush (an fsync or two), so this only bounds a
@@ -185,52 +185,31 @@ impl MemoryHandle {
         resend_taken: bool,
         make: impl Fn(Taken, RpcReplyPort<T>) -> Msg,
     ) -> Result<T, ToolOutcome> {
-        let mut actor = self.address.live(self.ready_wait).await;
-        let mut was_taken = false;
-        for _ in 0..MAX_SENDS {
-            let Some(current) = actor.take() else {
-                break;
-            };
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let taken = Taken::new();
-            if current
-                .send_message(MemoryMsg(make(taken.clone(), tx.into())))
-                .is_ok()
-            {
-                match tokio::time::timeout(self.call_timeout, rx).await {
-                    Ok(Ok(answer)) => return Ok(answer),
-                    Ok(Err(_)) => {}
-                    Err(_) => {
-                        return Err(ToolOutcome::timeout(format!(
-                            "the memory actor for `{}` did not answer a {what} within {} ms; \
-                             it may still complete",
-                            self.display,
-                            self.call_timeout.as_millis()
-                        ))
-                        .with_data(json!({ "path": &*self.display })));
-                    }
-                }
-            }
-            was_taken |= taken.is_taken();
-            if taken.is_taken() && !resend_taken {
-                return Err(ToolOutcome::from_code(
-                    ErrorCode::Interrupted,
-                    format!(
-                        "the memory actor for `{}` stopped while the {what} was being written; \
-                         read the file to see whether it landed",
-                        self.display
-                    ),
-                )
-                .for_idempotency(false)
-                .with_data(json!({ "path": &*self.display })));
-            }
-            actor = self
-                .address
-                .live_other_than(&current, self.ready_wait)
-                .await;
-        }
-        let outcome = if was_taken {
-            ToolOutcome::from_code(
+        let policy = CallPolicy::new(self.ready_wait)
+            .max_sends(MAX_SENDS)
+            .resend_taken(resend_taken)
+            .reply_deadline(Some(self.call_timeout));
+        let answer = SupervisedCall::new(&self.address, policy)
+            .send(|taken, reply| MemoryMsg(make(taken, reply)))
+            .await;
+        let outcome = match answer {
+            Ok(answer) => return Ok(answer),
+            Err(CallError::Timeout { after }) => ToolOutcome::timeout(format!(
+                "the memory actor for `{}` did not answer a {what} within {} ms; \
+                 it may still complete",
+                self.display,
+                after.as_millis()
+            )),
+            Err(CallError::Interrupted { .. }) if !resend_taken => ToolOutcome::from_code(
+                ErrorCode::Interrupted,
+                format!(
+                    "the memory actor for `{}` stopped while the {what} was being written; \
+                     read the file to see whether it landed",
+                    self.display
+                ),
+            )
+            .for_idempotency(false),
+            Err(CallError::Interrupted { .. }) => ToolOutcome::from_code(
                 ErrorCode::Interrupted,
                 format!(
                     "the memory actor for `{}` kept stopping during the {what}; it is safe to \
@@ -238,18 +217,17 @@ impl MemoryHandle {
                     self.display
                 ),
             )
-            .for_idempotency(true)
-        } else {
-            ToolOutcome::from_code(
+            .for_idempotency(true),
+            Err(CallError::NotRunning { waited, .. }) => ToolOutcome::from_code(
                 ErrorCode::ServiceUnavailable,
                 format!(
                     "the memory actor for `{}` is not running (waited {} ms for a restart); \
                      nothing was written",
                     self.display,
-                    self.ready_wait.as_millis()
+                    waited.as_millis()
                 ),
             )
-            .undelivered()
+            .undelivered(),
         };
         Err(outcome.with_data(json!({ "path": &*self.display })))
     }

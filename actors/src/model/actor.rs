@@ -1,95 +1,40 @@
 //! One model endpoint as a supervised actor.
 //!
-//! The actor owns the endpoint's client; each request runs as a task in a
-//! `JoinSet` in the actor's state, so the handler never waits on the
-//! network (a slow completion does not hold up the next one) and a killed
-//! actor (`kill` skips `post_stop`) aborts its requests in flight by
-//! dropping the set. Callers reach the current incarnation through an
-//! [`Address`]; [`Models`](super::Models) does that for them.
+//! The actor owns the endpoint's client and is the supervision crate's
+//! [`TaskActor`] running [`ModelWork`]: each request is a task the actor
+//! owns, so a slow completion does not hold up the next one and a killed
+//! actor (`kill` skips `post_stop`) aborts its requests in flight. Callers
+//! reach the current incarnation through an
+//! [`Address`](hale_supervision::Address); [`Models`](super::Models) does
+//! that for them.
 
 use std::sync::Arc;
 
-use hale_supervision::Address;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::task::JoinSet;
+use hale_supervision::{Task, TaskActor, TaskArgs, Work};
 
 use super::{ModelClient, ModelReply, ModelRequest};
 use crate::outcome::ToolOutcome;
-use crate::tool_actor::Taken;
 
-/// The model actor's messages.
-#[derive(Debug)]
-pub enum ModelMsg {
-    /// Ask the model for one turn and reply with its answer.
-    Complete {
-        /// The request, shared with the caller's retries.
-        request: Arc<ModelRequest>,
-        /// Raised when the actor starts the request.
-        taken: Taken,
-        /// Where the answer goes.
-        reply: RpcReplyPort<Result<ModelReply, ToolOutcome>>,
-    },
+/// What a model actor runs: the endpoint's client, one request per task.
+#[derive(Clone)]
+pub struct ModelWork(pub Arc<dyn ModelClient>);
+
+impl Work for ModelWork {
+    /// The request, shared with the caller's retries.
+    type Request = Arc<ModelRequest>;
+    type Reply = Result<ModelReply, ToolOutcome>;
+
+    async fn run(self, request: Arc<ModelRequest>) -> Option<Self::Reply> {
+        Some(self.0.complete(&request).await)
+    }
 }
+
+/// The model actor's messages: one request for one turn each.
+pub type ModelMsg = Task<ModelWork>;
 
 /// The actor behaviour; its state is the client and the requests in
 /// flight.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ModelActor;
+pub type ModelActor = TaskActor<ModelWork>;
 
 /// What each incarnation starts from.
-pub struct ModelActorArgs {
-    /// The endpoint's client.
-    pub client: Arc<dyn ModelClient>,
-    /// Where it publishes itself.
-    pub address: Address<ModelMsg>,
-}
-
-/// The running actor's state.
-pub struct ModelActorState {
-    client: Arc<dyn ModelClient>,
-    /// Dropping the set aborts every request still running.
-    calls: JoinSet<()>,
-}
-
-impl Actor for ModelActor {
-    type Msg = ModelMsg;
-    type State = ModelActorState;
-    type Arguments = ModelActorArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        args.address.publish(myself);
-        Ok(ModelActorState {
-            client: args.client,
-            calls: JoinSet::new(),
-        })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match message {
-            ModelMsg::Complete {
-                request,
-                taken,
-                reply,
-            } => {
-                taken.mark();
-                while state.calls.try_join_next().is_some() {}
-                let client = Arc::clone(&state.client);
-                state.calls.spawn(async move {
-                    let answer = client.complete(&request).await;
-                    // The caller may have given up; that is its business.
-                    let _ = reply.send(answer);
-                });
-            }
-        }
-        Ok(())
-    }
-}
+pub type ModelActorArgs = TaskArgs<ModelWork>;

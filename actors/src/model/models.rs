@@ -44,12 +44,13 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use hale_supervision::{
-    Address, ChildSpec, Strategy, SupervisorError, SupervisorRef, SupervisorSpec,
+    Address, CallError, CallPolicy, ChildSpec, Strategy, SupervisedCall, SupervisorError,
+    SupervisorRef, SupervisorSpec, Task,
 };
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::actor::{ModelActor, ModelActorArgs};
+use super::actor::{ModelActor, ModelActorArgs, ModelWork};
 use super::{
     AnthropicClient, ModelClient, ModelConfig, ModelMsg, ModelReply, ModelRequest, OpenAiClient,
     Provider, ScriptedModel,
@@ -64,7 +65,6 @@ use crate::recovery::{
     counts_against_endpoint,
 };
 use crate::tool::closest_first;
-use crate::tool_actor::Taken;
 
 /// The prefix of a model's endpoint name in [`Endpoints`]: the breaker
 /// and retry budget of model `gpt` are those of `model/gpt`, so a model
@@ -364,9 +364,9 @@ impl Models {
             let id = entry.config.name.clone();
             spec = spec.child(ChildSpec::worker(id, move || {
                 (
-                    ModelActor,
+                    ModelActor::new(),
                     ModelActorArgs {
-                        client: Arc::clone(&entry.client),
+                        work: ModelWork(Arc::clone(&entry.client)),
                         address: entry.address.clone(),
                     },
                 )
@@ -618,36 +618,26 @@ impl Models {
         request: &Arc<ModelRequest>,
     ) -> Result<ModelReply, ToolOutcome> {
         let name = &entry.config.name;
-        let limit = entry.config.timeout + REPLY_SLACK;
-        let mut actor = entry.address.live(self.ready_wait).await;
         // A request the actor never took (it died first) reached nothing
         // and goes to the replacement; a few times at most, since each try
         // waits for a new incarnation.
-        for _ in 0..3 {
-            let Some(current) = actor.take() else {
-                return Err(not_running(name, self.ready_wait));
-            };
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let taken = Taken::new();
-            let message = ModelMsg::Complete {
+        let policy = CallPolicy::new(self.ready_wait)
+            .reply_deadline(Some(entry.config.timeout + REPLY_SLACK));
+        let sent = SupervisedCall::new(&entry.address, policy)
+            .send(|taken, reply| Task {
                 request: Arc::clone(request),
-                taken: taken.clone(),
-                reply: tx.into(),
-            };
-            if current.send_message(message).is_ok() {
-                match tokio::time::timeout(limit, rx).await {
-                    Ok(Ok(answer)) => return answer,
-                    Ok(Err(_closed)) => {}
-                    Err(_) => {
-                        return Err(ToolOutcome::timeout(format!(
-                            "model `{name}` gave no answer within {} ms",
-                            limit.as_millis()
-                        ))
-                        .with_data(json!({ "model": name })));
-                    }
-                }
-            }
-            if taken.is_taken() {
+                taken,
+                reply,
+            })
+            .await;
+        match sent {
+            Ok(answer) => answer,
+            Err(CallError::Timeout { after }) => Err(ToolOutcome::timeout(format!(
+                "model `{name}` gave no answer within {} ms",
+                after.as_millis()
+            ))
+            .with_data(json!({ "model": name }))),
+            Err(CallError::Interrupted { .. }) => {
                 let mut outcome = ToolOutcome::from_code(
                     ErrorCode::Interrupted,
                     format!("the actor of model `{name}` stopped while the request was running"),
@@ -655,14 +645,10 @@ impl Models {
                 .with_data(json!({ "model": name }));
                 // A completion changes nothing, so asking again is safe.
                 outcome.retryable = true;
-                return Err(outcome);
+                Err(outcome)
             }
-            actor = entry
-                .address
-                .live_other_than(&current, self.ready_wait)
-                .await;
+            Err(CallError::NotRunning { waited, .. }) => Err(not_running(name, waited)),
         }
-        Err(not_running(name, self.ready_wait))
     }
 
     fn report_failure(
