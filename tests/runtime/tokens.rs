@@ -313,5 +313,18 @@ async fn a_context_overflow_is_healed_by_compaction_and_recorded_as_a_fix() {
     let fixes = of_kind(&all, &EventKind::Fix);
     assert_eq!(fixes.len(), 2, "{fixes:?}");
     assert_eq!(fixes[1].data["healed"], false);
+
+    // Nothing to compact (no tool output at all): no retry, no fix.
+    let fresh = runtime.create_session("default").await.unwrap();
+    let text = json!({"reply": "done", "context_window": 10}).to_string();
+    let record = ask(&runtime, &fresh, &text, WAIT).await;
+    assert_eq!(record.state, MessageState::Failed, "{record:?}");
+    let all = events(&runtime, Some(&fresh)).await;
+    assert!(of_kind(&all, &EventKind::Fix).is_empty());
+    let attempts = of_kind(&all, &EventKind::ToolAttempt)
+        .into_iter()
+        .filter(|e| e.source.starts_with("model/"))
+        .count();
+    assert!(attempts <= 1, "the model was asked {attempts} times");
     runtime.shutdown().await.unwrap();
 }
