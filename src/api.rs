@@ -10,6 +10,7 @@
 //! generated from the same handler annotations the router is built from
 //! (`utoipa-axum`), so the two cannot drift.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -430,6 +431,31 @@ pub struct SessionDetail {
     pub pending_approval: Option<String>,
     /// The error of its last failed message, if any.
     pub last_error: Option<String>,
+    /// The tokens its model turns used, as the models reported them.
+    pub usage: TokenUsage,
+    /// The same, per model (by the model's configured name).
+    pub usage_by_model: BTreeMap<String, TokenUsage>,
+}
+
+/// Tokens used, as the models reported them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenUsage {
+    /// Prompt tokens (cached ones included).
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+    /// Prompt tokens served from the provider's cache.
+    pub cached_tokens: u64,
+}
+
+impl From<hale_actors::model::Usage> for TokenUsage {
+    fn from(u: hale_actors::model::Usage) -> Self {
+        Self {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            cached_tokens: u.cached_tokens,
+        }
+    }
 }
 
 /// `POST /v1/sessions/{id}/messages` body.
@@ -729,7 +755,7 @@ async fn list_sessions(
     ))
 }
 
-/// One session: state, budget, pending approval, last error.
+/// One session: state, budget, pending approval, last error, tokens used.
 #[utoipa::path(get, path = "/v1/sessions/{id}", params(("id" = String, Path, description = "session id")),
     responses((status = 200, body = SessionDetail), (status = 404, body = ErrorBody),
         (status = 500, body = ErrorBody, description = "its journal could not be read"),
@@ -784,6 +810,17 @@ async fn get_session(
         .iter()
         .find(|a| a.name == record.agent)
         .map_or(0, |a| a.budget);
+    let tokens = state
+        .runtime
+        .store()
+        .session_tokens(id.clone())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let usage = tokens
+        .iter()
+        .fold(hale_actors::model::Usage::default(), |sum, t| {
+            sum.plus(t.usage)
+        });
     Ok(Json(SessionDetail {
         id: record.id,
         agent: record.agent,
@@ -796,6 +833,11 @@ async fn get_session(
         budget,
         pending_approval,
         last_error,
+        usage: usage.into(),
+        usage_by_model: tokens
+            .into_iter()
+            .map(|t| (t.model, t.usage.into()))
+            .collect(),
     }))
 }
 

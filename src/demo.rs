@@ -1076,6 +1076,7 @@ impl<'a> Timeline<'a> {
             }
             EventKind::EscalationOpened => vec![(Label::Escalate, event.message.clone())],
             EventKind::EscalationResolved => vec![(Label::Decide, event.message.clone())],
+            EventKind::Fix => vec![(Label::Fix, clip(&event.message, 100))],
             _ => Vec::new(),
         }
     }

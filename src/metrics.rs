@@ -26,6 +26,10 @@ use hale_actors::audit::Redactor;
 use hale_actors::event::{Event, EventKind, EventSink, Level};
 use tokio::sync::broadcast;
 
+/// The kinds of `hale_model_tokens_total`, as `model_usage` events name
+/// them (`<kind>_tokens`).
+const TOKEN_KINDS: [&str; 3] = ["prompt", "completion", "cached"];
+
 /// A gauge to render: name, help, and (labels, value) samples.
 pub type Gauge<'a> = (&'a str, &'a str, Vec<(String, f64)>);
 
@@ -34,6 +38,8 @@ pub type Gauge<'a> = (&'a str, &'a str, Vec<(String, f64)>);
 pub struct Metrics {
     tool_calls: DashMap<String, AtomicU64>,
     model_calls: DashMap<String, AtomicU64>,
+    /// Tokens by (model, kind), from `model_usage` events.
+    model_tokens: DashMap<(String, &'static str), AtomicU64>,
     retries: AtomicU64,
     fallbacks: AtomicU64,
     restarts: AtomicU64,
@@ -97,6 +103,7 @@ impl Metrics {
                 let state = event.data["state"].as_str().unwrap_or("done");
                 Self::bump(&self.messages, state);
             }
+            EventKind::ModelUsage => self.count_tokens(event),
             EventKind::SessionStalled => {
                 self.stalled.fetch_add(1, Ordering::Relaxed);
             }
@@ -107,6 +114,39 @@ impl Metrics {
             }
             _ => {}
         }
+    }
+
+    /// Adds a `model_usage` event's tokens to its model's counters.
+    fn count_tokens(&self, event: &Event) {
+        let Some(model) = event.data["model"].as_str() else {
+            return;
+        };
+        for kind in TOKEN_KINDS {
+            let n = event.data[format!("{kind}_tokens")].as_u64().unwrap_or(0);
+            if let Some(counter) = self.model_tokens.get(&(model.to_owned(), kind)) {
+                counter.fetch_add(n, Ordering::Relaxed);
+                continue;
+            }
+            self.model_tokens
+                .entry((model.to_owned(), kind))
+                .or_default()
+                .fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Tokens the models reported, by (model, kind): `prompt`,
+    /// `completion`, `cached` (cached tokens are part of the prompt).
+    pub fn model_tokens(&self) -> BTreeMap<(String, String), u64> {
+        self.model_tokens
+            .iter()
+            .map(|e| {
+                let (model, kind) = e.key();
+                (
+                    (model.clone(), (*kind).to_owned()),
+                    e.value().load(Ordering::Relaxed),
+                )
+            })
+            .collect()
     }
 
     /// The gauges kept from events.
@@ -183,6 +223,20 @@ impl Metrics {
                     (
                         format!("{{code=\"{}\"}}", escape(e.key())),
                         e.value().load(Ordering::Relaxed),
+                    )
+                })
+                .collect(),
+        );
+        counter(
+            "hale_model_tokens_total",
+            "Tokens the models reported, by model and kind (prompt, completion, cached; \
+             cached tokens are part of the prompt).",
+            self.model_tokens()
+                .into_iter()
+                .map(|((model, kind), n)| {
+                    (
+                        format!("{{model=\"{}\",kind=\"{kind}\"}}", escape(&model)),
+                        n,
                     )
                 })
                 .collect(),
@@ -555,6 +609,30 @@ mod tests {
         assert!(text.contains("hale_retries_total 1"));
         assert!(text.contains("hale_messages_finished_total{state=\"done\"} 1"));
         assert!(text.contains("# TYPE hale_sessions gauge\nhale_sessions 3"));
+    }
+
+    #[test]
+    fn model_usage_events_add_up_per_model_and_kind() {
+        let tap = EventTap::new(Arc::new(MemorySink::new()));
+        let usage = |model: &str, prompt: u64, completion: u64, cached: u64| {
+            Event::new(Level::Info, "s", EventKind::ModelUsage, "u").with_data(serde_json::json!({
+                "model": model, "prompt_tokens": prompt, "completion_tokens": completion,
+                "cached_tokens": cached, "turn": 0, "message": "s:1",
+            }))
+        };
+        tap.emit(usage("gpt", 100, 10, 40));
+        tap.emit(usage("gpt", 50, 5, 0));
+        tap.emit(usage("claude", 7, 3, 0));
+        let tokens = tap.metrics().model_tokens();
+        let get = |m: &str, k: &str| tokens[&(m.to_owned(), k.to_owned())];
+        assert_eq!(get("gpt", "prompt"), 150);
+        assert_eq!(get("gpt", "completion"), 15);
+        assert_eq!(get("gpt", "cached"), 40);
+        assert_eq!(get("claude", "cached"), 0);
+        let text = tap.metrics().render(&[]);
+        assert!(text.contains("# TYPE hale_model_tokens_total counter"));
+        assert!(text.contains("hale_model_tokens_total{model=\"gpt\",kind=\"prompt\"} 150"));
+        assert!(text.contains("hale_model_tokens_total{model=\"claude\",kind=\"completion\"} 3"));
     }
 
     fn breaker(source: &str, to: &str) -> Event {

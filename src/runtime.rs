@@ -271,6 +271,7 @@ pub fn default_agent(models: &[String]) -> AgentSpec {
         tools: DEFAULT_TOOLS.iter().map(|t| (*t).to_owned()).collect(),
         mcp: vec!["*".to_owned()],
         budget: AgentSpec::DEFAULT_BUDGET,
+        token_budget: None,
     }
 }
 

@@ -201,6 +201,12 @@ async fn sessions_and_messages_round_trip_and_bad_input_is_a_4xx_json_error() {
     assert_eq!(detail["state"], "idle");
     assert_eq!(detail["messages"], 2);
     assert_eq!(detail["budget"], 50);
+    // The scripted model reports usage: two replies' tokens, all by it.
+    let usage = &detail["usage"];
+    assert!(usage["prompt_tokens"].as_u64().unwrap() > 0, "{detail}");
+    assert!(usage["completion_tokens"].as_u64().unwrap() > 0, "{detail}");
+    assert!(usage["cached_tokens"].is_u64(), "{detail}");
+    assert_eq!(&detail["usage_by_model"]["scripted"], usage);
 
     // Validation: each a 4xx JSON error, never a 500.
     let raw = api
@@ -820,6 +826,11 @@ async fn the_document_offers_only_what_the_handlers_accept() {
     let api = Api::start(false, |_| {}).await;
     let (_, doc) = api.call(Method::GET, "/v1/openapi.json", None).await;
     let schemas = &doc["components"]["schemas"];
+    // The session's token usage is documented with its three counts.
+    let usage = &schemas["SessionDetail"]["properties"]["usage"]["$ref"];
+    assert_eq!(usage, "#/components/schemas/TokenUsage");
+    let counts = schemas["TokenUsage"]["required"].as_array().unwrap();
+    assert_eq!(counts.len(), 3, "{counts:?}");
     // Only the configured agents and models: any other name is a 400.
     let agent = &schemas["CreateSession"]["properties"]["agent"]["oneOf"][0];
     assert_eq!(agent["enum"], json!(["default"]));

@@ -84,6 +84,7 @@ fn no_file_means_every_default() {
             mcp: vec![],
             budget: 50,
             system_prompt: None,
+            token_budget: None,
         }]
     );
     let builtin = config.builtin_config();
@@ -247,6 +248,7 @@ models = ["claude", "gpt", "scripted"]
 tools = ["exec", "read_file", "weather-backup__forecast", "weather"]
 mcp = []
 budget = 10
+token_budget = 120000
 system_prompt = "Keep it running."
 
 [[agents]]
@@ -412,6 +414,7 @@ fn a_full_example_maps_to_the_actor_configs() {
                 mcp: vec!["weather".into()],
                 budget: 10,
                 system_prompt: Some("Keep it running.".into()),
+                token_budget: Some(120_000),
             },
             AgentConfig {
                 name: "reader".into(),
@@ -420,6 +423,7 @@ fn a_full_example_maps_to_the_actor_configs() {
                 mcp: vec!["weather".into(), "weather-backup".into()],
                 budget: 25,
                 system_prompt: None,
+                token_budget: None,
             },
         ]
     );
@@ -608,6 +612,8 @@ fn agent_errors_name_the_choices() {
     assert_eq!(line_of(twice, "configured twice (first at line 2)"), 4);
     let budget = "[[agents]]\nname = \"a\"\nbudget = 0\n";
     assert_eq!(line_of(budget, "budget must be at least 1"), 3);
+    let tokens = "[[agents]]\nname = \"a\"\ntoken_budget = 0\n";
+    assert_eq!(line_of(tokens, "token_budget must be at least 1"), 3);
     let empty = "[[agents]]\nname = \"a\"\nmodels = []\n";
     assert_eq!(line_of(empty, "at least one model"), 2);
 }

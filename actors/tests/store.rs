@@ -597,3 +597,83 @@ async fn acknowledged_appends_survive_kill_9() {
         );
     }
 }
+
+/// Token usage: summed per session and model with the journal write of
+/// each turn, per agent by its sessions, kept across a reopen, and gone
+/// with a session retention deletes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_usage_is_summed_per_session_model_and_agent() {
+    use hale_actors::model::Usage;
+    use hale_actors::store::{SessionStore, TurnUsage};
+    let dir = tempfile::tempdir().unwrap();
+    let usage = |p, c, k| Usage {
+        prompt_tokens: p,
+        completion_tokens: c,
+        cached_tokens: k,
+    };
+    let turn = |model: &str, u: Usage| TurnUsage {
+        model: model.into(),
+        usage: u,
+    };
+    {
+        let store = open(dir.path()).await;
+        for (id, agent) in [("a", "ops"), ("b", "ops"), ("c", "reader")] {
+            assert!(store.create_session(id.into(), agent.into()).await.unwrap());
+        }
+        let writes = [
+            ("a", turn("gpt", usage(100, 10, 50))),
+            ("a", turn("gpt", usage(200, 20, 0))),
+            ("a", turn("claude", usage(7, 3, 1))),
+            ("b", turn("gpt", usage(1, 1, 1))),
+            ("c", turn("gpt", usage(5, 5, 5))),
+        ];
+        for (session, usage) in writes {
+            store
+                .journal_turn(session.into(), 1, "{}".into(), usage)
+                .await
+                .unwrap();
+        }
+        // A plain journal write counts nothing.
+        store.journal("a".into(), 1, "{}".into()).await.unwrap();
+        store.close().await.unwrap();
+    }
+    let store = open(dir.path()).await;
+    let a = store.session_tokens("a".into()).await.unwrap();
+    assert_eq!(a.len(), 2);
+    assert_eq!(
+        (a[0].model.as_str(), a[0].usage, a[0].turns),
+        ("claude", usage(7, 3, 1), 1)
+    );
+    assert_eq!(
+        (a[1].model.as_str(), a[1].usage, a[1].turns),
+        ("gpt", usage(300, 30, 50), 2)
+    );
+    assert_eq!(store.journal_entries("a".into()).await.unwrap().len(), 4);
+    assert!(
+        store
+            .session_tokens("nobody".into())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let agents = store.agent_tokens().await.unwrap();
+    let of = |agent: &str, model: &str| {
+        agents
+            .iter()
+            .find(|t| t.agent == agent && t.model == model)
+            .map(|t| (t.usage, t.turns))
+    };
+    assert_eq!(agents.len(), 3);
+    assert_eq!(of("ops", "gpt"), Some((usage(301, 31, 51), 3)));
+    assert_eq!(of("ops", "claude"), Some((usage(7, 3, 1), 1)));
+    assert_eq!(of("reader", "gpt"), Some((usage(5, 5, 5), 1)));
+    // A deleted session's rows go with it when retention deletes it.
+    assert!(store.delete_session("c".into()).await.unwrap());
+    let later = Timestamp::now()
+        .checked_add(SignedDuration::from_hours(1))
+        .unwrap();
+    store.prune_deleted_sessions(later, 1000).await.unwrap();
+    assert!(store.session_tokens("c".into()).await.unwrap().is_empty());
+    assert_eq!(store.agent_tokens().await.unwrap().len(), 2);
+    store.close().await.unwrap();
+}

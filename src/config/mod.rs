@@ -260,6 +260,9 @@ pub struct AgentConfig {
     /// The agent's own system prompt, before MEMORY.md; hale's default
     /// when `None`.
     pub system_prompt: Option<String>,
+    /// Tokens (prompt and completion) one inbound message may use before
+    /// a human is asked; `None` (the default): no cap.
+    pub token_budget: Option<u64>,
 }
 
 /// `[serve]`: the limits of `hale serve`'s HTTP server. Each one bounds
@@ -1305,6 +1308,7 @@ impl Resolver<'_> {
                 mcp: all_servers,
                 budget: session.iteration_budget,
                 system_prompt: None,
+                token_budget: None,
             }]);
         }
         let server_set: BTreeSet<&str> = all_servers.iter().map(String::as_str).collect();
@@ -1417,6 +1421,16 @@ impl Resolver<'_> {
                 Some(b) => *b.get_ref(),
                 None => session.iteration_budget,
             };
+            let token_budget = match &entry.token_budget {
+                Some(b) if *b.get_ref() == 0 => {
+                    return Err(self.invalid(
+                        Some(b.span()),
+                        ctx("token_budget must be at least 1 (omit it for no cap)".into()),
+                    ));
+                }
+                Some(b) => Some(*b.get_ref()),
+                None => None,
+            };
             agents.push(AgentConfig {
                 name: name.clone(),
                 models: agent_models,
@@ -1424,6 +1438,7 @@ impl Resolver<'_> {
                 mcp: dedup(mcp),
                 budget,
                 system_prompt: entry.system_prompt.clone(),
+                token_budget,
             });
         }
         Ok(agents)

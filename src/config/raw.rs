@@ -208,6 +208,8 @@ pub(crate) struct RawAgent {
     pub mcp: Option<Vec<Spanned<String>>>,
     pub budget: Option<Spanned<u32>>,
     pub system_prompt: Option<String>,
+    // issue 13 (tokens): the per-message token budget.
+    pub token_budget: Option<Spanned<u64>>,
 }
 
 /// A duration string, parsed (and so checked, with the value's span) while

@@ -140,5 +140,6 @@ pub fn agent_spec(agent: AgentConfig) -> AgentSpec {
         tools: agent.tools,
         mcp: agent.mcp,
         budget: agent.budget,
+        token_budget: agent.token_budget,
     }
 }

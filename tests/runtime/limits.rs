@@ -15,7 +15,8 @@ use hale::actors::event::EventKind;
 use hale::actors::model::{ModelConfig, Provider};
 use hale::actors::session::{CONTINUE, STOP, StallBackoff};
 use hale::actors::store::{
-    Finish, JournalRecord, MessageRecord, MessageState, SessionRecord, SessionStore, StoreError,
+    AgentTokens, Finish, JournalRecord, MessageRecord, MessageState, ModelTokens, SessionRecord,
+    SessionStore, StoreError, TurnUsage,
 };
 use hale::actors::tool::BoxFuture;
 use hale::api::{ApiState, router};
@@ -357,6 +358,33 @@ impl SessionStore for FullDisk {
     }
     fn agent_models(&self) -> BoxFuture<'_, Result<Vec<(String, String)>, StoreError>> {
         self.inner.agent_models()
+    }
+    fn journal_turn(
+        &self,
+        session: String,
+        message: u64,
+        entry: String,
+        usage: TurnUsage,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        if self.full.load(Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Box::pin(async {
+                Err(StoreError::Database {
+                    op: "journal",
+                    source: "database or disk is full".into(),
+                })
+            });
+        }
+        self.inner.journal_turn(session, message, entry, usage)
+    }
+    fn session_tokens(
+        &self,
+        session: String,
+    ) -> BoxFuture<'_, Result<Vec<ModelTokens>, StoreError>> {
+        self.inner.session_tokens(session)
+    }
+    fn agent_tokens(&self) -> BoxFuture<'_, Result<Vec<AgentTokens>, StoreError>> {
+        self.inner.agent_tokens()
     }
 }
 

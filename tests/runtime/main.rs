@@ -10,3 +10,4 @@ mod retention;
 mod scenarios;
 mod sessions;
 mod support;
+mod tokens;

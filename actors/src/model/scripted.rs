@@ -30,11 +30,23 @@
 //! an object with neither key) gets `ok: received <n> characters`, `n`
 //! counting the message's characters. No user message at all gets
 //! `ok: received 0 characters`.
+//!
+//! # Context window and usage
+//! A plan may set `"context_window": <bytes>`: while the conversation
+//! (its messages serialized, as `context_budget::total_size` counts them)
+//! is larger, the model answers `CONTEXT_TOO_LONG` with the message
+//! `prompt is too long: <size> bytes > <window> maximum`, as Anthropic
+//! words it. Every reply of [`ScriptedModel`] reports a usage that is a
+//! pure function of the request and the reply ([`scripted_usage`]): four
+//! bytes a token, rounded up; the system prompt counts as the cached
+//! prefix.
 
 use serde_json::{Map, Value, json};
 
-use super::{ChatMessage, ModelClient, ModelReply, ModelRequest, ToolCallRequest};
+use super::{ChatMessage, ModelClient, ModelReply, ModelRequest, ToolCallRequest, Usage};
+use crate::catalog::ErrorCode;
 use crate::outcome::ToolOutcome;
+use crate::session::context_budget::total_size;
 use crate::tool::BoxFuture;
 
 /// The scripted model under a configured name.
@@ -59,10 +71,56 @@ impl ModelClient for ScriptedModel {
         &'a self,
         request: &'a ModelRequest,
     ) -> BoxFuture<'a, Result<ModelReply, ToolOutcome>> {
+        if let Some(overflow) = scripted_overflow(request) {
+            return Box::pin(async move { Err(overflow) });
+        }
         let mut reply = scripted_reply(request);
         reply.model = self.name.clone();
+        reply.usage = Some(scripted_usage(request, &reply));
         Box::pin(async move { Ok(reply) })
     }
+}
+
+/// The usage [`ScriptedModel`] reports for `reply` to `request`: prompt
+/// tokens are the system prompt's and the conversation's bytes (as
+/// `context_budget::total_size` counts them), completion tokens the
+/// reply's text and tool calls' bytes, cached tokens the system prompt's,
+/// each at four bytes a token (prompt and completion rounded up, cached
+/// down, so cached never exceeds prompt).
+pub fn scripted_usage(request: &ModelRequest, reply: &ModelReply) -> Usage {
+    let prompt = request.system.len() + total_size(&request.messages);
+    let calls = if reply.tool_calls.is_empty() {
+        0
+    } else {
+        serde_json::to_string(&reply.tool_calls).map_or(0, |s| s.len())
+    };
+    let completion = reply.text.as_ref().map_or(0, String::len) + calls;
+    let tokens = |bytes: usize| u64::try_from(bytes.div_ceil(4)).unwrap_or(u64::MAX);
+    Usage {
+        prompt_tokens: tokens(prompt),
+        completion_tokens: tokens(completion),
+        cached_tokens: u64::try_from(request.system.len() / 4).unwrap_or(u64::MAX),
+    }
+}
+
+/// The `CONTEXT_TOO_LONG` answer to `request` when the last user
+/// message's plan sets a `context_window` its conversation exceeds.
+pub fn scripted_overflow(request: &ModelRequest) -> Option<ToolOutcome> {
+    let text = request.messages.iter().rev().find_map(|m| match m {
+        ChatMessage::User { text } => Some(text),
+        _ => None,
+    })?;
+    let Ok(Value::Object(plan)) = serde_json::from_str::<Value>(text) else {
+        return None;
+    };
+    let window = plan.get("context_window").and_then(Value::as_u64)?;
+    let size = total_size(&request.messages);
+    (u64::try_from(size).unwrap_or(u64::MAX) > window).then(|| {
+        ToolOutcome::from_code(
+            ErrorCode::ContextTooLong,
+            format!("prompt is too long: {size} bytes > {window} maximum"),
+        )
+    })
 }
 
 /// One step of a plan.
@@ -210,4 +268,46 @@ fn steps_from(value: &Value, at: &str) -> Result<Vec<Step>, String> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn asked(text: &str, system: &str) -> ModelRequest {
+        ModelRequest {
+            system: system.into(),
+            messages: vec![ChatMessage::User { text: text.into() }],
+            ..ModelRequest::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn replies_report_a_usage_derived_from_sizes() {
+        let request = asked("hello", "be brief");
+        let reply = ScriptedModel::new("s").complete(&request).await.unwrap();
+        let usage = reply.usage.unwrap();
+        let prompt = 8 + total_size(&request.messages);
+        assert_eq!(usage.prompt_tokens, prompt.div_ceil(4) as u64);
+        let text = reply.text.as_ref().unwrap().len();
+        assert_eq!(usage.completion_tokens, text.div_ceil(4) as u64);
+        assert_eq!(usage.cached_tokens, 2);
+        assert_eq!(scripted_usage(&request, &reply), usage);
+    }
+
+    #[tokio::test]
+    async fn a_plan_over_its_context_window_overflows() {
+        let small = asked(r#"{"reply": "hi", "context_window": 100000}"#, "");
+        assert!(ScriptedModel::new("s").complete(&small).await.is_ok());
+        let big = asked(r#"{"reply": "hi", "context_window": 10}"#, "");
+        let outcome = ScriptedModel::new("s").complete(&big).await.unwrap_err();
+        assert_eq!(outcome.code, Some(ErrorCode::ContextTooLong));
+        assert!(
+            outcome.message.ends_with("bytes > 10 maximum"),
+            "{}",
+            outcome.message
+        );
+        assert!(scripted_overflow(&asked("not a plan", "")).is_none());
+    }
 }

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::model::{ChatMessage, ModelReply};
+use crate::model::{ChatMessage, ModelReply, Usage};
 use crate::outcome::ToolOutcome;
 
 /// One journal entry.
@@ -82,6 +82,12 @@ pub enum Entry {
         /// The turn number the message may now reach.
         limit: u32,
     },
+    /// A human let the message spend more tokens (`[[agents]]
+    /// token_budget`).
+    TokensGranted {
+        /// The tokens (prompt and completion) the message may now reach.
+        limit: u64,
+    },
     /// The session switched model (`switch_model`).
     Switched {
         /// The model now first in the chain.
@@ -128,6 +134,10 @@ pub struct Progress {
     pub budget_left: Option<u32>,
     /// The model-turn cap a human granted, if one did.
     pub turn_limit: Option<u32>,
+    /// The tokens the message's recorded turns used (each turn once).
+    pub usage: Usage,
+    /// The token cap a human granted, if one did.
+    pub token_limit: Option<u64>,
     /// The conversation of this message after its user text, in journal
     /// order (assistant turns, tool results, decisions).
     pub transcript: Vec<ChatMessage>,
@@ -168,6 +178,9 @@ impl Progress {
                         text: reply.text.clone(),
                         tool_calls: reply.tool_calls.clone(),
                     });
+                    if let Some(usage) = reply.usage {
+                        self.usage = self.usage.plus(usage);
+                    }
                     slot.insert(reply);
                 }
             }
@@ -217,6 +230,7 @@ impl Progress {
             }
             Entry::BudgetGranted { budget } => self.budget_left = Some(budget),
             Entry::TurnsGranted { limit } => self.turn_limit = Some(limit),
+            Entry::TokensGranted { limit } => self.token_limit = Some(limit),
             Entry::Switched { .. } => {}
         }
     }
@@ -297,6 +311,56 @@ mod tests {
         let p = Progress::replay(entries.iter().map(String::as_str));
         assert_eq!(p.turn_limit, Some(100));
         assert_eq!(Progress::default().turn_limit, None);
+    }
+
+    fn turn_with_usage(n: u32, prompt: u64, completion: u64) -> String {
+        let mut entry: Entry = serde_json::from_str(&turn(n, &format!("c{n}"))).unwrap();
+        if let Entry::Turn { reply, .. } = &mut entry {
+            reply.usage = Some(Usage {
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+                cached_tokens: 1,
+            });
+        }
+        entry.to_json()
+    }
+
+    #[test]
+    fn usage_round_trips_and_each_turn_counts_once() {
+        let first = turn_with_usage(0, 100, 10);
+        let Entry::Turn { reply, .. } = serde_json::from_str::<Entry>(&first).unwrap() else {
+            panic!("not a turn");
+        };
+        assert_eq!(
+            reply.usage,
+            Some(Usage {
+                prompt_tokens: 100,
+                completion_tokens: 10,
+                cached_tokens: 1
+            })
+        );
+        // A second incarnation's record of turn 0 is not replayed, so its
+        // usage is not counted twice; a replay of the same journal gives
+        // the same sum.
+        let entries = [
+            first,
+            turn_with_usage(0, 999, 999),
+            turn_with_usage(1, 200, 20),
+            Entry::TokensGranted { limit: 5000 }.to_json(),
+        ];
+        let p = Progress::replay(entries.iter().map(String::as_str));
+        let again = Progress::replay(entries.iter().map(String::as_str));
+        let want = Usage {
+            prompt_tokens: 300,
+            completion_tokens: 30,
+            cached_tokens: 2,
+        };
+        assert_eq!(p.usage, want);
+        assert_eq!(again.usage, want);
+        assert_eq!(p.token_limit, Some(5000));
+        // A reply without usage (an older journal) counts nothing.
+        let old = Progress::replay([turn(0, "c0")].iter().map(String::as_str));
+        assert_eq!(old.usage, Usage::default());
     }
 
     #[test]

@@ -69,6 +69,9 @@ pub struct AgentSpec {
     pub mcp: Vec<String>,
     /// Tool calls per inbound message, retries and fallbacks included.
     pub budget: u32,
+    /// Tokens (prompt and completion, as the models report them) one
+    /// inbound message may use before a human is asked; `None`: no cap.
+    pub token_budget: Option<u64>,
 }
 
 impl AgentSpec {

@@ -4,8 +4,11 @@
 //! this code can be killed anywhere and run again from the top: a step
 //! already recorded is read back, never redone.
 
+mod heal;
+mod tokens;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -168,6 +171,9 @@ pub(super) struct MessageRun<'a> {
     /// A model reply the journal refused earlier, to write instead of
     /// asking the model again.
     pub held: Option<&'a std::sync::Mutex<Option<HeldTurn>>>,
+    /// The conversation budget after a `CONTEXT_TOO_LONG` was healed
+    /// (see `heal`); 0 while the configured one holds.
+    context_budget: AtomicUsize,
 }
 
 impl<'a> MessageRun<'a> {
@@ -214,6 +220,7 @@ impl<'a> MessageRun<'a> {
             tools,
             stalls: None,
             held: None,
+            context_budget: AtomicUsize::new(0),
         }
     }
 
@@ -260,11 +267,16 @@ impl<'a> MessageRun<'a> {
             .store
             .journal(self.session.to_owned(), self.message.seq, entry.to_json())
             .await?;
+        self.wrote(entry);
+        Ok(())
+    }
+
+    /// An entry is committed: a stall ends, the progress takes it.
+    fn wrote(&mut self, entry: Entry) {
         if let Some(stalls) = self.stalls {
             stalls.resumed(self.session, &self.source(), self.env.sink.as_ref());
         }
         self.progress.apply(entry);
-        Ok(())
     }
 
     /// Model turns this message may take before a human is asked.
@@ -310,19 +322,18 @@ impl<'a> MessageRun<'a> {
                     {
                         return Ok(self.finish(MessageState::Failed, None, Some(error)));
                     }
+                    if let After::Stop(error) = self.tokens_check(turn).await? {
+                        return Ok(self.finish(MessageState::Failed, None, Some(error)));
+                    }
                     // A reply the journal refused before is written now,
                     // not asked for again (each ask is a paid request).
                     let asked = match self.held_reply(turn) {
                         Some(reply) => Ok(reply),
-                        None => self.ask_model_patiently(&system).await,
+                        None => self.ask_model_healing(&system, turn).await,
                     };
                     match asked {
                         Ok(reply) => {
-                            let entry = Entry::Turn {
-                                turn,
-                                reply: reply.clone(),
-                            };
-                            if let Err(e) = self.journal(entry).await {
+                            if let Err(e) = self.journal_turn(turn, &reply).await {
                                 self.hold(turn, Some(reply));
                                 return Err(e);
                             }
@@ -411,13 +422,19 @@ impl<'a> MessageRun<'a> {
         }
     }
 
-    async fn ask_model(&self, system: &str) -> Result<ModelReply, ToolOutcome> {
+    /// The conversation a model turn is shown, before fitting.
+    fn conversation(&self) -> Vec<ChatMessage> {
         let mut messages = self.history.clone();
         messages.push(ChatMessage::User {
             text: self.message.text.clone(),
         });
         messages.extend(self.progress.conversation().cloned());
-        let budget = self.env.settings.context_budget_bytes;
+        messages
+    }
+
+    async fn ask_model(&self, system: &str) -> Result<ModelReply, ToolOutcome> {
+        let messages = self.conversation();
+        let budget = self.context_budget();
         let fitted = context_budget::fit(&messages, budget);
         let mut system = system.to_owned();
         if let Some(note) = fitted.elided.note(budget) {

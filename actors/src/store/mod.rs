@@ -32,7 +32,8 @@ use crate::tool::BoxFuture;
 
 pub use schema::{MIGRATIONS, Migration};
 pub use sessions::{
-    Finish, JournalRecord, MessageRecord, MessageState, SessionRecord, SessionStore,
+    AgentTokens, Finish, JournalRecord, MessageRecord, MessageState, ModelTokens, SessionRecord,
+    SessionStore, TurnUsage,
 };
 pub use sqlite::{
     DEFAULT_PATH, Durability, GaugeCounts, PRIVATE_FILE_MODE, SqliteStore, StoreConfig,

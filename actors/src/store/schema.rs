@@ -38,6 +38,12 @@
 //!   trail's size in bytes as rows come and go (see [`AUDIT_ROW_BYTES`]),
 //!   so retention by bytes never has to sum the table; and indexes for the
 //!   retention sweeps.
+//! - Migration 4: `session_usage` holds the tokens each session used,
+//!   per model (`turns` counts the replies summed). A model turn's row is
+//!   updated in the transaction that journals the turn, so a journal
+//!   replayed after a restart never counts a turn again, and the totals
+//!   outlive the compaction of journals. Per agent is a join on
+//!   `sessions`.
 
 /// One step of the schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +148,21 @@ INSERT INTO audit_size (id, bytes)
         + length(CAST(kind AS BLOB)) + coalesce(length(CAST(code AS BLOB)), 0)
         + length(CAST(message AS BLOB)) + coalesce(length(CAST(data AS BLOB)), 0)), 0)
     FROM audit_events;
+"#,
+    },
+    Migration {
+        version: 4,
+        name: "token usage per session and model",
+        sql: r#"
+CREATE TABLE session_usage (
+    session           TEXT NOT NULL,
+    model             TEXT NOT NULL,
+    prompt_tokens     INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cached_tokens     INTEGER NOT NULL,
+    turns             INTEGER NOT NULL,
+    PRIMARY KEY (session, model)
+) STRICT;
 "#,
     },
 ];

@@ -19,6 +19,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
+use crate::model::Usage;
 use crate::tool::BoxFuture;
 
 /// Where a message is in its life.
@@ -128,6 +129,39 @@ pub struct Finish {
     pub reply: Option<String>,
     /// The error, for a failed message.
     pub error: Option<String>,
+}
+
+/// The tokens a session used with one model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelTokens {
+    /// The model's configured name.
+    pub model: String,
+    /// The tokens, summed over its replies.
+    pub usage: Usage,
+    /// The replies summed.
+    pub turns: u64,
+}
+
+/// The tokens an agent's sessions used with one model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentTokens {
+    /// The agent.
+    pub agent: String,
+    /// The model's configured name.
+    pub model: String,
+    /// The tokens, summed over its sessions' replies.
+    pub usage: Usage,
+    /// The replies summed.
+    pub turns: u64,
+}
+
+/// A model turn's usage, counted with its journal entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnUsage {
+    /// The model that answered.
+    pub model: String,
+    /// What it reported.
+    pub usage: Usage,
 }
 
 /// The durable operations of sessions. Writes resolve once committed.
@@ -240,6 +274,30 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Every recorded agent-wide switch: `(agent, model)`.
     fn agent_models(&self) -> BoxFuture<'_, Result<Vec<(String, String)>, StoreError>>;
+
+    /// Appends a model turn's journal entry (as [`journal`](Self::journal))
+    /// and adds `usage` to the session's totals, in one transaction: a
+    /// turn is counted exactly when its entry is written, so replaying
+    /// the journal never counts it again, and a write that fails counts
+    /// nothing.
+    fn journal_turn(
+        &self,
+        session: String,
+        message: u64,
+        entry: String,
+        usage: TurnUsage,
+    ) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// The tokens `session` used, per model, by model name (empty for a
+    /// session that never got a reply with usage, or does not exist).
+    fn session_tokens(
+        &self,
+        session: String,
+    ) -> BoxFuture<'_, Result<Vec<ModelTokens>, StoreError>>;
+
+    /// The tokens every agent's sessions used, per agent and model
+    /// (sessions deleted by retention no longer count).
+    fn agent_tokens(&self) -> BoxFuture<'_, Result<Vec<AgentTokens>, StoreError>>;
 }
 
 /// A write of the session tables, applied by the store's writer.
@@ -270,6 +328,7 @@ pub(crate) enum SessionWrite {
         session: String,
         message: u64,
         entry: String,
+        usage: Option<TurnUsage>,
     },
     Compact {
         before: Timestamp,
@@ -412,6 +471,7 @@ pub(crate) fn apply(
             session,
             message,
             entry,
+            usage,
         } => {
             let seq: i64 = conn
                 .query_row(
@@ -426,6 +486,9 @@ pub(crate) fn apply(
                 params![session, seq, ns(now), entry, seq_i64(*message)],
             )
             .map_err(db("journal"))?;
+            if let Some(usage) = usage {
+                add_usage(conn, session, usage)?;
+            }
             Ok(seq_u64(seq))
         }
         SessionWrite::Compact { before, chunk } => {
@@ -517,7 +580,7 @@ fn prune_deleted(conn: &Connection, before: Timestamp, chunk: usize) -> Result<u
             .optional()
             .map_err(db(op))?;
         let Some(id) = oldest else { break };
-        for table in ["session_journal", "session_inbox"] {
+        for table in ["session_journal", "session_inbox", "session_usage"] {
             let n = conn
                 .execute(
                     &format!(
@@ -539,6 +602,91 @@ fn prune_deleted(conn: &Connection, before: Timestamp, chunk: usize) -> Result<u
         deleted += 1;
     }
     Ok(deleted)
+}
+
+fn tokens_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn add_usage(conn: &Connection, session: &str, turn: &TurnUsage) -> Result<(), StoreError> {
+    let u = turn.usage;
+    conn.execute(
+        "INSERT INTO session_usage \
+           (session, model, prompt_tokens, completion_tokens, cached_tokens, turns) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 1) \
+         ON CONFLICT (session, model) DO UPDATE SET \
+           prompt_tokens = prompt_tokens + ?3, completion_tokens = completion_tokens + ?4, \
+           cached_tokens = cached_tokens + ?5, turns = turns + 1",
+        params![
+            session,
+            turn.model,
+            tokens_i64(u.prompt_tokens),
+            tokens_i64(u.completion_tokens),
+            tokens_i64(u.cached_tokens)
+        ],
+    )
+    .map_err(db("count tokens"))?;
+    Ok(())
+}
+
+fn usage_row(row: &rusqlite::Row<'_>, from: usize) -> rusqlite::Result<(Usage, u64)> {
+    let n = |i: usize| -> rusqlite::Result<u64> { Ok(seq_u64(row.get(from + i)?)) };
+    Ok((
+        Usage {
+            prompt_tokens: n(0)?,
+            completion_tokens: n(1)?,
+            cached_tokens: n(2)?,
+        },
+        n(3)?,
+    ))
+}
+
+pub(crate) fn read_session_tokens(
+    conn: &Connection,
+    session: &str,
+) -> Result<Vec<ModelTokens>, StoreError> {
+    let op = "read session tokens";
+    let mut stmt = conn
+        .prepare(
+            "SELECT model, prompt_tokens, completion_tokens, cached_tokens, turns \
+             FROM session_usage WHERE session = ?1 ORDER BY model",
+        )
+        .map_err(db(op))?;
+    let rows = stmt
+        .query_map(params![session], |row| {
+            let (usage, turns) = usage_row(row, 1)?;
+            Ok(ModelTokens {
+                model: row.get(0)?,
+                usage,
+                turns,
+            })
+        })
+        .map_err(db(op))?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db(op))
+}
+
+pub(crate) fn read_agent_tokens(conn: &Connection) -> Result<Vec<AgentTokens>, StoreError> {
+    let op = "read agent tokens";
+    let mut stmt = conn
+        .prepare(
+            "SELECT s.agent, u.model, sum(u.prompt_tokens), sum(u.completion_tokens), \
+                    sum(u.cached_tokens), sum(u.turns) \
+             FROM session_usage u JOIN sessions s ON s.id = u.session \
+             GROUP BY s.agent, u.model ORDER BY s.agent, u.model",
+        )
+        .map_err(db(op))?;
+    let rows = stmt
+        .query_map([], |row| {
+            let (usage, turns) = usage_row(row, 2)?;
+            Ok(AgentTokens {
+                agent: row.get(0)?,
+                model: row.get(1)?,
+                usage,
+                turns,
+            })
+        })
+        .map_err(db(op))?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db(op))
 }
 
 pub(crate) fn read_message_pruned(

@@ -45,8 +45,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::schema::{AUDIT_ROW_BYTES, AUDIT_ROW_OVERHEAD, MIGRATIONS, latest_version};
 use super::sessions::{
-    self, Finish, JournalRecord, MessageRecord, MessageState, SessionRecord, SessionStore,
-    SessionWrite,
+    self, AgentTokens, Finish, JournalRecord, MessageRecord, MessageState, ModelTokens,
+    SessionRecord, SessionStore, SessionWrite, TurnUsage,
 };
 use super::{
     AppendError, ApprovalRecord, ApprovalTransition, EventQuery, NewApproval, Order, Prune, Store,
@@ -1355,6 +1355,7 @@ impl SessionStore for SqliteStore {
                 session,
                 message,
                 entry,
+                usage: None,
             },
         ))
     }
@@ -1441,6 +1442,38 @@ impl SessionStore for SqliteStore {
 
     fn agent_models(&self) -> BoxFuture<'_, Result<Vec<(String, String)>, StoreError>> {
         Box::pin(self.read("read agent models", sessions::read_agent_models))
+    }
+
+    fn journal_turn(
+        &self,
+        session: String,
+        message: u64,
+        entry: String,
+        usage: TurnUsage,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let entry = self.mask_known(entry);
+        Box::pin(self.session_write(
+            "journal",
+            SessionWrite::Journal {
+                session,
+                message,
+                entry,
+                usage: Some(usage),
+            },
+        ))
+    }
+
+    fn session_tokens(
+        &self,
+        session: String,
+    ) -> BoxFuture<'_, Result<Vec<ModelTokens>, StoreError>> {
+        Box::pin(self.read("read session tokens", move |conn| {
+            sessions::read_session_tokens(conn, &session)
+        }))
+    }
+
+    fn agent_tokens(&self) -> BoxFuture<'_, Result<Vec<AgentTokens>, StoreError>> {
+        Box::pin(self.read("read agent tokens", sessions::read_agent_tokens))
     }
 }
 
