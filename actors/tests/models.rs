@@ -237,6 +237,10 @@ fn options(retry: RetryConfig) -> ModelsOptions {
         retry,
         ready_wait: Duration::from_secs(2),
         env: Arc::new(|var| (var == KEY_VAR).then(|| KEY.to_owned())),
+        // One walk of the chain: these tests look at how one walk
+        // classifies and retries; the turn's later walks have their own.
+        turn_rounds: 1,
+        ..ModelsOptions::default()
     }
 }
 
