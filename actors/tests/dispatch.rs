@@ -745,7 +745,11 @@ async fn a_retry_after_holds_every_caller_off_the_endpoint_until_its_instant() {
     assert!(waited.outcome.is_success(), "{:?}", waited.outcome);
     assert_eq!(waited.route.served_by.as_deref(), Some("primary"));
     let starts = primary.starts.lock().unwrap().clone();
-    assert_eq!(starts.len(), 2, "primary was called only by the waiting caller");
+    assert_eq!(
+        starts.len(),
+        2,
+        "primary was called only by the waiting caller"
+    );
     assert_eq!(starts[0], t0);
     assert!(starts[1] >= until, "a call started inside the window");
     assert_eq!(backup.calls.load(Ordering::SeqCst), 2);

@@ -1040,6 +1040,39 @@ mod tests {
     }
 
     #[test]
+    fn a_journaled_route_is_replayed_and_an_old_entry_reads_its_legacy_keys() {
+        use crate::session::{Entry, Progress};
+        let served = Entry::Outcome {
+            call: "c1".into(),
+            tool: "weather".into(),
+            outcome: ToolOutcome::success(json!("sunny")),
+            budget_left: 3,
+            route: Some(fell_back()),
+        }
+        .to_json();
+        // As written before routes were journaled: no `route`, the keys
+        // on the outcome.
+        let refused = crate::recovery::rejected_outcome("weather", Duration::from_secs(1));
+        let mut old: Value = serde_json::from_str(&served).unwrap();
+        let map = old.as_object_mut().unwrap();
+        map.remove("route");
+        map.insert("call".into(), json!("c2"));
+        map.insert("outcome".into(), serde_json::to_value(&refused).unwrap());
+        let old = old.to_string();
+        let progress = Progress::replay([served.as_str(), old.as_str()]);
+        let route = &progress.routes["c1"];
+        assert_eq!(route, &fell_back());
+        let decided = escalation(&progress.outcomes["c1"], route);
+        assert!(decided.lesson.is_some());
+        let old_route = &progress.routes["c2"];
+        assert!(old_route.breaker_refused);
+        assert_eq!(
+            escalation(&progress.outcomes["c2"], old_route).approval,
+            Some(ApprovalReason::BreakerOpen)
+        );
+    }
+
+    #[test]
     fn until_is_rfc3339_utc_with_milliseconds() {
         let ts: jiff::Timestamp = "2026-12-03T17:00:01Z".parse().unwrap();
         assert_eq!(rfc3339_millis(ts), "2026-12-03T17:00:01.000Z");
