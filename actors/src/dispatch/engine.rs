@@ -284,8 +284,8 @@ pub(crate) struct Ended<R> {
     pub result: Result<R, ToolOutcome>,
     /// The target that produced it.
     pub index: usize,
-    /// The targets tried, in the order first tried.
-    pub tried: Vec<usize>,
+    /// How many targets were tried: the first `tried` of the route.
+    pub tried: usize,
     /// Attempts made, with their history.
     pub budget: AttemptBudget,
     /// The route, typed.
@@ -354,7 +354,8 @@ impl Engine {
             (a, b) => a.or(b),
         };
         let mut budget = AttemptBudget::new(rules.attempts_per_call);
-        let mut tried: Vec<usize> = Vec::new();
+        // Targets are walked in order, so those tried are `0..=reached`.
+        let mut reached = 0usize;
         let mut started = 0u32;
         let mut round = 0u32;
         let max_retry_after = rules.retry.config().max_retry_after;
@@ -363,9 +364,7 @@ impl Engine {
             'targets: for (index, target) in targets.iter().enumerate() {
                 let fallback_available = index + 1 < targets.len();
                 let health = self.endpoints.get(target.endpoint());
-                if !tried.contains(&index) {
-                    tried.push(index);
-                }
+                reached = reached.max(index);
                 let mut attempts = 0u32;
                 let mut delay_before = Duration::ZERO;
                 loop {
@@ -378,7 +377,7 @@ impl Engine {
                     };
                     if !admitted {
                         let outcome = budget.exhausted_outcome();
-                        return self.ended(targets, Err(outcome), index, tried, budget, None);
+                        return self.ended(targets, Err(outcome), index, reached, budget, None);
                     }
                     attempts += 1;
                     if attempts == 1 && round > 0 {
@@ -390,7 +389,7 @@ impl Engine {
                             );
                             self.emit_shed(target, &outcome, ctx);
                             let outcome = budget_spent(outcome, target.endpoint());
-                            return self.ended(targets, Err(outcome), index, tried, budget, None);
+                            return self.ended(targets, Err(outcome), index, reached, budget, None);
                         }
                     }
                     let attempted = self
@@ -412,7 +411,7 @@ impl Engine {
                             if let Some(outcome) = C::reply_outcome(&reply) {
                                 budget.record(target.name().to_owned(), outcome, delay_before);
                             }
-                            return self.ended(targets, Ok(reply), index, tried, budget, None);
+                            return self.ended(targets, Ok(reply), index, reached, budget, None);
                         }
                         Err(outcome) => outcome,
                     };
@@ -447,7 +446,7 @@ impl Engine {
                                 targets,
                                 Err(outcome),
                                 index,
-                                tried,
+                                reached,
                                 budget,
                                 refused,
                             );
@@ -474,7 +473,7 @@ impl Engine {
                                     targets,
                                     Err(outcome),
                                     index,
-                                    tried,
+                                    reached,
                                     budget,
                                     None,
                                 );
@@ -484,7 +483,7 @@ impl Engine {
                                     targets,
                                     Err(outcome),
                                     index,
-                                    tried,
+                                    reached,
                                     budget,
                                     None,
                                 );
@@ -500,12 +499,12 @@ impl Engine {
             // failure is worth it and the rules allow.
             let Some((outcome, index)) = last.take() else {
                 let outcome = ToolOutcome::from_code(ErrorCode::Internal, "the route is empty");
-                return self.ended(targets, Err(outcome), 0, tried, budget, None);
+                return self.ended(targets, Err(outcome), 0, reached, budget, None);
             };
             round += 1;
             if !outcome.retryable || round >= rules.rounds {
                 let refused = breaker_refusal(&outcome);
-                return self.ended(targets, Err(outcome), index, tried, budget, refused);
+                return self.ended(targets, Err(outcome), index, reached, budget, refused);
             }
             let backoff = rules
                 .retry
@@ -518,7 +517,7 @@ impl Engine {
                 .unwrap_or(Duration::ZERO);
             let wait = backoff.max(earliest_open);
             if deadline.is_some_and(|d| now + wait > d) {
-                return self.ended(targets, Err(outcome), index, tried, budget, None);
+                return self.ended(targets, Err(outcome), index, reached, budget, None);
             }
             if let Some(first) = targets.first() {
                 self.emit_retry(first, round + 1, wait, &outcome, ctx);
@@ -534,7 +533,7 @@ impl Engine {
         targets: &[C],
         result: Result<C::Reply, ToolOutcome>,
         index: usize,
-        tried: Vec<usize>,
+        reached: usize,
         budget: AttemptBudget,
         refused: Option<Refusal>,
     ) -> Ended<C::Reply> {
@@ -553,7 +552,7 @@ impl Engine {
         Ended {
             result,
             index,
-            tried,
+            tried: reached + 1,
             budget,
             route,
         }
@@ -572,7 +571,20 @@ impl Engine {
         // One reading of the clock before and one after the call serve
         // every decision of the attempt.
         let mut started = Instant::now();
+        let mut announced;
         let permit = loop {
+            // The attempt's event is stamped before it is admitted: an
+            // attempt admitted before a not-before was set then reads as
+            // started before it, and one after it is never admitted.
+            announced = self.sink.enabled(Level::Info).then(|| {
+                Event::new(
+                    Level::Info,
+                    endpoint,
+                    EventKind::ToolAttempt,
+                    format!("calling `{}`", target.name()),
+                )
+                .with_data(target.attempt_data(*of.started + 1))
+            });
             let (admitted, transition) = health.admit(started);
             self.emit_transition(endpoint, transition, ctx);
             match admitted {
@@ -637,17 +649,8 @@ impl Engine {
         target.before_attempt(*of.started);
         // Every attempt is recorded at info: the audit trail must show
         // each call a session journaled being attempted.
-        if self.sink.enabled(Level::Info) {
-            self.emit(
-                Event::new(
-                    Level::Info,
-                    endpoint,
-                    EventKind::ToolAttempt,
-                    format!("calling `{}`", target.name()),
-                )
-                .with_data(target.attempt_data(*of.started)),
-                ctx,
-            );
+        if let Some(event) = announced {
+            self.emit(event, ctx);
         }
         let timeout = target.timeout();
         let attempt_ctx = ctx.for_attempt(started + timeout);
@@ -677,13 +680,14 @@ impl Engine {
             Ok(reply) => C::reply_outcome(reply),
             Err(outcome) => Some(outcome),
         };
-        let failed = view.is_some_and(counts_against_endpoint);
-        let transition = health.report(started, ended, failed);
+        // The peer's pause first, so no other caller starts inside it.
         if let Some(pause) = view.and_then(asked_pause)
             && let Some(until) = health.hold_off(ended, pause, of.max_retry_after)
         {
             self.emit_not_before(endpoint, until - ended, ctx);
         }
+        let failed = view.is_some_and(counts_against_endpoint);
+        let transition = health.report(started, ended, failed);
         match view {
             Some(outcome) => self.emit_outcome(target, outcome, ended - started, ctx),
             None => self.emit_answered(target, ended - started, ctx),

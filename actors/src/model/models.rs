@@ -546,10 +546,10 @@ impl Models {
             }
             Err(mut outcome) => {
                 if outcome.code != Some(ErrorCode::InvalidInput) {
-                    let tried: Vec<&str> = ended
-                        .tried
+                    let tried: Vec<&str> = entries
                         .iter()
-                        .filter_map(|&i| entries.get(i).map(|e| e.config.name.as_str()))
+                        .take(ended.tried)
+                        .map(|e| e.config.name.as_str())
                         .collect();
                     outcome
                         .extra
