@@ -1,23 +1,27 @@
-//! The [`Dispatcher`]: where the recovery policy meets real calls.
+//! The [`Dispatcher`]: where the recovery policy meets real tool calls.
 //!
 //! `recovery` decides (retry, fall back, give up, how long to wait, whether
 //! re-issuing is safe) as pure values; something has to carry those
 //! decisions out against live tools, and it has to be one place, or every
-//! caller grows its own retry loop with its own bugs. The dispatcher is
-//! that place. For one logical call it walks the route (the tool, then its
-//! fallbacks), and for every attempt it asks the endpoint's circuit breaker
+//! caller grows its own retry loop with its own bugs. For one logical
+//! call the dispatcher finds the route (the tool, then its fallbacks) and
+//! hands it to the attempt engine (`engine`, shared with the model chain),
+//! which admits every attempt through the endpoint's not-before, breaker
 //! and concurrency cap, calls the tool under a timeout, charges the
-//! per-call attempt budget and the endpoint's shared retry budget, re-reads
-//! oversized results in chunks, and emits an event for every attempt,
-//! retry, fallback, refusal and breaker transition.
+//! per-call attempt budget and the endpoint's shared retry budget, and
+//! emits an event for every attempt, retry, fallback, refusal and breaker
+//! transition. What is the dispatcher's own: routing, re-reading oversized
+//! results in chunks, and handing back the outcome with its typed
+//! [`Route`] ([`Dispatcher::call_routed`]).
 //!
 //! # Invariants
-//! - The per-endpoint state ([`Endpoints`]) lives outside every actor: a
-//!   restarted MCP server or tool actor keeps its breaker and budget, so a
-//!   crash loop cannot reset the protection against it.
+//! - The per-endpoint state ([`Endpoints`], in `recovery::endpoint`) lives
+//!   outside every actor: a restarted MCP server or tool actor keeps its
+//!   breaker, budget and not-before, so a crash loop cannot reset the
+//!   protection against it.
 //! - A non-idempotent call that may have started is never re-issued,
 //!   neither retried nor sent to a fallback ([`next_step`] guarantees it;
-//!   the dispatcher adds no path around it).
+//!   the engine adds no path around it).
 //! - Waiting between retries is a `tokio::time::sleep` in the caller's own
 //!   future; the dispatcher is not an actor and blocks nobody's mailbox.
 

@@ -164,8 +164,8 @@ pub struct DispatchConfig {
     /// The longest one attempt may take before it is abandoned as a
     /// timeout (`[dispatch] attempt_timeout`). Tools have their own
     /// (tighter) timeouts; this is the backstop for a tool that forgot. A
-    /// tool whose calls choose their own timeout ([`Tool::own_timeout`],
-    /// `exec`) gets that plus [`OWN_TIMEOUT_GRACE`] instead.
+    /// tool whose calls choose their own timeout ([`Tool::own_timeout`](crate::tool::Tool::own_timeout),
+    /// `exec`) gets that plus [`OWN_TIMEOUT_GRACE`](crate::tool::OWN_TIMEOUT_GRACE) instead.
     pub attempt_timeout: Duration,
     /// Consecutive endpoint failures that open its breaker.
     pub breaker_failures: u32,
