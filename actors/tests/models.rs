@@ -1591,3 +1591,32 @@ async fn a_retry_after_holds_every_session_off_the_model_until_its_instant() {
     );
     assert_eq!(spare.requests(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_for_the_not_before_never_passes_the_turn_deadline() {
+    let fake = Fake::new(
+        vec![],
+        Answer::json(429, json!({ "error": { "message": "slow down" } }))
+            .header("retry-after", "2"),
+    );
+    let base = serve(Wire::Openai, fake.clone()).await;
+    let mut opts = options(fast_retry(3));
+    opts.turn_rounds = 3;
+    opts.turn_deadline = Duration::from_millis(500);
+    let h = start_with(
+        vec![Wire::Openai.config("m", &base)],
+        DispatchConfig::default(),
+        opts,
+    )
+    .await;
+    let started = Instant::now();
+    let outcome = complete(&h, &["m"], &hello()).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "waited {:?} past a 500 ms turn deadline",
+        started.elapsed()
+    );
+    assert_eq!(outcome.code, Some(ErrorCode::RateLimited), "{outcome:?}");
+    assert!(outcome.retryable);
+    assert_eq!(fake.requests(), 1);
+}

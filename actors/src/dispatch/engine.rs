@@ -510,9 +510,16 @@ impl Engine {
                 .retry
                 .delay(round.saturating_sub(1), &outcome, fastrand::f64());
             let now = Instant::now();
+            // The soonest any target may be asked again (zero when one is
+            // free now).
             let earliest_open = targets
                 .iter()
-                .filter_map(|t| self.endpoints.get(t.endpoint()).not_before_wait(now))
+                .map(|t| {
+                    self.endpoints
+                        .get(t.endpoint())
+                        .not_before_wait(now)
+                        .unwrap_or(Duration::ZERO)
+                })
                 .min()
                 .unwrap_or(Duration::ZERO);
             let wait = backoff.max(earliest_open);
