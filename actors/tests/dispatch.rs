@@ -648,3 +648,109 @@ async fn idle_healthy_endpoints_are_forgotten_when_the_book_is_large() {
     assert!(endpoints.find("site-0").is_none());
     drop(held);
 }
+
+/// Answers 429 with `Retry-After: 1 s` on its first call and succeeds
+/// after; records when every call started (tokio's clock).
+struct Limited {
+    spec: ToolSpec,
+    starts: std::sync::Mutex<Vec<tokio::time::Instant>>,
+}
+
+impl Tool for Limited {
+    fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+    fn call<'a>(&'a self, args: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, ToolOutcome> {
+        let mut starts = self.starts.lock().unwrap();
+        starts.push(tokio::time::Instant::now());
+        let outcome = if starts.len() == 1 {
+            ToolOutcome::from_code(ErrorCode::RateLimited, "429 slow down")
+                .with_retry_after(Duration::from_secs(1))
+        } else {
+            ToolOutcome::success(args)
+        };
+        Box::pin(async move { outcome })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_holds_every_caller_off_the_endpoint_until_its_instant() {
+    let primary = Arc::new(Limited {
+        spec: ToolSpec::new("primary", "limited", json!({ "type": "object" }))
+            .with_idempotent(true),
+        starts: std::sync::Mutex::new(Vec::new()),
+    });
+    let backup = Arc::new(Working {
+        spec: ToolSpec::new("backup", "works", json!({ "type": "object" })).with_idempotent(true),
+        calls: AtomicUsize::new(0),
+    });
+    let registry = Arc::new(ToolRegistry::new());
+    registry.register(primary.clone()).unwrap();
+    registry.register(backup.clone()).unwrap();
+    let config = DispatchConfig {
+        retry: RetryConfig {
+            base: ms(10),
+            jitter: 0.0,
+            ..RetryConfig::default()
+        },
+        ..DispatchConfig::default()
+    };
+    // Two callers (two sessions' dispatchers) sharing one endpoint book:
+    // one may fall back to `backup`, the other has only `primary`.
+    let endpoints = Arc::new(Endpoints::new(config).unwrap());
+    let sink = Arc::new(MemorySink::new());
+    let with_fallback = Dispatcher::new(
+        vec![Arc::new(
+            RegistryRouter::new(registry.clone())
+                .with_fallback(FallbackChain::new(["primary", "backup"]).unwrap()),
+        )],
+        endpoints.clone(),
+        sink.clone(),
+    );
+    let alone = Dispatcher::new(
+        vec![Arc::new(RegistryRouter::new(registry.clone()))],
+        endpoints.clone(),
+        sink.clone(),
+    );
+    let ctx = ToolContext::default();
+
+    // The 429 sets the not-before; this call is served by the fallback at
+    // once instead of waiting it out.
+    let t0 = tokio::time::Instant::now();
+    let first = with_fallback.call_routed("primary", json!({}), &ctx).await;
+    assert!(first.outcome.is_success(), "{:?}", first.outcome);
+    assert_eq!(first.route.served_by.as_deref(), Some("backup"));
+    assert_eq!(first.route.fallback_from, vec!["primary".to_owned()]);
+    assert_eq!(tokio::time::Instant::now(), t0, "the fallback did not wait");
+    let until = endpoints.get("primary").not_before().unwrap();
+    assert_eq!(until, t0 + Duration::from_secs(1));
+    assert_eq!(kinds(&sink, EventKind::NotBefore), 1);
+
+    // A caller with no deadline to spare is answered at once, not sent.
+    let hurried = ToolContext {
+        deadline: Some(t0 + ms(500)),
+        ..ToolContext::default()
+    };
+    let refused = alone.call("primary", json!({}), &hurried).await;
+    assert_eq!(refused.code, Some(ErrorCode::RateLimited));
+    assert!(refused.retryable && refused.is_undelivered());
+
+    // Meanwhile, concurrently: the caller with a fallback is served by it
+    // at once; the one without waits for the instant.
+    let (served, waited) = tokio::join!(
+        with_fallback.call_routed("primary", json!({ "n": 2 }), &ctx),
+        alone.call_routed("primary", json!({ "n": 3 }), &ctx),
+    );
+    assert_eq!(served.route.served_by.as_deref(), Some("backup"));
+    assert!(waited.outcome.is_success(), "{:?}", waited.outcome);
+    assert_eq!(waited.route.served_by.as_deref(), Some("primary"));
+    let starts = primary.starts.lock().unwrap().clone();
+    assert_eq!(
+        starts.len(),
+        2,
+        "primary was called only by the waiting caller"
+    );
+    assert_eq!(starts[0], t0);
+    assert!(starts[1] >= until, "a call started inside the window");
+    assert_eq!(backup.calls.load(Ordering::SeqCst), 2);
+}

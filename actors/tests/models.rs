@@ -14,10 +14,11 @@ use axum::routing::post;
 use hale_actors::classify::{from_anthropic_http_error, from_openai_http_error};
 use hale_actors::dispatch::{DispatchConfig, Endpoints, ToolContext};
 use hale_actors::model::{
-    ChatMessage, ModelConfig, ModelError, ModelReply, ModelRequest, Models, ModelsOptions,
-    Provider, SWITCH_MODEL, endpoint_name, render_decision, scripted_reply, switch_model_spec,
+    ChatMessage, DeltaSink, ModelConfig, ModelError, ModelReply, ModelRequest, Models,
+    ModelsOptions, Provider, SWITCH_MODEL, endpoint_name, render_decision, scripted_reply,
+    switch_model_spec,
 };
-use hale_actors::recovery::RetryConfig;
+use hale_actors::recovery::{BreakerState, RetryConfig};
 use hale_actors::{
     ErrorCode, Event, EventKind, HintKind, MemorySink, Status, ToolOutcome, ToolSpec,
 };
@@ -69,6 +70,7 @@ impl Answer {
 struct Seen {
     headers: HeaderMap,
     body: Value,
+    at: Instant,
 }
 
 struct Fake {
@@ -88,6 +90,10 @@ impl Fake {
 
     fn requests(&self) -> usize {
         self.seen.lock().unwrap().len()
+    }
+
+    fn arrivals(&self) -> Vec<Instant> {
+        self.seen.lock().unwrap().iter().map(|s| s.at).collect()
     }
 
     fn body(&self, i: usize) -> Value {
@@ -190,6 +196,7 @@ async fn serve(wire: Wire, fake: Arc<Fake>) -> String {
                 fake.seen.lock().unwrap().push(Seen {
                     headers,
                     body: serde_json::from_str(&body).unwrap_or(Value::Null),
+                    at: Instant::now(),
                 });
                 let answer = fake
                     .queue
@@ -237,6 +244,10 @@ fn options(retry: RetryConfig) -> ModelsOptions {
         retry,
         ready_wait: Duration::from_secs(2),
         env: Arc::new(|var| (var == KEY_VAR).then(|| KEY.to_owned())),
+        // One walk of the chain: these tests look at how one walk
+        // classifies and retries; the turn's later walks have their own.
+        turn_rounds: 1,
+        ..ModelsOptions::default()
     }
 }
 
@@ -248,10 +259,17 @@ struct Harness {
 }
 
 async fn start(configs: Vec<ModelConfig>, retry: RetryConfig) -> Harness {
+    start_with(configs, DispatchConfig::default(), options(retry)).await
+}
+
+async fn start_with(
+    configs: Vec<ModelConfig>,
+    dispatch: DispatchConfig,
+    options: ModelsOptions,
+) -> Harness {
     let sink = Arc::new(MemorySink::new());
-    let endpoints = Arc::new(Endpoints::new(DispatchConfig::default()).unwrap());
-    let models =
-        Models::with_options(configs, endpoints.clone(), sink.clone(), options(retry)).unwrap();
+    let endpoints = Arc::new(Endpoints::new(dispatch).unwrap());
+    let models = Models::with_options(configs, endpoints.clone(), sink.clone(), options).unwrap();
     let supervisor = models.start("hale/models").await.unwrap();
     Harness {
         models,
@@ -1403,4 +1421,202 @@ async fn a_huge_answer_is_cut_at_the_cap_and_is_output_too_large_with_a_hint() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// The shared engine's rules, for models.
+
+/// Records the attempt numbers the engine announces.
+#[derive(Debug, Default)]
+struct Attempts(Mutex<Vec<u32>>);
+
+impl DeltaSink for Attempts {
+    fn attempt(&self, attempt: u32) {
+        self.0.lock().unwrap().push(attempt);
+    }
+    fn text(&self, _delta: &str) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_crash_with_requests_in_flight_counts_as_one_breaker_failure() {
+    const IN_FLIGHT: usize = 3;
+    let slow = Wire::Openai
+        .text("never delivered")
+        .delay(Duration::from_secs(10));
+    let fake = Fake::new(vec![slow; IN_FLIGHT], Wire::Openai.text("after the crash"));
+    let base = serve(Wire::Openai, fake.clone()).await;
+    // Two failures in a row would open the breaker: the crash must count
+    // once, however many requests it failed.
+    let dispatch = DispatchConfig {
+        breaker_failures: 2,
+        breaker_cool_down: Duration::from_secs(30),
+        ..DispatchConfig::default()
+    };
+    let h = start_with(
+        vec![Wire::Openai.config("m", &base)],
+        dispatch,
+        options(fast_retry(3)),
+    )
+    .await;
+    let supervisor = h.supervisor.clone();
+    let killer = async {
+        while fake.requests() < IN_FLIGHT {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        supervisor
+            .resolve(&ChildId::new("m"))
+            .await
+            .unwrap()
+            .unwrap()
+            .kill();
+    };
+    let request = hello();
+    let (one, two, three, ()) = tokio::join!(
+        complete(&h, &["m"], &request),
+        complete(&h, &["m"], &request),
+        complete(&h, &["m"], &request),
+        killer
+    );
+    for reply in [one, two, three] {
+        assert_eq!(reply.unwrap().text.as_deref(), Some("after the crash"));
+    }
+    let interrupted = h
+        .sink
+        .events()
+        .into_iter()
+        .filter(|e| e.kind == EventKind::Retry && e.data["after"] == "INTERRUPTED")
+        .count();
+    assert_eq!(interrupted, IN_FLIGHT, "every request was retried");
+    assert!(
+        events(&h.sink, EventKind::Breaker).is_empty(),
+        "the crash moved the breaker: {:?}",
+        events(&h.sink, EventKind::Breaker)
+    );
+    let health = h.endpoints.get(&endpoint_name("m"));
+    assert_eq!(health.breaker_state(), BreakerState::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_a_failed_turn_again_does_not_deposit_into_the_retry_budget() {
+    let fake = Fake::new(vec![Answer::raw(503, "busy")], Wire::Openai.text("ok"));
+    let base = serve(Wire::Openai, fake.clone()).await;
+    // One retry bought per original request, ten in reserve: the budget's
+    // figure moves by exactly one per deposit and one per withdrawal.
+    let dispatch = DispatchConfig {
+        budget_ttl: Duration::from_secs(10),
+        budget_min_per_sec: 1,
+        budget_retry_ratio: 1.0,
+        ..DispatchConfig::default()
+    };
+    let mut opts = options(fast_retry(1));
+    opts.turn_rounds = 3;
+    let h = start_with(vec![Wire::Openai.config("m", &base)], dispatch, opts).await;
+    let health = h.endpoints.get(&endpoint_name("m"));
+    let before = health.retries_available();
+    let reply = complete(&h, &["m"], &hello()).await.unwrap();
+    assert_eq!(reply.text.as_deref(), Some("ok"));
+    assert_eq!(fake.requests(), 2, "the turn was asked again");
+    // One deposit for the turn, one withdrawal for asking it again; a
+    // re-ask that deposited would leave one more.
+    assert_eq!(health.retries_available(), before);
+    assert_eq!(events(&h.sink, EventKind::Retry).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_holds_every_session_off_the_model_until_its_instant() {
+    let limited = Fake::new(
+        vec![
+            Answer::json(429, json!({ "error": { "message": "slow down" } }))
+                .header("retry-after", "1"),
+        ],
+        Wire::Openai.text("from a"),
+    );
+    let spare = Fake::new(vec![], Wire::Openai.text("from b"));
+    let base_a = serve(Wire::Openai, limited.clone()).await;
+    let base_b = serve(Wire::Openai, spare.clone()).await;
+    let h = start(
+        vec![
+            Wire::Openai.config("a", &base_a),
+            Wire::Openai.config("b", &base_b),
+        ],
+        fast_retry(3),
+    )
+    .await;
+    let attempts = Arc::new(Attempts::default());
+    let mut first = hello();
+    first.deltas = Some(attempts.clone());
+    // The 429 sets the not-before; the fallback serves this turn at once.
+    let started = Instant::now();
+    let reply = complete(&h, &["a", "b"], &first).await.unwrap();
+    assert_eq!(reply.model, "b");
+    assert!(started.elapsed() < Duration::from_millis(900));
+    assert_eq!(*attempts.0.lock().unwrap(), vec![1, 2]);
+    let set = events(&h.sink, EventKind::NotBefore);
+    assert_eq!(set.len(), 1);
+    assert_eq!(set[0].source, "model/a");
+    assert_eq!(set[0].data["endpoint"], "model/a");
+    assert_eq!(set[0].data["retry_after_ms"], 1000);
+    let until = set[0].data["until"].as_str().unwrap();
+    assert!(until.ends_with('Z') && until.len() == "2026-12-03T17:00:01.000Z".len());
+    let tried: Vec<Value> = events(&h.sink, EventKind::ToolAttempt)
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    assert_eq!(
+        tried,
+        vec![
+            json!({ "model": "a", "attempt": 1, }),
+            json!({ "model": "b", "attempt": 2 }),
+        ]
+    );
+    // Meanwhile: a session with a fallback is served by it at once; one
+    // with no other model waits for the instant.
+    let (second, third) = (hello(), hello());
+    let (with_fallback, alone) = tokio::join!(
+        complete(&h, &["a", "b"], &second),
+        complete(&h, &["a"], &third)
+    );
+    assert_eq!(with_fallback.unwrap().model, "b");
+    assert_eq!(alone.unwrap().model, "a");
+    let arrivals = limited.arrivals();
+    assert_eq!(
+        arrivals.len(),
+        2,
+        "a was asked once more, by the session without a fallback"
+    );
+    assert!(
+        arrivals[1] - arrivals[0] >= Duration::from_secs(1),
+        "a request went out {:?} after the 429 asked for 1 s",
+        arrivals[1] - arrivals[0]
+    );
+    assert_eq!(spare.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_for_the_not_before_never_passes_the_turn_deadline() {
+    let fake = Fake::new(
+        vec![],
+        Answer::json(429, json!({ "error": { "message": "slow down" } }))
+            .header("retry-after", "2"),
+    );
+    let base = serve(Wire::Openai, fake.clone()).await;
+    let mut opts = options(fast_retry(3));
+    opts.turn_rounds = 3;
+    opts.turn_deadline = Duration::from_millis(500);
+    let h = start_with(
+        vec![Wire::Openai.config("m", &base)],
+        DispatchConfig::default(),
+        opts,
+    )
+    .await;
+    let started = Instant::now();
+    let outcome = complete(&h, &["m"], &hello()).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "waited {:?} past a 500 ms turn deadline",
+        started.elapsed()
+    );
+    assert_eq!(outcome.code, Some(ErrorCode::RateLimited), "{outcome:?}");
+    assert!(outcome.retryable);
+    assert_eq!(fake.requests(), 1);
 }

@@ -2,31 +2,33 @@
 //! the model chain a session asks.
 //!
 //! # The chain
-//! [`Models::complete`] asks the models of a chain in order. For each:
-//! 1. its breaker (the [`EndpointHealth`]
-//!    of `model/<name>`, see [`endpoint_name`], shared with every session)
-//!    is asked first; an open breaker skips the model at once, without
-//!    waiting out the cool-down;
-//! 2. the request goes to the model's actor; the answer is reported to the
-//!    breaker ([`counts_against_endpoint`] decides whether a failure is
-//!    the endpoint's);
-//! 3. a failure goes through [`step_after_failure`]: a retryable one
-//!    (rate limit, 5xx, timeout, refused connection, an actor killed
-//!    mid-request) is retried after the [`RetryPolicy`]'s delay, a 429's
-//!    `Retry-After` replacing it up to `max_retry_after`, each retry
-//!    charged to the endpoint's shared retry budget; once the attempts (or
-//!    the budget) are spent, and at once for bad credentials (401/403), a
-//!    malformed answer, an unknown model (404) or a context-length
-//!    overflow (another model may have a larger window), the next model
-//!    is asked;
-//! 4. an `INVALID_INPUT` failure (a 400 about the request itself) is
-//!    handed back at once: every model would refuse it, and the session
-//!    must see it.
+//! [`Models::complete`] walks a chain as a route with fallbacks, through
+//! the same attempt engine as tool and MCP calls (`dispatch::Engine`): the
+//! admission (the not-before a `Retry-After` set, the breaker and cap of
+//! the [`EndpointHealth`] of `model/<name>`, see [`endpoint_name`], shared
+//! with every session), the one deposit per original request, the
+//! breaker report with its call-start rule (N requests failed by one
+//! actor crash count once), the retry budget and the events are the
+//! engine's. What is the chain's own is the decision after a failure,
+//! [`step_after_failure`]:
+//! - a retryable failure (rate limit, 5xx, timeout, refused connection,
+//!   an actor killed mid-request) is retried after the [`RetryPolicy`]'s
+//!   delay, a `Retry-After` replacing it up to `max_retry_after`; while
+//!   the model's not-before holds, the next model is asked instead;
+//! - once the attempts (or the budget) are spent, and at once for bad
+//!   credentials (401/403), a malformed answer, an unknown model (404) or
+//!   a context-length overflow (another model may have a larger window),
+//!   the next model is asked;
+//! - an `INVALID_INPUT` failure (a 400 about the request itself) is
+//!   handed back at once: every model would refuse it.
 //!
-//! When the chain runs out, the last failure is handed back, with the
-//! models tried in `data.models_tried`. Every step emits an event (retry,
-//! fallback, shed, breaker transition, each failed attempt) carrying the
-//! call's session. Model retries are not charged to the session's
+//! When every model failed retryably the engine waits (the backoff, or
+//! until the earliest not-before) and walks the chain again, up to
+//! [`ModelsOptions::turn_rounds`] times and never past
+//! [`ModelsOptions::turn_deadline`]; those re-asks are retries, charged to
+//! the endpoints' retry budgets and never deposited. When the chain runs
+//! out, the last failure is handed back, with the models tried in
+//! `models_tried`. Model retries are not charged to the session's
 //! iteration budget: that budget counts tool calls, and a model retry is
 //! bounded by the retry policy and the endpoint's budget instead.
 //!
@@ -47,7 +49,7 @@ use hale_supervision::{
     Address, CallError, CallPolicy, ChildSpec, Strategy, SupervisedCall, SupervisorError,
     SupervisorRef, SupervisorSpec, Task,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::actor::{ModelActor, ModelActorArgs, ModelWork};
@@ -57,13 +59,12 @@ use super::{
 };
 use crate::audit::Redactor;
 use crate::catalog::ErrorCode;
-use crate::dispatch::{EndpointHealth, Endpoints, ToolContext, state_name};
-use crate::event::{Event, EventKind, EventSink, Level};
+#[cfg(doc)]
+use crate::dispatch::EndpointHealth;
+use crate::dispatch::{Callee, Endpoints, Engine, Rules, Step, ToolContext};
+use crate::event::EventSink;
 use crate::outcome::{Hint, HintKind, ToolOutcome};
-use crate::recovery::{
-    Admission, BreakerState, RetryConfig, RetryPolicy, RetryPolicyError, Transition,
-    counts_against_endpoint,
-};
+use crate::recovery::{RetryConfig, RetryPolicy, RetryPolicyError};
 use crate::tool::closest_first;
 
 /// The prefix of a model's endpoint name in [`Endpoints`]: the breaker
@@ -77,6 +78,14 @@ pub const DEFAULT_READY_WAIT: Duration = Duration::from_secs(5);
 /// How much longer than the endpoint's own timeout a caller waits for the
 /// actor's answer before giving up with `ETIMEDOUT`.
 pub const REPLY_SLACK: Duration = Duration::from_secs(1);
+
+/// How many times a turn walks its chain when every model failed
+/// retryably (the first walk included).
+pub const DEFAULT_TURN_ROUNDS: u32 = 5;
+
+/// How long one turn may take in all, its retries, waits for a
+/// not-before and re-walks of the chain included.
+pub const DEFAULT_TURN_DEADLINE: Duration = Duration::from_secs(600);
 
 /// The endpoint name of model `name` (see [`MODEL_ENDPOINT_PREFIX`]).
 pub fn endpoint_name(name: &str) -> String {
@@ -162,16 +171,24 @@ pub struct ModelsOptions {
     pub ready_wait: Duration,
     /// Where API keys are read from.
     pub env: EnvLookup,
+    /// How many times a turn walks its chain when every model failed
+    /// retryably (1: once).
+    pub turn_rounds: u32,
+    /// How long one turn may take in all.
+    pub turn_deadline: Duration,
 }
 
 impl Default for ModelsOptions {
     /// [`RetryConfig::default`] (three attempts, a `Retry-After` honoured
-    /// up to a minute), [`DEFAULT_READY_WAIT`], the process environment.
+    /// up to a minute), [`DEFAULT_READY_WAIT`], the process environment,
+    /// [`DEFAULT_TURN_ROUNDS`] and [`DEFAULT_TURN_DEADLINE`].
     fn default() -> Self {
         Self {
             retry: RetryConfig::default(),
             ready_wait: DEFAULT_READY_WAIT,
             env: Arc::new(|var| std::env::var(var).ok()),
+            turn_rounds: DEFAULT_TURN_ROUNDS,
+            turn_deadline: DEFAULT_TURN_DEADLINE,
         }
     }
 }
@@ -181,6 +198,8 @@ impl std::fmt::Debug for ModelsOptions {
         f.debug_struct("ModelsOptions")
             .field("retry", &self.retry)
             .field("ready_wait", &self.ready_wait)
+            .field("turn_rounds", &self.turn_rounds)
+            .field("turn_deadline", &self.turn_deadline)
             .finish_non_exhaustive()
     }
 }
@@ -196,10 +215,12 @@ struct Entry {
 /// Every configured model endpoint. See the module docs.
 pub struct Models {
     entries: BTreeMap<String, Arc<Entry>>,
-    endpoints: Arc<Endpoints>,
+    engine: Engine,
     sink: Arc<dyn EventSink>,
     retry: RetryPolicy,
     ready_wait: Duration,
+    turn_rounds: u32,
+    turn_deadline: Duration,
     supervisor: RwLock<Option<SupervisorRef>>,
     /// Masks secrets in replies and failures (see [`Models::set_redactor`]).
     redactor: OnceLock<Arc<Redactor>>,
@@ -327,12 +348,19 @@ impl Models {
                 }),
             );
         }
+        let tick = entries
+            .values()
+            .map(|e| e.config.timeout)
+            .max()
+            .unwrap_or(DEFAULT_READY_WAIT);
         Ok(Arc::new(Self {
             entries,
-            endpoints,
+            engine: Engine::new(endpoints, Arc::clone(&sink), tick),
             sink,
             retry,
             ready_wait: options.ready_wait,
+            turn_rounds: options.turn_rounds.max(1),
+            turn_deadline: options.turn_deadline,
             supervisor: RwLock::new(None),
             redactor: OnceLock::new(),
         }))
@@ -491,122 +519,43 @@ impl Models {
             }
         }
         let request = Arc::new(request.clone());
-        let mut tried: Vec<String> = Vec::new();
-        let mut last: Option<ToolOutcome> = None;
-        for (index, entry) in entries.iter().enumerate() {
-            let outcome = match self.ask(entry, &request, ctx).await {
-                Ok(mut reply) => {
+        let calls: Vec<ModelCall<'_>> = entries
+            .iter()
+            .map(|entry| ModelCall {
+                models: self,
+                entry,
+                request: &request,
+            })
+            .collect();
+        let rules = Rules {
+            retry: self.retry,
+            attempts_per_call: u32::MAX,
+            // A model retry is bounded by the retry policy and the
+            // endpoint's budget, not the session's tool-call budget.
+            charge_iterations: false,
+            rounds: self.turn_rounds,
+            deadline: Some(Instant::now() + self.turn_deadline),
+        };
+        let ended = self.engine.run(&calls, &rules, ctx).await;
+        match ended.result {
+            Ok(mut reply) => {
+                if let Some(entry) = entries.get(ended.index) {
                     reply.model = entry.config.name.clone();
-                    return Ok(reply);
                 }
-                Err(Asked::Return(outcome)) => return Err(outcome),
-                Err(Asked::Next(outcome)) => outcome,
-            };
-            tried.push(entry.config.name.clone());
-            if let Some(next) = entries.get(index + 1) {
-                self.emit(
-                    Event::new(
-                        Level::Warning,
-                        &entry.endpoint,
-                        EventKind::Fallback,
-                        format!(
-                            "model `{}` failed ({}); asking `{}`",
-                            entry.config.name,
-                            describe(&outcome),
-                            next.config.name
-                        ),
-                    )
-                    .with_data(json!({
-                        "from": entry.config.name,
-                        "from_endpoint": entry.endpoint,
-                        "to": next.config.name,
-                        "to_endpoint": next.endpoint,
-                        "after": outcome.code.as_ref().map(ErrorCode::as_str),
-                    })),
-                    ctx,
-                );
+                Ok(reply)
             }
-            last = Some(outcome);
-        }
-        let mut outcome = last.unwrap_or_else(|| {
-            ToolOutcome::from_code(ErrorCode::Internal, "the model chain ran out of models")
-        });
-        outcome
-            .extra
-            .insert("models_tried".to_owned(), json!(tried));
-        Err(outcome)
-    }
-
-    /// Asks one model, with its retries.
-    async fn ask(
-        &self,
-        entry: &Entry,
-        request: &Arc<ModelRequest>,
-        ctx: &ToolContext,
-    ) -> Result<ModelReply, Asked> {
-        let health = self.endpoints.get(&entry.endpoint);
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            let started = Instant::now();
-            let (admission, transition) = health.lock_breaker().allow(started.into_std());
-            self.emit_transition(&entry.endpoint, transition, ctx);
-            if let Admission::Rejected { retry_in } = admission {
-                return Err(Asked::Next(breaker_open(entry, retry_in)));
-            }
-            if attempts == 1 {
-                // One deposit per original request, never for a retry.
-                health.budget.deposit(started.into_std());
-            }
-            let answer = self.call_actor(entry, request).await;
-            let ended = Instant::now();
-            let outcome = match answer {
-                Ok(reply) => {
-                    let transition = health.lock_breaker().on_success(ended.into_std());
-                    self.emit_transition(&entry.endpoint, transition, ctx);
-                    self.emit_answered(entry, ended - started, ctx);
-                    return Ok(reply);
+            Err(mut outcome) => {
+                if outcome.code != Some(ErrorCode::InvalidInput) {
+                    let tried: Vec<&str> = entries
+                        .iter()
+                        .take(ended.tried)
+                        .map(|e| e.config.name.as_str())
+                        .collect();
+                    outcome
+                        .extra
+                        .insert("models_tried".to_owned(), json!(tried));
                 }
-                Err(outcome) => outcome,
-            };
-            self.report_failure(entry, &health, &outcome, ended, ctx);
-            match step_after_failure(&outcome, attempts, &self.retry, fastrand::f64()) {
-                ChainStep::Return => return Err(Asked::Return(outcome)),
-                ChainStep::NextModel => return Err(Asked::Next(outcome)),
-                ChainStep::Retry { delay } => {
-                    if !health.budget.withdraw(Instant::now().into_std()) {
-                        self.emit(
-                            Event::from_outcome(&entry.endpoint, EventKind::Shed, &outcome)
-                                .with_data(json!({
-                                    "model": entry.config.name,
-                                    "reason": "retry budget spent",
-                                })),
-                            ctx,
-                        );
-                        return Err(Asked::Next(outcome));
-                    }
-                    self.emit(
-                        Event::new(
-                            Level::Warning,
-                            &entry.endpoint,
-                            EventKind::Retry,
-                            format!(
-                                "asking model `{}` again in {} ms after {}",
-                                entry.config.name,
-                                delay.as_millis(),
-                                describe(&outcome)
-                            ),
-                        )
-                        .with_data(json!({
-                            "model": entry.config.name,
-                            "attempt": attempts + 1,
-                            "delay_ms": u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                            "after": outcome.code.as_ref().map(ErrorCode::as_str),
-                        })),
-                        ctx,
-                    );
-                    tokio::time::sleep(delay).await;
-                }
+                Err(outcome)
             }
         }
     }
@@ -650,86 +599,83 @@ impl Models {
             Err(CallError::NotRunning { waited, .. }) => Err(not_running(name, waited)),
         }
     }
-
-    fn report_failure(
-        &self,
-        entry: &Entry,
-        health: &EndpointHealth,
-        outcome: &ToolOutcome,
-        ended: Instant,
-        ctx: &ToolContext,
-    ) {
-        let transition = if counts_against_endpoint(outcome) {
-            health.lock_breaker().on_failure(ended.into_std())
-        } else {
-            health.lock_breaker().on_success(ended.into_std())
-        };
-        let mut event = Event::from_outcome(&entry.endpoint, EventKind::ToolOutcome, outcome);
-        if let Some(map) = event.data.as_object_mut() {
-            map.insert("model".to_owned(), json!(entry.config.name));
-        }
-        self.emit(event, ctx);
-        self.emit_transition(&entry.endpoint, transition, ctx);
-    }
-
-    fn emit_answered(&self, entry: &Entry, took: Duration, ctx: &ToolContext) {
-        if self.sink.enabled(Level::Info) {
-            let took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
-            self.emit(
-                Event::new(
-                    Level::Info,
-                    &entry.endpoint,
-                    EventKind::ToolOutcome,
-                    format!("model `{}` answered in {took_ms} ms", entry.config.name),
-                )
-                .with_data(json!({
-                    "model": entry.config.name,
-                    "status": "success",
-                    "duration_ms": took_ms,
-                })),
-                ctx,
-            );
-        }
-    }
-
-    fn emit_transition(&self, endpoint: &str, transition: Option<Transition>, ctx: &ToolContext) {
-        if let Some(t) = transition {
-            let level = if t.to == BreakerState::Open {
-                Level::Error
-            } else {
-                Level::Info
-            };
-            self.emit(
-                Event::new(
-                    level,
-                    endpoint,
-                    EventKind::Breaker,
-                    format!(
-                        "breaker of `{endpoint}` {} -> {}",
-                        state_name(t.from),
-                        state_name(t.to)
-                    ),
-                )
-                .with_data(json!({ "from": state_name(t.from), "to": state_name(t.to) })),
-                ctx,
-            );
-        }
-    }
-
-    fn emit(&self, mut event: Event, ctx: &ToolContext) {
-        if let Some(session) = &ctx.session {
-            event = event.with_session(session.clone());
-        }
-        self.sink.emit(event);
-    }
 }
 
-/// How asking one model ended, when it did not answer.
-enum Asked {
-    /// Try the next model with this failure.
-    Next(ToolOutcome),
-    /// Hand this failure back now.
-    Return(ToolOutcome),
+/// One model of a chain, asked one turn: what the engine calls.
+struct ModelCall<'a> {
+    models: &'a Models,
+    entry: &'a Arc<Entry>,
+    request: &'a Arc<ModelRequest>,
+}
+
+impl Callee for ModelCall<'_> {
+    type Reply = ModelReply;
+
+    fn endpoint(&self) -> &str {
+        &self.entry.endpoint
+    }
+
+    fn name(&self) -> &str {
+        &self.entry.config.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "model"
+    }
+
+    fn attempt_data(&self, attempt: u32) -> Value {
+        json!({ "model": self.entry.config.name, "attempt": attempt })
+    }
+
+    fn timeout(&self) -> Duration {
+        // A backstop only: the actor call bounds its own wait (the
+        // endpoint's timeout plus slack, after waiting for a restart).
+        self.entry.config.timeout + REPLY_SLACK + self.models.ready_wait * 4 + REPLY_SLACK
+    }
+
+    fn before_attempt(&self, attempt: u32) {
+        if let Some(deltas) = &self.request.deltas {
+            deltas.attempt(attempt);
+        }
+    }
+
+    async fn call(&self, _ctx: &ToolContext) -> Result<ModelReply, ToolOutcome> {
+        self.models.call_actor(self.entry, self.request).await
+    }
+
+    fn reply_outcome(_reply: &ModelReply) -> Option<&ToolOutcome> {
+        None
+    }
+
+    fn decide(
+        &self,
+        outcome: &ToolOutcome,
+        attempts: u32,
+        _fallback_available: bool,
+        policy: &RetryPolicy,
+        unit: f64,
+    ) -> Step {
+        match step_after_failure(outcome, attempts, policy, unit) {
+            ChainStep::Retry { delay } => Step::Retry { delay },
+            ChainStep::NextModel => Step::Fallback,
+            ChainStep::Return => Step::Return,
+        }
+    }
+
+    fn may_fall_back(&self, _outcome: &ToolOutcome) -> bool {
+        // A completion changes nothing: any model may take it.
+        true
+    }
+
+    fn refused(&self, retry_in: Duration) -> ToolOutcome {
+        breaker_open(self.entry, retry_in)
+    }
+
+    fn waits_for_breaker(&self) -> bool {
+        // An open breaker skips the model at once; the turn's next walk of
+        // the chain (after the backoff) asks it again.
+        false
+    }
 }
 
 fn breaker_open(entry: &Entry, retry_in: Duration) -> ToolOutcome {
@@ -758,13 +704,6 @@ fn not_running(name: &str, waited: Duration) -> ToolOutcome {
     )
     .with_data(json!({ "model": name }))
     .undelivered()
-}
-
-fn describe(outcome: &ToolOutcome) -> String {
-    match &outcome.code {
-        Some(code) => format!("{code}: {}", outcome.message),
-        None => format!("{:?}: {}", outcome.status, outcome.message),
-    }
 }
 
 #[cfg(test)]

@@ -27,8 +27,10 @@ use serde_json::json;
 use crate::catalog::ErrorCode;
 use crate::outcome::ToolOutcome;
 
-/// The breaker's state, as reported in events and status pages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The breaker's state, as reported in events and status pages (and
+/// journaled in a call's route: `closed`, `open`, `half_open`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     /// Calls flow; consecutive failures are counted.
     Closed,

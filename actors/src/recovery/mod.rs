@@ -17,7 +17,10 @@
 //! | [`RetryPolicy`]      | one call, one target     | hammering one target from one call     |
 //! | [`AttemptBudget`]    | one call, all targets    | retries times fallbacks multiplying    |
 //! | [`IterationBudget`]  | one inbound message      | a session looping on recovery          |
-//! | [`RetryBudget`], [`ConcurrencyCap`], [`CircuitBreaker`] | one endpoint, all sessions | retry storms and calls to a dead endpoint |
+//! | [`RetryBudget`], [`ConcurrencyCap`], [`CircuitBreaker`], [`NotBefore`] | one endpoint, all sessions | retry storms, calls to a dead endpoint, calls inside a peer's `Retry-After` |
+//!
+//! The per-endpoint values live together in [`Endpoints`] (see [`endpoint`]),
+//! shared by every session in the process.
 //!
 //! [`next_step`] combines an outcome with the call's state into one
 //! decision (retry, fall back, escalate, give up), and [`may_reissue`]
@@ -27,6 +30,7 @@ pub mod attempts;
 pub mod breaker;
 pub mod budget;
 pub mod chunking;
+pub mod endpoint;
 pub mod fallback;
 pub mod retry;
 pub mod safety;
@@ -40,6 +44,10 @@ pub use breaker::{
 };
 pub use budget::{BudgetError, ConcurrencyCap, Permit, RetryBudget};
 pub use chunking::{ChunkError, ChunkPolicy, should_chunk};
+pub use endpoint::{
+    Admitted, DispatchConfig, DispatchConfigError, ENDPOINTS_SWEEP_AT, EndpointHealth, Endpoints,
+    Gate, NotBefore, admit, asked_pause,
+};
 pub use fallback::{FallbackChain, FallbackError};
 pub use retry::{RetryConfig, RetryPolicy, RetryPolicyError};
 pub use safety::{CallState, Next, Phase, classify_phase, may_reissue, next_step};

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::dispatch::Route;
 use crate::model::{ChatMessage, ModelReply, Usage};
 use crate::outcome::ToolOutcome;
 
@@ -49,6 +50,11 @@ pub enum Entry {
         outcome: ToolOutcome,
         /// Iterations left in the message's budget after the call.
         budget_left: u32,
+        /// How the dispatcher served the call (absent from entries
+        /// written before routes were journaled, and for outcomes that
+        /// did not come from the dispatcher).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        route: Option<Route>,
     },
     /// The session opened an approval (`key` names the step that needed it).
     Escalated {
@@ -126,6 +132,9 @@ pub struct Progress {
     pub intents: HashMap<String, (String, Value)>,
     /// Outcomes recorded, by call id.
     pub outcomes: HashMap<String, ToolOutcome>,
+    /// How each recorded outcome was served, by call id (read from an
+    /// older entry's outcome when it has no route of its own).
+    pub routes: HashMap<String, Route>,
     /// Approvals opened, by step key.
     pub escalations: HashMap<String, String>,
     /// Decisions taken, by step key.
@@ -192,8 +201,11 @@ impl Progress {
                 tool,
                 outcome,
                 budget_left,
+                route,
             } => {
                 if !self.outcomes.contains_key(&call) {
+                    let route = route.unwrap_or_else(|| Route::legacy(&outcome));
+                    self.routes.insert(call.clone(), route);
                     self.transcript.push(ChatMessage::ToolResult {
                         call_id: call.clone(),
                         name: tool,
@@ -278,6 +290,7 @@ mod tests {
             tool: "exec".into(),
             outcome,
             budget_left: 7,
+            route: None,
         }
         .to_json()
     }

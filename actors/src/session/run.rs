@@ -21,7 +21,7 @@ use super::journal::{Entry, Progress};
 use super::stall::{HeldTurn, Stalls};
 use super::{AgentSpec, SessionEnv, SessionError};
 use crate::catalog::ErrorCode;
-use crate::dispatch::ToolContext;
+use crate::dispatch::{ApprovalReason, Dispatched, Route, ToolContext, escalation};
 use crate::escalation::{
     ApprovalOption, ApprovalRequest, Diagnosis, EscalationError, Gate, Origin, Resolution,
 };
@@ -66,6 +66,8 @@ impl IterationBudget for MessageBudget {
 #[derive(Debug, Clone)]
 pub(super) struct Ran {
     outcome: ToolOutcome,
+    /// How the dispatcher served it.
+    route: Route,
     /// Whether its runner journaled the outcome.
     journaled: bool,
     budget_left: u32,
@@ -75,6 +77,7 @@ impl Ran {
     fn unjournaled(outcome: ToolOutcome, budget_left: u32) -> Self {
         Self {
             outcome,
+            route: Route::default(),
             journaled: false,
             budget_left,
         }
@@ -140,10 +143,6 @@ async fn wait_ran(mut rx: watch::Receiver<Option<Ran>>) -> Ran {
         }
     }
 }
-
-/// How many times a turn whose whole chain failed retryably is asked
-/// again before the message fails.
-const MODEL_TURN_TRIES: u32 = 5;
 
 /// What a decided escalation asks the loop to do.
 enum After {
@@ -397,31 +396,6 @@ impl<'a> MessageRun<'a> {
         system
     }
 
-    /// A turn, asked again while the chain's failure is retryable (an
-    /// endpoint restarting, rate limits): a model turn has no side effect,
-    /// so asking again is always safe, and a message should not fail
-    /// because its model was down for a moment.
-    async fn ask_model_patiently(&self, system: &str) -> Result<ModelReply, ToolOutcome> {
-        let mut pause = Duration::from_millis(100);
-        let mut tries = 0;
-        loop {
-            match self.ask_model(system).await {
-                Err(outcome) if outcome.retryable && tries < MODEL_TURN_TRIES => {
-                    tries += 1;
-                    tokio::time::sleep(
-                        outcome
-                            .retry_after
-                            .unwrap_or(pause)
-                            .min(Duration::from_secs(5)),
-                    )
-                    .await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
-                other => return other,
-            }
-        }
-    }
-
     /// The conversation a model turn is shown, before fitting.
     fn conversation(&self) -> Vec<ChatMessage> {
         let mut messages = self.history.clone();
@@ -432,6 +406,10 @@ impl<'a> MessageRun<'a> {
         messages
     }
 
+    /// One model turn. Its retries (an endpoint restarting, rate limits,
+    /// the whole chain failing for a moment) are the model chain's, under
+    /// the engine's budget rules and the turn's deadline: a re-ask here
+    /// would deposit into the retry budget as a new request each time.
     async fn ask_model(&self, system: &str) -> Result<ModelReply, ToolOutcome> {
         let messages = self.conversation();
         let budget = self.context_budget();
@@ -464,7 +442,8 @@ impl<'a> MessageRun<'a> {
     async fn step(&mut self, call: &ToolCallRequest) -> Result<After, SessionError> {
         let key = call.id.clone();
         if let Some(outcome) = self.progress.outcomes.get(&key).cloned() {
-            return self.after_outcome(call, &outcome).await;
+            let route = self.progress.routes.get(&key).cloned().unwrap_or_default();
+            return self.after_outcome(call, &outcome, &route).await;
         }
         let interrupted = self.progress.intents.contains_key(&key);
         let approved = self
@@ -502,7 +481,7 @@ impl<'a> MessageRun<'a> {
                 .delivered();
                 self.emit_outcome(call, &outcome);
                 self.record_outcome(call, &outcome).await?;
-                return self.after_outcome(call, &outcome).await;
+                return self.after_outcome(call, &outcome, &Route::default()).await;
             }
         }
         if self.budget.remaining() == 0
@@ -534,10 +513,12 @@ impl<'a> MessageRun<'a> {
             // run, with the grant the human gave.
             let approved_run = self.run_approved(call).await?;
             self.keep(call, &approved_run).await?;
-            return self.after_outcome(call, &approved_run.outcome).await;
+            return self
+                .after_outcome(call, &approved_run.outcome, &approved_run.route)
+                .await;
         }
         self.keep(call, &ran).await?;
-        self.after_outcome(call, &ran.outcome).await
+        self.after_outcome(call, &ran.outcome, &ran.route).await
     }
 
     /// Runs a blocked call a human approved: once, through a one-shot grant
@@ -570,10 +551,18 @@ impl<'a> MessageRun<'a> {
                 tool: call.name.clone(),
                 outcome: ran.outcome.clone(),
                 budget_left: ran.budget_left,
+                route: Some(ran.route.clone()),
             });
             Ok(())
         } else {
-            self.record_outcome(call, &ran.outcome).await
+            self.journal(Entry::Outcome {
+                call: call.id.clone(),
+                tool: call.name.clone(),
+                outcome: ran.outcome.clone(),
+                budget_left: self.budget.remaining(),
+                route: Some(ran.route.clone()),
+            })
+            .await
         }
     }
 
@@ -591,6 +580,7 @@ impl<'a> MessageRun<'a> {
             tool: call.name.clone(),
             outcome: outcome.clone(),
             budget_left: self.budget.remaining(),
+            route: None,
         })
         .await
     }
@@ -659,8 +649,8 @@ impl<'a> MessageRun<'a> {
                 )));
                 return;
             }
-            let outcome = dispatcher
-                .call(&call.name, call.arguments.clone(), &ctx)
+            let Dispatched { outcome, route } = dispatcher
+                .call_routed(&call.name, call.arguments.clone(), &ctx)
                 .await;
             let budget_left = budget.remaining();
             // A blocked call is the session's to journal: its outcome
@@ -675,6 +665,7 @@ impl<'a> MessageRun<'a> {
                             tool: call.name.clone(),
                             outcome: outcome.clone(),
                             budget_left,
+                            route: Some(route.clone()),
                         }
                         .to_json(),
                     )
@@ -682,6 +673,7 @@ impl<'a> MessageRun<'a> {
                     .is_ok();
             let _ = tx.send(Some(Ran {
                 outcome,
+                route,
                 journaled,
                 budget_left,
             }));
@@ -757,7 +749,7 @@ impl<'a> MessageRun<'a> {
             self.learn_decision(call, "blocked by policy", &decision)
                 .await;
             self.keep(call, &ran).await?;
-            return self.after_outcome(call, &ran.outcome).await;
+            return self.after_outcome(call, &ran.outcome, &ran.route).await;
         }
         let result = {
             let mut denied = outcome;
@@ -776,37 +768,24 @@ impl<'a> MessageRun<'a> {
     }
 
     /// What follows an outcome: escalation for what the model should not
-    /// decide alone, the incident lesson for a recovered failure.
+    /// decide alone, the incident lesson for a recovered failure. The
+    /// decisions are [`escalation`] of the outcome and its typed route.
     async fn after_outcome(
         &mut self,
         call: &ToolCallRequest,
         outcome: &ToolOutcome,
+        route: &Route,
     ) -> Result<After, SessionError> {
-        if let Some(from) = outcome.extra.get("fallback_from").and_then(Value::as_array)
-            && outcome.is_success()
+        let decided = escalation(outcome, route);
+        if let Some((from, to)) = &decided.lesson
+            && let Some(learning) = &self.env.learning
         {
-            let from: Vec<String> = from
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect();
-            let to = outcome
-                .extra
-                .get("served_by")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            if let Some(learning) = &self.env.learning {
-                learning
-                    .fell_back(self.session, &call.name, &from, &to)
-                    .await;
-            }
+            learning.fell_back(self.session, &call.name, from, to).await;
         }
-        let breaker_open = outcome.is_failure()
-            && outcome.data.get("breaker").and_then(Value::as_str) == Some("open");
-        let critical = outcome.is_failure() && outcome.severity == Severity::Critical;
-        if !(critical || breaker_open) {
+        let Some(reason) = decided.approval else {
             return Ok(After::Continue);
-        }
+        };
+        let breaker_open = reason == ApprovalReason::BreakerOpen;
         let key = call.id.clone();
         if self.progress.decisions.contains_key(&key) {
             return Ok(After::Continue);

@@ -145,7 +145,7 @@ impl MessageRun<'_> {
         system: &str,
         turn: u32,
     ) -> Result<ModelReply, ToolOutcome> {
-        match self.ask_model_patiently(system).await {
+        match self.ask_model(system).await {
             Err(overflow) if overflow.code == Some(ErrorCode::ContextTooLong) => {
                 self.heal_overflow(system, turn, overflow).await
             }
@@ -170,7 +170,7 @@ impl MessageRun<'_> {
             return Err(overflow);
         }
         self.context_budget.store(budget.max(1), Ordering::SeqCst);
-        let retried = self.ask_model_patiently(system).await;
+        let retried = self.ask_model(system).await;
         let healed = !matches!(&retried, Err(o) if o.code == Some(ErrorCode::ContextTooLong));
         self.env.sink.emit(fix_event(
             self.source(),
