@@ -1,0 +1,68 @@
+//! EVERY name these tests rely on that does not exist on the mock
+//! branch's base (183198a) yet, in one place, so the lead can match them
+//! to what the engine, stream and tokens branches built when merging.
+//!
+//! Nothing else in this binary spells a config key, a resource field, a
+//! metric name or an event name that issue 13 introduces.
+
+use serde_json::Value;
+
+/// `[[models]]` key (stream branch): the longest gap between two chunks of
+/// a streamed reply before the attempt is a timeout.
+pub fn stream_idle_timeout(value: &str) -> String {
+    format!("stream_idle_timeout = {value:?}")
+}
+
+/// `[[models]]` key (stream branch): `false` keeps the plain request.
+#[allow(dead_code)] // kept for the lead: the default (streaming) is what is tested
+pub fn stream(on: bool) -> String {
+    format!("stream = {on}")
+}
+
+/// The audit event kind (engine branch, shared contract of 183198a) of a
+/// not-before instant set on an endpoint; data `{endpoint, until,
+/// retry_after_ms}`.
+pub const NOT_BEFORE: &str = "not_before";
+
+/// The audit event kind emitted before every model request (engine
+/// branch); data `{model, attempt}`, source `model/<name>`.
+pub const ATTEMPT: &str = "tool_attempt";
+
+/// The audit event kind of one answered or failed attempt (exists).
+pub const OUTCOME: &str = "tool_outcome";
+
+/// `until` of a not-before event's data.
+pub fn not_before_until(data: &Value) -> Option<&str> {
+    data["until"].as_str()
+}
+
+/// SSE event name of one text delta (stream branch); data `{session,
+/// message, turn, attempt, text}`.
+pub const DELTA: &str = "message.delta";
+
+/// SSE event name sent before a retried attempt's deltas.
+pub const DELTA_RESET: &str = "message.delta.reset";
+
+/// (prompt, completion) tokens of a `GET /v1/sessions/{id}` answer (tokens
+/// branch): `usage: {prompt_tokens, completion_tokens, cached_tokens}`,
+/// the field names of `model::Usage`.
+pub fn session_usage(session: &Value) -> Option<(u64, u64)> {
+    let usage = &session["usage"];
+    Some((
+        usage["prompt_tokens"].as_u64()?,
+        usage["completion_tokens"].as_u64()?,
+    ))
+}
+
+/// The `kind` label values of `hale_model_tokens_total{model,kind}` for
+/// prompt and completion tokens (tokens branch).
+pub const PROMPT_KIND: &str = "prompt";
+/// See [`PROMPT_KIND`].
+pub const COMPLETION_KIND: &str = "completion";
+
+/// Codes a malformed reply or a dropped connection may be classified as:
+/// any catalog code but the catch-all `INTERNAL` counts as typed. The
+/// stream branch picks which; tighten this at merge if it should be one.
+pub fn is_typed_code(code: &str) -> bool {
+    !code.is_empty() && code != "INTERNAL"
+}
