@@ -82,7 +82,9 @@ impl Aimock {
         let mut command = Command::new("node");
         command
             .arg(&cli)
-            .args(["-h", "127.0.0.1", "-p", "0", "--log-level", "info", "-f"])
+            // An unbounded journal: the tests read every request.
+            .args(["-h", "127.0.0.1", "-p", "0", "--log-level", "info"])
+            .args(["--journal-max", "0", "-f"])
             .arg(&file)
             .args(flags)
             .stdin(Stdio::null())

@@ -55,10 +55,14 @@ async fn token_totals_equal_the_usage_aimock_reported() {
     // What aimock reported: the fixture's usage on every answer it
     // finished (a cut-off stream never sent its usage).
     let journal = mock.journal().await;
-    assert!(
-        journal.iter().any(|e| e.interrupted),
-        "no attempt was cut off (hale did not stream?): {journal:?}"
-    );
+    let mut problems = Vec::new();
+    if !journal.iter().any(|e| e.interrupted) {
+        problems.push(format!(
+            "no attempt was cut off: hale did not stream ({} requests, {} streamed)",
+            journal.len(),
+            journal.iter().filter(|e| e.stream).count()
+        ));
+    }
     let reported = |prefix: &str| -> (u64, u64) {
         journal
             .iter()
@@ -66,7 +70,6 @@ async fn token_totals_equal_the_usage_aimock_reported() {
             .filter_map(|e| e.fixture_usage)
             .fold((0, 0), |a, u| (a.0 + u.0, a.1 + u.1))
     };
-    let mut problems = Vec::new();
     for (name, i, session) in &sessions {
         let want = reported(&format!("tokens-{name}-{i}-"));
         let resource = hale.get(&format!("/v1/sessions/{session}")).await;
