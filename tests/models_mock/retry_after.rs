@@ -16,9 +16,12 @@ use crate::harness::{Aimock, AuditEvent, Hale, JournalEntry, MockModel, micros};
 use crate::pending;
 
 const SESSIONS: usize = 100;
-/// Messages start this far apart, so the run (~4 s) spans several
-/// `Retry-After` windows and the endpoint is asked again after each.
-const STAGGER: Duration = Duration::from_millis(40);
+/// Messages start in bursts of this many at once (so some requests are
+/// in flight together when a 429 comes back)...
+const BURST: usize = 5;
+/// ...this far apart, so the run (~4 s) spans several `Retry-After`
+/// windows and the endpoint is asked again after each.
+const STAGGER: Duration = Duration::from_millis(200);
 const RETRY_AFTER_SECS: u64 = 2;
 const FALLBACK_TEXT: &str = "Served by the fallback model.";
 const PRIMARY_TEXT: &str = "Served by the rate-limited model.";
@@ -73,7 +76,7 @@ async fn no_request_starts_inside_a_retry_after_window_and_the_fallback_serves()
     for (i, session) in sessions.into_iter().enumerate() {
         let hale = std::sync::Arc::clone(&hale);
         tasks.push(tokio::spawn(async move {
-            tokio::time::sleep(STAGGER * u32::try_from(i).unwrap()).await;
+            tokio::time::sleep(STAGGER * u32::try_from(i / BURST).unwrap()).await;
             hale.ask(&session, &format!("question {i}")).await
         }));
     }
@@ -171,6 +174,17 @@ async fn no_request_starts_inside_a_retry_after_window_and_the_fallback_serves()
         );
     }
     let inside = attempts_inside_windows(&primary_not_before, &primary_attempts);
+    let in_flight = primary_attempts
+        .iter()
+        .filter(|a| {
+            primary_not_before
+                .iter()
+                .any(|nb| a.id < nb.id && nb.at_us - a.at_us < 1_000_000)
+        })
+        .count();
+    eprintln!(
+        "hale events: {in_flight} attempts to {PRIMARY} were started less than 1 s before a not_before was set"
+    );
     eprintln!(
         "hale events: {} not_before on {PRIMARY}, {} attempts to it, {} to {BACKUP}; \
          {} attempts inside a window (not_before id, attempt id, ms before until): {:?}",
