@@ -207,8 +207,13 @@ async fn a_truncated_stream_is_retried_and_never_becomes_the_reply() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_stream_times_out_and_is_retried() {
     let Some(mock) = Aimock::start(
-        // 800 ms before every chunk, against a 500 ms idle timeout.
-        json!(fixtures("stalled", &json!({ "latency": 800 }))),
+        // The headers and first chunk at once (`ttft` 0: a flat `latency`
+        // would hold the headers back too), then 800 ms between chunks
+        // (1.25 chunks a second), against a 500 ms idle timeout.
+        json!(fixtures(
+            "stalled",
+            &json!({ "streamingProfile": { "ttft": 0, "tps": 1.25 } })
+        )),
         &[],
     ) else {
         return;
