@@ -98,7 +98,7 @@ async fn deltas_arrive_in_order_concatenate_to_the_reply_and_a_retry_resets() {
             if n != pending::DELTA {
                 continue;
             }
-            if d["message"] != message.as_str() || d["session"] != session.as_str() {
+            if !pending::delta_is_of(d, &session, &message) {
                 problems.push(format!("{case} a delta of another message: {d}"));
                 break;
             }

@@ -40,6 +40,18 @@ pub fn not_before_until(data: &Value) -> Option<&str> {
 /// message, turn, attempt, text}`.
 pub const DELTA: &str = "message.delta";
 
+/// Whether a delta's data names message `message_id` (`<session>:<n>`,
+/// as `POST /v1/sessions/{id}/messages` answers it) of `session`: its
+/// `message` is that id or the number `n` (the stream branch sends the
+/// number; either is accepted until the lead settles it).
+pub fn delta_is_of(data: &Value, session: &str, message_id: &str) -> bool {
+    let seq = message_id
+        .rsplit_once(':')
+        .and_then(|(_, n)| n.parse::<u64>().ok());
+    data["session"] == session
+        && (data["message"] == message_id || (seq.is_some() && data["message"].as_u64() == seq))
+}
+
 /// SSE event name sent before a retried attempt's deltas.
 pub const DELTA_RESET: &str = "message.delta.reset";
 
