@@ -72,9 +72,12 @@ pub const PROMPT_KIND: &str = "prompt";
 /// See [`PROMPT_KIND`].
 pub const COMPLETION_KIND: &str = "completion";
 
-/// Codes a malformed reply or a dropped connection may be classified as:
-/// any catalog code but the catch-all `INTERNAL` counts as typed. The
-/// stream branch picks which; tighten this at merge if it should be one.
-pub fn is_typed_code(code: &str) -> bool {
-    !code.is_empty() && code != "INTERNAL"
+/// Whether a failed model outcome (the `tool_outcome` event's `code` and
+/// `data`, the serialized `ToolOutcome`) is typed: a catalog code other
+/// than the catch-all `INTERNAL`, or `INTERNAL` marked `malformed: true`
+/// in its data (how `model/http.rs` has classified a body that is not the
+/// wire format since before issue 13). Tighten this at merge if a
+/// malformed answer should get a code of its own.
+pub fn is_typed(code: &str, outcome: &Value) -> bool {
+    !code.is_empty() && (code != "INTERNAL" || outcome["data"]["malformed"] == true)
 }

@@ -124,15 +124,16 @@ async fn check_case(
         .filter(|e| e.at_us >= asked_at)
         .filter(|e| e.session.as_deref().is_none_or(|s| s == session))
         .filter(|e| e.data["status"] != "success")
-        .map(|e| (e.code, e.data["message"].clone()))
+        .map(|e| (e.code, e.data))
         .collect();
     match failed.as_slice() {
         [] => problems.push(format!(
             "{case} hale recorded no failed attempt for the broken answer"
         )),
-        [(code, message), ..] => {
+        [(code, outcome), ..] => {
             let code = code.clone().unwrap_or_default();
-            if !pending::is_typed_code(&code) {
+            let message = &outcome["message"];
+            if !pending::is_typed(&code, outcome) {
                 problems.push(format!(
                     "{case} the broken answer's outcome is not typed: code {code:?} ({message})"
                 ));
