@@ -1,5 +1,6 @@
 //! Installing what the tests need from package registries, once: the real
-//! MCP servers (tests/tool_layer) and schemathesis (tests/contract.rs).
+//! MCP servers (tests/tool_layer), schemathesis (tests/contract.rs) and the
+//! mock LLM server aimock (tests/models_mock).
 //!
 //! Shared so every installer follows the same rules: pinned versions, a
 //! directory under `.test-deps/` at the workspace root (or
@@ -128,4 +129,58 @@ pub fn run(mut command: Command, what: &str) -> Result<(), String> {
             Err(e) => return Err(format!("{what}: {e}")),
         }
     }
+}
+
+/// The mock LLM server `@copilotkit/aimock`, pinned (tests/models_mock).
+pub const AIMOCK_PACKAGE: &str = "@copilotkit/aimock@1.43.0";
+
+/// `npm install`s `packages` (pinned) into `prefix`, bounded in time.
+///
+/// # Errors
+/// npm could not start, failed, or took too long.
+pub fn npm_install(prefix: &Path, packages: &[&str]) -> Result<(), String> {
+    let mut npm = Command::new("npm");
+    npm.arg("install")
+        .arg("--prefix")
+        .arg(prefix)
+        .args(["--no-audit", "--no-fund", "--no-save", "--loglevel=error"])
+        .args(packages);
+    run(npm, "npm install")
+}
+
+/// aimock's flag-driven CLI (`llmock`: `node <this> -p PORT -f FIXTURES`),
+/// installed on first use into `<deps>/aimock` with a marker of its own,
+/// so it neither waits for nor disturbs the MCP servers' install; later
+/// runs reuse it without a network.
+///
+/// # Errors
+/// npm is missing or the install failed (see [`required`]).
+pub fn aimock_cli() -> Result<PathBuf, String> {
+    locked(|dir| {
+        let prefix = dir.join("aimock");
+        let cli = prefix.join("node_modules/@copilotkit/aimock/dist/cli.js");
+        let marker = dir.join("aimock-installed.txt");
+        let wanted = format!("{AIMOCK_PACKAGE}\n");
+        if cli.exists() && installed(&marker, &wanted) {
+            return Ok(cli);
+        }
+        eprintln!(
+            "installing {AIMOCK_PACKAGE} into {} (first run only; needs npm)",
+            prefix.display()
+        );
+        let started = Instant::now();
+        npm_install(&prefix, &[AIMOCK_PACKAGE])?;
+        if !cli.exists() {
+            return Err(format!(
+                "npm install finished but {} is missing",
+                cli.display()
+            ));
+        }
+        mark_installed(&marker, &wanted)?;
+        eprintln!(
+            "installed {AIMOCK_PACKAGE} in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(cli)
+    })
 }
