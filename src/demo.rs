@@ -1,5 +1,7 @@
-//! `hale demo`: the seed's four scenarios against real faults, in one
-//! process, with the scripted model.
+//! `hale demo`: four self-healing scenarios against real faults (a
+//! timed-out API retried, a dead MCP server replaced by its backup, an
+//! "already exists" checked instead of retried, a denied destructive
+//! command escalated to a human), in one process, with the scripted model.
 //!
 //! The demo starts a runtime on a temporary data directory with an
 //! embedded configuration (the defaults, plus two MCP servers and quicker
@@ -14,7 +16,7 @@
 //!    checks with `kubectl get` and carries on;
 //! 4. a `dropdb production_customers` denied for lack of permission, which
 //!    the runtime escalates; the demo answers the approval itself (abort,
-//!    as the seed's human would) unless `--interactive`.
+//!    as a careful operator would) unless `--interactive`.
 //!
 //! The scripted plans hold only the agent's own steps: every retry,
 //! fallback, disable, escalation and lesson shown is the runtime's, read
@@ -194,8 +196,8 @@ struct Demo {
 /// Runs the demo; see the module docs.
 ///
 /// # Errors
-/// The runtime could not start, or a scenario did not end as the seed
-/// says it should within its time.
+/// The runtime could not start, or a scenario did not end as it should
+/// (the outcome its module docs describe) within its time.
 pub async fn run(options: DemoOptions) -> Result<()> {
     let started = Instant::now();
     let style = Style::detect();
@@ -212,7 +214,11 @@ pub async fn run(options: DemoOptions) -> Result<()> {
 }
 
 async fn run_in(dir: &Path, options: DemoOptions, style: Style, started: Instant) -> Result<()> {
-    say(&style.bold("hale demo: the seed's four self-healing scenarios, against real faults"));
+    say(&style.bold(
+        "hale demo: four faults healed live: a timed-out API retried, a dead MCP server \
+         replaced by its backup, \"already exists\" checked instead of retried, a denied \
+         destructive command escalated to a human",
+    ));
     say(&style.dim(
         "  scripted model (no network, no API key); every retry, fallback, escalation and \
          lesson below is the runtime's, read back from its audit trail",

@@ -6,22 +6,17 @@
 //! domain vocabulary in `hale-actors`.
 
 pub mod api;
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod conn_limits;
 pub mod data_dir;
 pub mod demo;
-pub mod drive;
-pub mod fault_mcp;
 pub mod masked_log;
 pub mod metrics;
 pub mod runtime;
 pub mod sandbox;
 pub mod serve;
-pub mod soak;
-pub mod tree_demo;
 
 pub use hale_actors as actors;
 pub use hale_supervision as supervision;

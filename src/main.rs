@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use hale::actors::audit::Redactor;
 use hale::actors::secrets::KnownSecrets;
 
+mod dev;
+
 /// hale: a self-healing runtime for AI agents.
 #[derive(Debug, Parser)]
 #[command(name = "hale", version, about)]
@@ -29,9 +31,10 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Run the seed's four self-healing scenarios against real faults
-    /// (a timeout, a dead MCP server, "already exists", a denied
-    /// destructive command) and show what hale did and learned.
+    /// Watch hale heal four real faults: a timed-out API retried, a dead
+    /// MCP server replaced by its backup, "already exists" checked instead
+    /// of retried, a denied destructive command escalated to a human; then
+    /// what it learned.
     Demo {
         /// Answer the approval of scenario 4 yourself (on stdin).
         #[arg(long)]
@@ -72,7 +75,7 @@ enum Command {
         fail_first: u64,
         /// ok|fail|rpc_error|crash|hang|garbage|sleep:<ms>
         #[arg(long, value_name = "MODE", default_value = "fail")]
-        fail_mode: hale::fault_mcp::Behaviour,
+        fail_mode: dev::fault_mcp::Behaviour,
         /// The N-th tools/call request crashes the process.
         #[arg(long, value_name = "N")]
         crash_on: Option<u64>,
@@ -296,7 +299,7 @@ enum BenchCommand {
         message: bool,
         /// `sessions`, or `actors` (bare ractor actors, for comparison).
         #[arg(long, default_value = "sessions")]
-        kind: hale::bench::IdleKind,
+        kind: dev::bench::IdleKind,
         /// Parent of the temporary data directory (default: the temp dir).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -414,7 +417,7 @@ fn main() -> ExitCode {
                 seed,
                 verbose,
             } => {
-                hale::tree_demo::run(hale::tree_demo::TreeDemoOptions {
+                dev::tree_demo::run(dev::tree_demo::TreeDemoOptions {
                     faults,
                     gap: Duration::from_millis(gap_ms),
                     seed: seed.unwrap_or_else(|| fastrand::u64(..)),
@@ -504,7 +507,7 @@ fn main() -> ExitCode {
                 wait_secs,
             } => {
                 log_to_stderr(&KnownSecrets::new());
-                hale::drive::run(hale::drive::DriveOptions {
+                dev::drive::run(dev::drive::DriveOptions {
                     data_dir,
                     sessions,
                     messages,
@@ -525,10 +528,10 @@ fn main() -> ExitCode {
             } => {
                 log_to_stderr(&KnownSecrets::new());
                 let listen = match http {
-                    Some(addr) => hale::fault_mcp::Listen::Http(addr),
-                    None => hale::fault_mcp::Listen::Stdio,
+                    Some(addr) => dev::fault_mcp::Listen::Http(addr),
+                    None => dev::fault_mcp::Listen::Stdio,
                 };
-                hale::fault_mcp::run(hale::fault_mcp::FaultMcpOptions {
+                dev::fault_mcp::run(dev::fault_mcp::FaultMcpOptions {
                     listen,
                     name,
                     fail_first,
@@ -554,7 +557,7 @@ fn main() -> ExitCode {
                             long,
                             dir,
                         } => {
-                            hale::bench::sessions(hale::bench::SessionsOptions {
+                            dev::bench::sessions(dev::bench::SessionsOptions {
                                 rounds,
                                 messages,
                                 sessions,
@@ -565,7 +568,7 @@ fn main() -> ExitCode {
                             .await
                         }
                         BenchCommand::Exec { calls, dir } => {
-                            hale::bench::exec(hale::bench::ExecOptions { calls, dir }).await
+                            dev::bench::exec(dev::bench::ExecOptions { calls, dir }).await
                         }
                         BenchCommand::Idle {
                             sessions,
@@ -574,7 +577,7 @@ fn main() -> ExitCode {
                             kind,
                             dir,
                         } => {
-                            hale::bench::idle(hale::bench::IdleOptions {
+                            dev::bench::idle(dev::bench::IdleOptions {
                                 count: sessions,
                                 concurrency,
                                 message,
@@ -603,7 +606,7 @@ fn main() -> ExitCode {
                                 None => std::env::current_exe()
                                     .map_err(|e| anyhow::anyhow!("finding this binary: {e}"))?,
                             };
-                            let report = hale::soak::run(hale::soak::SoakOptions {
+                            let report = dev::soak::run(dev::soak::SoakOptions {
                                 duration,
                                 rate,
                                 chaos_rate,
@@ -615,13 +618,13 @@ fn main() -> ExitCode {
                                 checkpoint,
                                 drain,
                                 dir,
-                                ..hale::soak::SoakOptions::new(hale)
+                                ..dev::soak::SoakOptions::new(hale)
                             })
                             .await?;
                             if json {
                                 println!("{}", serde_json::to_string_pretty(&report)?);
                             } else {
-                                print!("{}", hale::soak::render(&report));
+                                print!("{}", dev::soak::render(&report));
                             }
                             Ok(())
                         }

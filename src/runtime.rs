@@ -236,25 +236,9 @@ async fn apply_retention(inner: &Inner) {
     }
 }
 
-/// The tools every agent has unless it says otherwise: the built-in
-/// tools, the runtime's own (`read_logs`, `manage_mcp`, `ask_approval`,
-/// `remember`) and the session's `switch_model`. The one list: `hale.toml`
-/// accepts exactly these names in an agent's `tools`
-/// ([`crate::config::BUILTIN_TOOLS`] is this list).
-pub const DEFAULT_TOOLS: &[&str] = &[
-    "exec",
-    "read_file",
-    "write_file",
-    "edit_file",
-    "glob",
-    "grep",
-    "web_fetch",
-    "read_logs",
-    "manage_mcp",
-    "ask_approval",
-    "remember",
-    "switch_model",
-];
+/// The tools every agent has unless it says otherwise: the names
+/// `hale.toml` accepts in an agent's `tools`, [`crate::config::BUILTIN_TOOLS`].
+pub const DEFAULT_TOOLS: &[&str] = crate::config::BUILTIN_TOOLS;
 
 /// The system prompt of an agent that sets none (MEMORY.md and the budget
 /// line follow it).

@@ -312,6 +312,8 @@ fn a_full_example_maps_to_the_actor_configs() {
             message_retention: Some(Duration::from_secs(12 * 3600)),
             approval_retention: None,
             deleted_session_retention: Some(Duration::from_secs(7 * 86_400)),
+            restart_backoff: Duration::from_millis(5),
+            restart_max_backoff: Duration::from_millis(500),
         }
     );
     let retention = config.audit_config().retention;
@@ -936,4 +938,45 @@ fn serve_limits_parse_default_and_refuse_zero() {
         assert!(message.contains("serve."), "{bad}: {message}");
         assert!(message.contains(":2:"), "{bad}: {message}");
     }
+}
+
+/// `[session] restart_backoff` / `restart_max_backoff`: the backoff the
+/// sessions supervisor waits before restarting a crashed session, read
+/// into the runtime's session settings; zero and a maximum below the
+/// minimum are refused at their line.
+#[test]
+fn session_restart_backoff_reaches_the_runtime_and_is_checked_with_its_line() {
+    let defaults = parse("").unwrap();
+    assert_eq!(defaults.session().restart_backoff, Duration::from_millis(5));
+    assert_eq!(
+        defaults.session().restart_max_backoff,
+        Duration::from_millis(500)
+    );
+    let runtime = hale::runtime::RuntimeConfig::from_config_with_env(&defaults, |_| None).unwrap();
+    let backoff = runtime.sessions.restart_backoff.unwrap();
+    assert_eq!(
+        (backoff.min(), backoff.max()),
+        (Duration::from_millis(5), Duration::from_millis(500))
+    );
+
+    let text = "[session]\nrestart_backoff = \"50ms\"\nrestart_max_backoff = \"2s\"\n";
+    let config = parse(text).unwrap();
+    let runtime = hale::runtime::RuntimeConfig::from_config_with_env(&config, |_| None).unwrap();
+    let backoff = runtime.sessions.restart_backoff.unwrap();
+    assert_eq!(backoff.min(), Duration::from_millis(50));
+    assert_eq!(backoff.max(), Duration::from_secs(2));
+    assert_eq!(backoff.delay(0, 0.0), Duration::from_millis(50));
+    assert_eq!(backoff.delay(3, 0.0), Duration::from_millis(400));
+    assert_eq!(backoff.delay(10, 0.0), Duration::from_secs(2));
+
+    let zero = "[session]\nrestart_backoff = \"0s\"\n";
+    assert_eq!(
+        line_of(zero, "restart_backoff must be greater than zero"),
+        2
+    );
+    let inverted = "[session]\nrestart_backoff = \"1s\"\nrestart_max_backoff = \"10ms\"\n";
+    assert_eq!(
+        line_of(inverted, "restart_max_backoff must not be shorter"),
+        3
+    );
 }

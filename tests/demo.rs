@@ -45,6 +45,10 @@ fn hale_demo_runs_the_four_scenarios_against_real_faults_and_exits_zero() {
     assert_contains(
         &stdout,
         &[
+            // The heading names what the four scenarios show.
+            "hale demo: four faults healed live: a timed-out API retried, a dead MCP server \
+             replaced by its backup, \"already exists\" checked instead of retried, a denied \
+             destructive command escalated to a human",
             // 1: the timeout is detected, classified and retried.
             "== Scenario 1: The transient network error",
             "DETECT   web_fetch: ETIMEDOUT",
@@ -81,6 +85,8 @@ fn hale_demo_runs_the_four_scenarios_against_real_faults_and_exits_zero() {
         ],
     );
     assert!(!stdout.contains('\x1b'), "NO_COLOR means no escapes");
+    // A user has no "seed": the output names what it shows instead.
+    assert!(!stdout.to_lowercase().contains("seed"), "{stdout}");
     // The README promises under 30 s; generous here for loaded CI machines.
     assert!(took < Duration::from_secs(60), "took {took:?}");
     eprintln!("hale demo took {took:?}");
@@ -201,4 +207,16 @@ fn hale_demo_interactive_can_be_answered_with_hale_approve_from_another_terminal
             "demo finished",
         ],
     );
+}
+
+/// The help a user reads names what `hale demo` shows, with no reference
+/// to a "seed" the user never saw.
+#[test]
+fn the_demos_help_names_what_it_shows() {
+    for args in [&["--help"][..], &["demo", "--help"][..]] {
+        let (ok, stdout, stderr, _) = hale(args, "");
+        assert!(ok, "hale {args:?} failed:\n{stdout}\n{stderr}");
+        assert_contains(&stdout, &["MCP server replaced by its backup"]);
+        assert!(!stdout.to_lowercase().contains("seed"), "{stdout}");
+    }
 }

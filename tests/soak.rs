@@ -16,7 +16,13 @@ use std::io::Read as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hale::soak::SoakReport;
+// The report's types, from the file that defines them: the soak itself is
+// part of the binary (a dev command), not of the library.
+#[path = "../src/dev/soak/report.rs"]
+#[allow(dead_code)]
+mod report;
+
+use report::SoakReport;
 
 /// The whole run's bound: 30 s of load, a server start in a debug build,
 /// the drain and the audit reads, with room for a busy machine.
@@ -63,7 +69,7 @@ fn thirty_seconds_at_50_messages_per_second_answer_each_once_and_hold_fds_and_me
     assert!(status.success(), "hale bench soak failed: {status}\n{text}");
     let report: SoakReport = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("hale bench soak printed no report ({e}): {text}"));
-    eprintln!("{}", hale::soak::render(&report));
+    eprintln!("{}", report::render(&report));
 
     assert_eq!(report.server_died, None);
     let m = &report.messages;

@@ -8,9 +8,48 @@
 //! [`ErrorCode::class`] is the single source every default and every
 //! classifier goes through, and the table in this module's tests is the
 //! contract.
+//!
+//! The catalog sits below [`crate::outcome`]: the coarse [`Status`] and
+//! the [`Severity`] a classification names are defined here, and the
+//! outcome builds on them, never the other way round.
+
+use serde::{Deserialize, Serialize};
 
 use crate::open_enum::open_enum;
-use crate::outcome::{Severity, Status};
+
+/// What happened to the call, at the coarsest level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// The call did what was asked.
+    Success,
+    /// The call failed.
+    Error,
+    /// The call did not finish in time.
+    Timeout,
+    /// A policy stopped the call before it ran.
+    Blocked,
+    /// Some of the work was done; `data` holds what was produced and
+    /// `message` says what is missing.
+    Partial,
+}
+
+/// How serious a failure is, ordered `Warning < Error < Critical`.
+///
+/// Success and partial outcomes carry [`Severity::Warning`], the lowest
+/// level, only because the field is always written; for them it has no
+/// meaning and nothing should act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Expected turbulence; usually handled by a retry.
+    #[serde(alias = "warn")]
+    Warning,
+    /// A real failure the agent has to deal with.
+    Error,
+    /// A failure that needs a human (security, data loss, policy).
+    Critical,
+}
 
 open_enum! {
     /// A machine-readable failure code, spelled `SCREAMING_SNAKE_CASE` on the

@@ -67,8 +67,8 @@ pub struct UnknownLevel(pub String);
 impl FromStr for Level {
     type Err = UnknownLevel;
 
-    /// Reads a level case-insensitively, so `"ERROR"` (as the seed's
-    /// `read_logs(level="ERROR")` sends it), `"warn"` and `"Warning"` all
+    /// Reads a level case-insensitively, so `"ERROR"` (as an agent's
+    /// `read_logs(level="ERROR")` often sends it), `"warn"` and `"Warning"` all
     /// work. `trace` is read as `debug`, hale's lowest level, because
     /// `tracing` has one more level than hale.
     fn from_str(s: &str) -> Result<Self, Self::Err> {

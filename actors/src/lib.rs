@@ -1,12 +1,17 @@
-//! hale's shared vocabulary: typed tool outcomes, the error catalog, the
-//! classifiers that produce outcomes from raw failures, the audit-trail
-//! events, and the [`Tool`] trait.
+//! hale's domain: the shared vocabulary (typed tool outcomes, the error
+//! catalog, the classifiers that produce outcomes from raw failures, the
+//! audit-trail events, the [`Tool`] trait), the recovery policy, and the
+//! actors that carry it out (tools, MCP servers, models, memory,
+//! escalation, audit, sessions) with the store behind them.
 //!
 //! This crate exists so that the parts of hale that must agree on what a
 //! failure *is* (the tool layer that produces outcomes, the durable core
-//! that records events, the sessions that act on them) never have to depend
-//! on each other to agree. Each depends only on this crate; none of them
-//! owns the definitions. It deliberately holds no actors and no I/O.
+//! that records events, the sessions that act on them) share one set of
+//! definitions, and so that the product crate (`hale`: configuration,
+//! wiring, HTTP API, CLI) only assembles them. The vocabulary modules
+//! (`outcome`, `catalog`, `classify`, `event`, `tool`) and the policy
+//! (`recovery`) hold no actors and no I/O; everything with a process, a
+//! socket or a file sits in the modules around them.
 
 pub mod audit;
 pub mod builtin;

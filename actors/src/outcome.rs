@@ -16,42 +16,12 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
+// Status and Severity are the catalog's vocabulary (a code's class names
+// a severity, a code implies a status); they are re-exported here because
+// every reader of an outcome needs them.
 use crate::catalog::{Classification, ErrorCode};
+pub use crate::catalog::{Severity, Status};
 use crate::open_enum::open_enum;
-
-/// What happened to the call, at the coarsest level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// The call did what was asked.
-    Success,
-    /// The call failed.
-    Error,
-    /// The call did not finish in time.
-    Timeout,
-    /// A policy stopped the call before it ran.
-    Blocked,
-    /// Some of the work was done; `data` holds what was produced and
-    /// `message` says what is missing.
-    Partial,
-}
-
-/// How serious a failure is, ordered `Warning < Error < Critical`.
-///
-/// Success and partial outcomes carry [`Severity::Warning`], the lowest
-/// level, only because the field is always written; for them it has no
-/// meaning and nothing should act on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// Expected turbulence; usually handled by a retry.
-    #[serde(alias = "warn")]
-    Warning,
-    /// A real failure the agent has to deal with.
-    Error,
-    /// A failure that needs a human (security, data loss, policy).
-    Critical,
-}
 
 open_enum! {
     /// What kind of self-repair suggestion a [`Hint`] carries, spelled
@@ -300,7 +270,7 @@ impl ToolOutcome {
     }
 
     /// The call timed out, whether said hale's way (status `timeout`) or
-    /// the seed's way (status `error`, code `ETIMEDOUT`).
+    /// as many tools say it (status `error`, code `ETIMEDOUT`).
     pub fn is_timeout(&self) -> bool {
         self.status == Status::Timeout || self.code == Some(ErrorCode::Etimedout)
     }

@@ -56,10 +56,25 @@ pub const DEFAULT_AGENT: &str = "default";
 pub const TEMPLATE: &str = include_str!("template.toml");
 
 /// The tools an agent may list in `tools` by name, and what an agent
-/// that omits `tools` gets: [`crate::runtime::DEFAULT_TOOLS`], the one
-/// list (the built-in tools, `read_logs`, `manage_mcp`, `ask_approval`,
-/// `remember` and `switch_model`).
-pub const BUILTIN_TOOLS: &[&str] = crate::runtime::DEFAULT_TOOLS;
+/// that omits `tools` gets: the built-in tools, the runtime's own
+/// (`read_logs`, `manage_mcp`, `ask_approval`, `remember`) and the
+/// session's `switch_model`. The one list: the runtime's `DEFAULT_TOOLS`
+/// is this list. It is defined here, not in the runtime, because the
+/// runtime is built from a configuration and never the other way round.
+pub const BUILTIN_TOOLS: &[&str] = &[
+    "exec",
+    "read_file",
+    "write_file",
+    "edit_file",
+    "glob",
+    "grep",
+    "web_fetch",
+    "read_logs",
+    "manage_mcp",
+    "ask_approval",
+    "remember",
+    "switch_model",
+];
 
 /// Where in the file something is: 1-based line and column (in
 /// characters).
@@ -205,6 +220,13 @@ pub struct SessionSettings {
     /// How long deleted sessions' rows are kept (default 7 days; `None`:
     /// for ever).
     pub deleted_session_retention: Option<Duration>,
+    /// The first delay before a crashed session is restarted (default
+    /// 5 ms); it doubles on each crash up to `restart_max_backoff`.
+    pub restart_backoff: Duration,
+    /// The longest delay before a crashed session is restarted (default
+    /// 500 ms); a session that stays up this long starts from
+    /// `restart_backoff` again.
+    pub restart_max_backoff: Duration,
 }
 
 impl Default for SessionSettings {
@@ -222,6 +244,8 @@ impl Default for SessionSettings {
             message_retention: Some(Duration::from_secs(30 * 86_400)),
             approval_retention: Some(Duration::from_secs(30 * 86_400)),
             deleted_session_retention: Some(Duration::from_secs(7 * 86_400)),
+            restart_backoff: hale_actors::session::DEFAULT_RESTART_BACKOFF_MIN,
+            restart_max_backoff: hale_actors::session::DEFAULT_RESTART_BACKOFF_MAX,
         }
     }
 }
@@ -847,6 +871,27 @@ impl Resolver<'_> {
             return Err(self.invalid(
                 s.stall_max_backoff.as_ref().map(Spanned::span),
                 "session.stall_max_backoff must not be shorter than session.stall_backoff",
+            ));
+        }
+        if let Some(d) = &s.restart_backoff {
+            if d.get_ref().value.is_zero() {
+                return Err(self.invalid(
+                    Some(d.span()),
+                    "session.restart_backoff must be greater than zero",
+                ));
+            }
+            session.restart_backoff = d.get_ref().value;
+        }
+        if let Some(d) = &s.restart_max_backoff {
+            session.restart_max_backoff = d.get_ref().value;
+        }
+        if session.restart_max_backoff < session.restart_backoff {
+            return Err(self.invalid(
+                s.restart_max_backoff
+                    .as_ref()
+                    .or(s.restart_backoff.as_ref())
+                    .map(Spanned::span),
+                "session.restart_max_backoff must not be shorter than session.restart_backoff",
             ));
         }
         Ok(session)

@@ -110,6 +110,9 @@ pub(crate) struct RawSession {
     pub message_retention: Option<Dur>,
     pub approval_retention: Option<Dur>,
     pub deleted_session_retention: Option<Dur>,
+    // issue 13 (house): the backoff between restarts of a crashing session.
+    pub restart_backoff: Option<Spanned<Dur>>,
+    pub restart_max_backoff: Option<Spanned<Dur>>,
 }
 
 /// `[audit]`.

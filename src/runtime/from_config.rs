@@ -14,7 +14,7 @@
 //! | `session.journal_retention` | [`RuntimeConfig::journal_retention`] |
 //! | `session.learn_from_incidents` | [`RuntimeConfig::learning`] (`lessons`) |
 //! | `session.max_open_questions` | [`RuntimeConfig::sessions`] (`ask_approval`'s limit) |
-//! | `session.context_budget_bytes`, `max_turns_per_message`, `stall_backoff`, `stall_max_backoff` | [`RuntimeConfig::sessions`] |
+//! | `session.context_budget_bytes`, `max_turns_per_message`, `stall_backoff`, `stall_max_backoff`, `restart_backoff`, `restart_max_backoff` | [`RuntimeConfig::sessions`] |
 //! | `[audit]` | [`RuntimeConfig::audit`] (`retention`) |
 //! | `[dispatch]` | [`RuntimeConfig::dispatch`] (`attempt_timeout`) |
 //! | the workspace's `memory/MEMORY.md` | [`RuntimeConfig::memory_path`] |
@@ -78,6 +78,10 @@ impl RuntimeConfig {
         runtime.sessions.context_budget_bytes = settings.context_budget_bytes;
         runtime.sessions.max_turns_per_message = settings.max_turns_per_message;
         runtime.sessions.stall_backoff = settings.stall_backoff;
+        runtime.sessions.restart_backoff = hale_actors::session::restart_backoff(
+            settings.restart_backoff,
+            settings.restart_max_backoff,
+        );
         runtime.audit = config.audit_config();
         runtime.memory_path = Some(config.memory_config().path);
         runtime.serve = config.serve().clone();

@@ -122,3 +122,104 @@ fn a_kill_9_of_the_process_then_a_restart_resumes_every_unfinished_message() {
         .unwrap_or_default();
     assert!(left.is_empty(), "process groups still recorded: {left:?}");
 }
+
+/// A session that keeps crashing is not restarted at once: the sessions
+/// supervisor waits a backoff that doubles from the configured minimum up
+/// to the maximum, and says so (a `retry` event, "restart in N ms") before
+/// each restart. The kills stand in for a session that crashes on every
+/// resume; the stable period is long so a slow machine's polling does not
+/// reset the count between kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_session_waits_a_doubling_backoff_before_each_restart() {
+    use hale::actors::event::EventKind;
+    use hale::supervision::Backoff;
+
+    const KILLS: u64 = 4;
+    let min = Duration::from_millis(100);
+    let max = Duration::from_millis(400);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.sessions.restart_backoff = Some(
+        Backoff::new(min, max, 0.2)
+            .unwrap()
+            .reset_after(Duration::from_secs(120)),
+    );
+    let runtime = start(config).await;
+    let session = runtime.create_session("default").await.unwrap();
+    ask(&runtime, &session, "hello", Duration::from_secs(60)).await;
+    let path = format!("hale/sessions/{session}");
+    let running_with = |restarts: u64| {
+        let runtime = runtime.clone();
+        let path = path.clone();
+        async move {
+            let tree = runtime.tree().await.ok()?;
+            tree.into_iter()
+                .find(|n| n.id == path && n.state == "running" && n.restarts == restarts)
+        }
+    };
+    for kill in 0..KILLS {
+        eventually(
+            Duration::from_secs(30),
+            &format!("{path} running after {kill} restarts"),
+            || running_with(kill),
+        )
+        .await;
+        runtime.kill(&path).await.unwrap();
+    }
+    eventually(
+        Duration::from_secs(30),
+        &format!("{path} running after {KILLS} restarts"),
+        || running_with(KILLS),
+    )
+    .await;
+    // The audit trail is written in batches: wait for the last restart.
+    let events = eventually(Duration::from_secs(30), "the restart events", || {
+        let runtime = runtime.clone();
+        let path = path.clone();
+        async move {
+            let all = events(&runtime, None).await;
+            let mine: Vec<_> = all.into_iter().filter(|e| e.source == path).collect();
+            let restarted = of_kind(&mine, &EventKind::ChildRestarted).len();
+            (restarted as u64 >= KILLS).then_some(mine)
+        }
+    })
+    .await;
+    let exits = of_kind(&events, &EventKind::ChildExited);
+    let scheduled = of_kind(&events, &EventKind::Retry);
+    let restarts = of_kind(&events, &EventKind::ChildRestarted);
+    let described: Vec<String> = events
+        .iter()
+        .map(|e| format!("{} {} {} {}", e.timestamp, e.kind, e.message, e.data))
+        .collect();
+    assert_eq!(
+        scheduled.len() as u64,
+        KILLS,
+        "one scheduled restart per crash:\n{}",
+        described.join("\n")
+    );
+    for (attempt, ((exit, wait), restart)) in
+        exits.iter().zip(&scheduled).zip(&restarts).enumerate()
+    {
+        let base = min.saturating_mul(1 << attempt).min(max).as_millis() as u64;
+        let delay = wait.data["delay_ms"].as_u64().unwrap();
+        assert_eq!(
+            wait.data["attempt"],
+            attempt as u64,
+            "{}",
+            described.join("\n")
+        );
+        assert!(
+            (base..=base + base / 5 + 1).contains(&delay),
+            "restart {attempt} waits {delay} ms, between {base} ms and 20 % more:\n{}",
+            described.join("\n")
+        );
+        // Only a lower bound: the restart comes no sooner than its delay.
+        let waited = restart.timestamp.duration_since(exit.timestamp);
+        assert!(
+            waited.as_millis() >= i128::from(delay),
+            "restart {attempt} came {waited:?} after the crash, before its {delay} ms:\n{}",
+            described.join("\n")
+        );
+    }
+    runtime.shutdown().await.unwrap();
+}

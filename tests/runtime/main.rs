@@ -1,4 +1,4 @@
-//! The runtime end to end: sessions, the seed's scenarios, chaos, and
+//! The runtime end to end: sessions, the demo's scenarios, chaos, and
 //! crash recovery. One test binary, so the suite links it once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -1,6 +1,6 @@
 //! `read_logs`: the agent's (and operator's) window on the audit trail.
 //!
-//! Self-repair starts with "what has this server been doing": the seed's
+//! Self-repair starts with "what has this server been doing": a typical
 //! agent calls `read_logs(level="ERROR", since="1h", grep="weather-mcp")`
 //! before it disables a failing MCP server. The tool lives with the audit
 //! module that owns the data and registers itself like any tool, so the

@@ -1,7 +1,7 @@
 //! Reading the `since` / `until` of a log query.
 //!
 //! Agents and operators both ask for "the last hour" far more often than
-//! for an instant, and they spell it `1h`, `30m`, `2d` (the seed's
+//! for an instant, and they spell it `1h`, `30m`, `2d` (as in
 //! `read_logs(since="1h")`). Absolute times come as RFC 3339. Parsing is a
 //! pure function handed `now`, so it is tested without a clock.
 

@@ -65,7 +65,8 @@ pub struct ApprovalOption {
     pub label: String,
 }
 
-/// Why the human is asked, in the seed's shape.
+/// Why the human is asked: what happened, why hale could not handle it,
+/// and what it recommends.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Diagnosis {
     /// What happened: the failure and its context (the outcome, the tool,

@@ -22,8 +22,10 @@
 //!   load, the supervisor spec, the model chain with retries, breakers and
 //!   fallbacks, and `switch_model`'s name resolution.
 //!
-//! **Boundary**: reqwest is used here only in `http.rs`, and wire types
-//! never leave `openai.rs` / `anthropic.rs`.
+//! **Boundary**: requests are sent only by `http.rs` (the one POST with a
+//! deadline and a size cap); the clients in `openai.rs` / `anthropic.rs`
+//! build their `reqwest::Client` and headers, and wire types never leave
+//! those two files.
 
 // A failed turn is a `ToolOutcome` handed to the session as is (the
 // `ModelClient` contract); boxing it on the error path would only be

@@ -3,8 +3,8 @@
 //!
 //! The model may write lessons itself (`remember`, `edit_file` on
 //! MEMORY.md), but an incident the runtime recovered from silently, a
-//! fallback to a backup server, leaves no trace in the model's view. The
-//! seed's scenario 2 is exactly that: the MCP server is down, the audit
+//! fallback to a backup server, leaves no trace in the model's view. `hale
+//! demo`'s dead MCP server is exactly that: the MCP server is down, the audit
 //! trail shows it has been failing, it is disabled, the backup serves, and
 //! the incident is noted for the next session. [`IncidentLearning`] does
 //! those steps once per endpoint per cool-down, so a storm of calls

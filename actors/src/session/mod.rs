@@ -27,7 +27,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use hale_supervision::{Address, ChildId, ChildSpec, Restart, SupervisorRef, SupervisorSpec};
+use hale_supervision::{
+    Address, Backoff, ChildId, ChildSpec, Restart, SupervisorRef, SupervisorSpec,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -118,6 +120,27 @@ pub struct SessionSettings {
     pub max_turns_per_message: u32,
     /// How a session that cannot write its journal paces its retries.
     pub stall_backoff: StallBackoff,
+    /// How the sessions supervisor spaces the restarts of a session that
+    /// keeps crashing (a poison journal, a bug hit on every resume): the
+    /// delay doubles from `min` to `max` and resets once the session has
+    /// stayed up for `max`. `None` restarts at once, as OTP does, and lets
+    /// a crash loop spend the branch's restart intensity in milliseconds.
+    pub restart_backoff: Option<Backoff>,
+}
+
+/// The first delay before restarting a crashed session.
+pub const DEFAULT_RESTART_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// The longest delay before restarting a crashed session.
+pub const DEFAULT_RESTART_BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// The random share added to each restart delay, so that sessions that
+/// crashed together do not restart in lock step.
+pub const RESTART_BACKOFF_JITTER: f64 = 0.2;
+
+/// The restart backoff of a session from its two bounds; `None` when they
+/// make no backoff (`min` zero or above `max`: the configuration refuses
+/// those before they get here).
+pub fn restart_backoff(min: Duration, max: Duration) -> Option<Backoff> {
+    Backoff::new(min, max, RESTART_BACKOFF_JITTER).ok()
 }
 
 impl Default for SessionSettings {
@@ -133,6 +156,10 @@ impl Default for SessionSettings {
             context_budget_bytes: context_budget::DEFAULT_CONTEXT_BUDGET_BYTES,
             max_turns_per_message: DEFAULT_MAX_TURNS_PER_MESSAGE,
             stall_backoff: StallBackoff::default(),
+            restart_backoff: restart_backoff(
+                DEFAULT_RESTART_BACKOFF_MIN,
+                DEFAULT_RESTART_BACKOFF_MAX,
+            ),
         }
     }
 }
@@ -1023,8 +1050,12 @@ impl Sessions {
                 slot.insert(address);
             }
         }
-        let spec =
+        let restart_backoff = self.env.settings.restart_backoff;
+        let mut spec =
             ChildSpec::worker(id, move || (SessionActor, args.clone())).restart(Restart::Permanent);
+        if let Some(backoff) = restart_backoff {
+            spec = spec.backoff(backoff);
+        }
         let supervisor = match self.supervisor() {
             Ok(s) => s,
             Err(e) => {

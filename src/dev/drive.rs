@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::runtime::{Runtime, RuntimeConfig};
+use hale::runtime::{Runtime, RuntimeConfig};
 
 /// What to drive.
 #[derive(Debug, Clone)]
@@ -83,7 +83,7 @@ pub async fn run(options: DriveOptions) -> Result<()> {
             .context("reading messages")?;
         for message in messages {
             total += 1;
-            let id = crate::actors::session::MessageId {
+            let id = hale::actors::session::MessageId {
                 session: session.id.clone(),
                 seq: message.seq,
             };
@@ -94,7 +94,7 @@ pub async fn run(options: DriveOptions) -> Result<()> {
                 .context("waiting")?;
             match record {
                 Some(record) => {
-                    if record.state == crate::actors::store::MessageState::Done {
+                    if record.state == hale::actors::store::MessageState::Done {
                         done += 1;
                     } else {
                         failed += 1;

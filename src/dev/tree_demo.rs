@@ -1,5 +1,5 @@
 //! `hale tree-demo` (hidden; the interim `hale demo` before the real one in
-//! [`crate::demo`]): a supervision tree shaped like hale's target tree
+//! [`hale::demo`]): a supervision tree shaped like hale's target tree
 //! surviving a burst of kills and panics.
 //!
 //! It shows the OTP supervisors alone. Every node of the tree is a placeholder

@@ -46,18 +46,6 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
-/// The names of the tools this server lists, in list order.
-pub const TOOL_NAMES: [&str; 8] = [
-    "echo",
-    "sleep",
-    "fail",
-    "rpc_error",
-    "crash",
-    "hang",
-    "garbage",
-    "write_once",
-];
-
 /// The line `garbage` writes to stdout in stdio mode (followed by `\n`), and
 /// the `data:` of the SSE event that replaces the reply in HTTP mode. Not
 /// JSON: a JSON parser fails on its first byte.
@@ -998,5 +986,28 @@ fn garble_event(event: Bytes) -> Bytes {
         Bytes::from(format!("data: {GARBAGE_LINE}\n\n"))
     } else {
         event
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tool_list_names_every_tool_once_in_order() {
+        let names: Vec<String> = tool_list().iter().map(|t| t.name.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "echo",
+                "sleep",
+                "fail",
+                "rpc_error",
+                "crash",
+                "hang",
+                "garbage",
+                "write_once"
+            ]
+        );
     }
 }

@@ -28,7 +28,7 @@ use hale_actors::store::{MessageRecord, MessageState};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use crate::runtime::{Runtime, RuntimeConfig};
+use hale::runtime::{Runtime, RuntimeConfig};
 
 /// The file the tool messages read (in the workspace).
 const FILE: &str = "bench.txt";
@@ -720,10 +720,10 @@ pub async fn exec(options: ExecOptions) -> anyhow::Result<()> {
     }
     .context("creating the temporary workspace")?;
     let mut sandbox = SandboxConfig {
-        helper: crate::sandbox::default_helper(),
+        helper: hale::sandbox::default_helper(),
         ..SandboxConfig::default()
     };
-    crate::sandbox::prepare(&mut sandbox).context("preparing the sandbox")?;
+    hale::sandbox::prepare(&mut sandbox).context("preparing the sandbox")?;
     if let Some(why) = &sandbox.unavailable {
         bail!("the sandbox cannot run here: {why}");
     }
