@@ -119,7 +119,7 @@ impl<W: Wire> RemoteClient<W> {
             W::classify,
         )
         .await?;
-        let mut reply = if self.stream {
+        let mut reply = if self.stream && !is_json(&response) {
             let limits = StreamLimits {
                 max_bytes: self.max_reply_bytes,
                 idle: self.stream_idle_timeout,
@@ -139,6 +139,17 @@ impl<W: Wire> RemoteClient<W> {
         reply.model = self.name.clone();
         Ok(reply)
     }
+}
+
+/// Whether an answer is a JSON body: a server that ignores `stream: true`
+/// (some proxies and older compatible servers do) answers with one, and
+/// it is read as a plain answer rather than refused.
+fn is_json(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"))
 }
 
 impl<W: Wire> ModelClient for RemoteClient<W> {

@@ -193,13 +193,22 @@ impl Merge {
 pub struct Deltas {
     tx: broadcast::Sender<DeltaEvent>,
     redactor: Arc<Redactor>,
+    /// Per session, the turn last asked for and how many requests were
+    /// made for it: a turn asked again (the session's own retry, or a
+    /// restarted session) continues the attempt count, so its reset is
+    /// shown. One entry per session.
+    asks: Arc<dashmap::DashMap<String, (u64, u32, u32)>>,
 }
 
 impl Deltas {
     /// A broadcast whose text is masked by `redactor`.
     pub fn new(redactor: Arc<Redactor>) -> Self {
         let (tx, _) = broadcast::channel(DELTA_CHANNEL_CAPACITY);
-        Self { tx, redactor }
+        Self {
+            tx,
+            redactor,
+            asks: Arc::default(),
+        }
     }
 
     /// The deltas from now on; a reader that falls more than
@@ -209,9 +218,26 @@ impl Deltas {
     }
 
     /// The sink of one model turn's request.
+    /// A turn asked for again (the same session, message and turn as the
+    /// last sink made) continues the attempt count: its attempt `n` is
+    /// the `n`-th of this request after the earlier requests' attempts
+    /// (one each, or as many as [`DeltaSink::attempt`] said).
     pub fn sink(&self, session: &str, message: u64, turn: u32) -> Arc<MessageDeltas> {
+        let base = {
+            let mut asks = self
+                .asks
+                .entry(session.to_owned())
+                .or_insert((message, turn, 0));
+            if (asks.0, asks.1) != (message, turn) {
+                *asks = (message, turn, 0);
+            }
+            let base = asks.2;
+            asks.2 = asks.2.saturating_add(1);
+            base
+        };
         Arc::new(MessageDeltas {
             inner: Arc::new(Inner {
+                asks: Arc::clone(&self.asks),
                 tx: self.tx.clone(),
                 redactor: Arc::clone(&self.redactor),
                 state: Mutex::new(State {
@@ -219,8 +245,10 @@ impl Deltas {
                         session: session.to_owned(),
                         message,
                         turn,
-                        attempt: 1,
+                        attempt: base.saturating_add(1),
                     },
+                    base,
+                    announced: 1,
                     held: HeldBack::default(),
                     merge: Merge::default(),
                     ended: false,
@@ -234,6 +262,10 @@ impl Deltas {
 #[derive(Debug)]
 struct State {
     tag: DeltaTag,
+    /// Attempts made for this turn before this request.
+    base: u32,
+    /// The attempt whose reset has been published (1: none is needed).
+    announced: u32,
     held: HeldBack,
     merge: Merge,
     /// The text has ended: what is held is released.
@@ -244,6 +276,7 @@ struct State {
 
 #[derive(Debug)]
 struct Inner {
+    asks: Arc<dashmap::DashMap<String, (u64, u32, u32)>>,
     tx: broadcast::Sender<DeltaEvent>,
     redactor: Arc<Redactor>,
     state: Mutex<State>,
@@ -255,6 +288,15 @@ impl Inner {
             .longest_known()
             .saturating_sub(1)
             .max(PATTERN_WINDOW)
+    }
+
+    /// Publishes the reset of the current attempt, once, if it is not
+    /// the first.
+    fn announce(&self, state: &mut State) {
+        if state.tag.attempt > state.announced {
+            state.announced = state.tag.attempt;
+            let _ = self.tx.send(DeltaEvent::Reset(state.tag.clone()));
+        }
     }
 
     /// Sends what is due now; arms a timer for what is due later.
@@ -329,13 +371,17 @@ impl MessageDeltas {
 impl DeltaSink for MessageDeltas {
     fn attempt(&self, attempt: u32) {
         let mut state = self.lock();
-        state.tag.attempt = attempt;
+        state.tag.attempt = state.base.saturating_add(attempt);
+        // The turn's attempts so far, for a request that asks it again.
+        if let Some(mut asks) = self.inner.asks.get_mut(&state.tag.session)
+            && (asks.0, asks.1) == (state.tag.message, state.tag.turn)
+        {
+            asks.2 = asks.2.max(state.tag.attempt);
+        }
         state.held.clear();
         state.merge.clear();
         state.ended = false;
-        if attempt > 1 {
-            let _ = self.inner.tx.send(DeltaEvent::Reset(state.tag.clone()));
-        }
+        self.inner.announce(&mut state);
     }
 
     fn text(&self, piece: &str) {
@@ -343,6 +389,7 @@ impl DeltaSink for MessageDeltas {
         if state.ended {
             return;
         }
+        self.inner.announce(&mut state);
         let inner = &self.inner;
         let hold = inner.hold();
         let released = state
@@ -473,6 +520,42 @@ mod tests {
                 .as_deref(),
             Some("b")
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_turn_asked_again_continues_the_attempt_count_and_resets() {
+        let deltas = Deltas::new(redactor());
+        let mut rx = deltas.subscribe();
+        let first = deltas.sink("s1", 1, 0);
+        first.text("cut sho");
+        first.abandon();
+        let again = deltas.sink("s1", 1, 0);
+        again.text("whole");
+        again.end();
+        let tag = |attempt| DeltaTag {
+            session: "s1".into(),
+            message: 1,
+            turn: 0,
+            attempt,
+        };
+        assert_eq!(rx.recv().await.unwrap(), DeltaEvent::Reset(tag(2)));
+        assert_eq!(
+            rx.recv().await.unwrap(),
+            DeltaEvent::Text {
+                tag: tag(2),
+                text: "whole".into()
+            }
+        );
+        // The next turn starts at attempt 1 again: no reset.
+        let next = deltas.sink("s1", 1, 1);
+        next.text("next");
+        next.end();
+        match rx.recv().await.unwrap() {
+            DeltaEvent::Text { tag: t, text } => {
+                assert_eq!((t.turn, t.attempt, text.as_str()), (1, 1, "next"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test(start_paused = true)]
