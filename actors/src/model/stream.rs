@@ -332,6 +332,7 @@ mod tests {
     async fn a_gap_longer_than_the_idle_timeout_is_a_timeout() {
         let mut script =
             Script([Step::Bytes(COMPLETE.as_bytes()[..40].to_vec()), Step::Stall].into());
+        let started = Instant::now();
         let outcome = read_stream::<OpenAiStream, _>(
             &mut script,
             "u",
@@ -344,6 +345,12 @@ mod tests {
         assert!(outcome.retryable);
         assert_eq!(outcome.data["stream"], "idle");
         assert_eq!(outcome.data["stream_idle_timeout_ms"], 30_000);
+        // Paused time: the wait is the idle timeout, not the 120 s deadline.
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(30) && waited < Duration::from_secs(31),
+            "{waited:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
