@@ -538,7 +538,8 @@ mod tests {
             turn: 0,
             attempt,
         };
-        assert_eq!(rx.recv().await.unwrap(), DeltaEvent::Reset(tag(2)));
+        let next = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await;
+        assert_eq!(next.expect("a reset").unwrap(), DeltaEvent::Reset(tag(2)));
         assert_eq!(
             rx.recv().await.unwrap(),
             DeltaEvent::Text {
@@ -573,7 +574,8 @@ mod tests {
         let mut events = Vec::new();
         // The held text goes once the rate allows (paused time runs on).
         while events.len() < 2 || !matches!(events.last(), Some(DeltaEvent::Text { .. })) {
-            events.push(rx.recv().await.unwrap());
+            let next = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await;
+            events.push(next.expect("an event in time").unwrap());
         }
         let tag = |attempt| DeltaTag {
             session: "s1".into(),
