@@ -520,6 +520,19 @@ mod tests {
                 .as_deref(),
             Some("b")
         );
+        // Twenty sends in the last second: the last one waits for the
+        // oldest to leave the window.
+        let mut merge = Merge::default();
+        for i in 0..20u64 {
+            merge.push("x");
+            let at = start + Duration::from_millis(50 * i);
+            assert!(merge.take(at, false).is_some(), "send {i}");
+        }
+        merge.push("end");
+        let late = start + Duration::from_millis(960);
+        assert_eq!(merge.take(late, true), None);
+        assert_eq!(merge.due_at(late, true), Some(start + SECOND));
+        assert_eq!(merge.take(start + SECOND, true).as_deref(), Some("end"));
     }
 
     #[tokio::test(start_paused = true)]
