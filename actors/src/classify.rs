@@ -418,6 +418,10 @@ pub fn from_model_stream_error(provider: &str, body: &str) -> ToolOutcome {
             }
         });
     let mut outcome = from_model_http_error(provider, status, None, body, SystemTime::now());
+    // The status was read from the error, not sent: say where it came from.
+    if let Some(rest) = outcome.message.strip_prefix(&format!("HTTP {status}")) {
+        outcome.message = format!("the endpoint reported an error mid-stream{rest}");
+    }
     if let Value::Object(data) = &mut outcome.data {
         data.remove("http_status");
         data.insert("in_stream".to_owned(), json!(true));
