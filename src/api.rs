@@ -27,7 +27,7 @@ use axum::{Extension, Json, Router};
 use futures_util::Stream;
 use hale_actors::escalation::{Answer, ApprovalNotice, EscalationError};
 use hale_actors::event::{Event, Level};
-use hale_actors::session::{MessageId, Progress, SessionError};
+use hale_actors::session::{DeltaEvent, MessageId, Progress, SessionError};
 use hale_actors::store::{
     EventFilter, EventQuery, Grep, MessageRecord, MessageState, SessionStore,
 };
@@ -1205,6 +1205,15 @@ async fn chaos_kill(
 /// Live events (server-sent): `audit`, `approval.opened`,
 /// `approval.resolved`, `message.done`, and `lagged` (`{"missed": n}`)
 /// when the client read too slowly and `n` events were dropped for it.
+/// While a model reply streams: `message.delta` (`{"session", "message",
+/// "turn", "attempt", "text"}`), pieces of the reply's text in order,
+/// secrets masked, at most 20 a second per message (pieces merged); they
+/// concatenate to the turn's text. `message.delta.reset` (`{"session",
+/// "message", "turn", "attempt"}`) says the turn is tried again as
+/// `attempt`: the text of its earlier attempts is void. Deltas are not
+/// audit events: not stored, and dropped unannounced for a slow reader
+/// (the whole reply comes with `message.done`). `?session=` filters them
+/// too.
 /// At most `[serve] max_event_streams` streams are open at once; beyond
 /// that the answer is 503 with `Retry-After`.
 #[utoipa::path(get, path = "/v1/events", params(EventParams),
@@ -1231,6 +1240,7 @@ async fn events(
     let mut audit = state.runtime.subscribe_events();
     let mut approvals = state.runtime.subscribe_approvals();
     let mut done = state.runtime.sessions().subscribe_done();
+    let mut deltas = state.runtime.sessions().subscribe_deltas();
     let session = params.session;
     let stream = async_stream(move |tx| async move {
         // The slot is free again when this task ends: when the client
@@ -1263,6 +1273,18 @@ async fn events(
                         sse("approval.resolved", &shown(&state, &a))
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => limits.lagged(n),
+                    Err(_) => return,
+                },
+                delta = deltas.recv() => match delta {
+                    Ok(delta) => {
+                        if session.as_ref().is_some_and(|s| s != delta.session()) {
+                            continue;
+                        }
+                        delta_sse(&delta)
+                    }
+                    // Deltas are dropped for a slow reader, unannounced:
+                    // the final reply comes with `message.done`.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(_) => return,
                 },
                 record = done.recv() => match record {
@@ -1312,6 +1334,25 @@ async fn redact_errors(State(state): State<ApiState>, request: Request, next: Ne
     let masked = state.runtime.redactor().redact_str(&text).into_owned();
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, axum::body::Body::from(masked))
+}
+
+/// A streamed-text event: `message.delta` (`{session, message, turn,
+/// attempt, text}`, the text already masked) or `message.delta.reset`
+/// (`{session, message, turn, attempt}`, the new attempt).
+fn delta_sse(delta: &DeltaEvent) -> SseEvent {
+    match delta {
+        DeltaEvent::Text { tag, text } => sse(
+            "message.delta",
+            &json!({
+                "session": tag.session,
+                "message": tag.message,
+                "turn": tag.turn,
+                "attempt": tag.attempt,
+                "text": text,
+            }),
+        ),
+        DeltaEvent::Reset(tag) => sse("message.delta.reset", tag),
+    }
 }
 
 fn sse(name: &str, value: &impl Serialize) -> SseEvent {

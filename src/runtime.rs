@@ -609,6 +609,7 @@ impl Runtime {
                 memory: Some(memory.clone()),
                 learning: Some(Arc::new(learning)),
                 sink: Arc::clone(&sink),
+                deltas: hale_actors::session::Deltas::new(Arc::clone(&redactor)),
                 settings: config.sessions.clone(),
             },
             config.agents.clone(),

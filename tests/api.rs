@@ -943,3 +943,254 @@ async fn a_message_deleted_by_retention_answers_410_gone() {
     assert_error(status, &body, StatusCode::NOT_FOUND);
     api.runtime.shutdown().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------
+// Streamed replies: message.delta on /v1/events.
+
+/// A loopback OpenAI-compatible endpoint over a raw socket: request `i`
+/// (from 0) is answered with the SSE chunks `replies[i]` (the last for
+/// every later one), written one by one with a pause between them; the
+/// connection is closed after the last. The handle counts requests.
+async fn streaming_model(
+    replies: Vec<Vec<String>>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&count);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let i = counter.fetch_add(1, Ordering::SeqCst);
+            let chunks = replies[i.min(replies.len() - 1)].clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = socket.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&seen).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if seen.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+                let _ = socket.write_all(head.as_bytes()).await;
+                for chunk in chunks {
+                    let _ = socket.write_all(chunk.as_bytes()).await;
+                    let _ = socket.flush().await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            });
+        }
+    });
+    (base, count)
+}
+
+fn content_chunk(piece: &str) -> String {
+    format!(
+        "data: {}\n\n",
+        json!({"choices": [{"index": 0, "delta": {"content": piece}}]})
+    )
+}
+
+fn end_chunks() -> Vec<String> {
+    vec![
+        format!(
+            "data: {}\n\n",
+            json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        ),
+        format!(
+            "data: {}\n\n",
+            json!({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 9}})
+        ),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+}
+
+/// The SSE events of `/v1/events` read until `message.done`: (name, data).
+async fn events_until_done(stream: &mut reqwest::Response) -> Vec<(String, Value)> {
+    let mut raw = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !raw.contains("event: message.done") || !raw.ends_with("\n\n") {
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .expect("no message.done event in time")
+            .unwrap()
+            .expect("stream ended");
+        raw.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    raw.split("\n\n")
+        .filter_map(|block| {
+            let mut name = None;
+            let mut data = None;
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    name = Some(v.to_owned());
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = serde_json::from_str::<Value>(v).ok();
+                }
+            }
+            Some((name?, data?))
+        })
+        .collect()
+}
+
+async fn streaming_api(base: &str) -> Api {
+    let base = base.to_owned();
+    Api::start(false, move |config| {
+        let model = hale::actors::model::ModelConfig::remote(
+            "loop",
+            hale::actors::model::Provider::Openai,
+            base,
+            "m",
+            None,
+        );
+        config.models = vec![model];
+        config.agents = vec![hale::runtime::default_agent(&["loop".to_owned()])];
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_text_reaches_events_as_message_deltas_that_make_up_the_reply() {
+    // ~600 bytes in 80 pieces, a key split across two of them.
+    let mut pieces: Vec<String> = (0..80).map(|i| format!("word{i} ")).collect();
+    pieces[40] = "key sk-proj1234567".to_owned();
+    pieces[41] = "890abcdefXYZ ".to_owned();
+    let mut chunks: Vec<String> = pieces.iter().map(|p| content_chunk(p)).collect();
+    chunks.extend(end_chunks());
+    let (base, _) = streaming_model(vec![chunks]).await;
+    let api = streaming_api(&base).await;
+    let (_, created) = api
+        .call(Method::POST, "/v1/sessions", Some(json!({})))
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let mut stream = api
+        .request(Method::GET, &format!("/v1/events?session={id}"))
+        .send()
+        .await
+        .unwrap();
+    let (status, _) = api
+        .call(
+            Method::POST,
+            &format!("/v1/sessions/{id}/messages"),
+            Some(json!({"text": "talk to me"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let events = events_until_done(&mut stream).await;
+    let done = &events.iter().find(|(n, _)| n == "message.done").unwrap().1;
+    assert_eq!(done["status"], "done", "{done}");
+    let reply = done["reply"].as_str().unwrap();
+    let deltas: Vec<&Value> = events
+        .iter()
+        .filter(|(n, _)| n == "message.delta")
+        .map(|(_, d)| d)
+        .collect();
+    // Merged (fewer deltas than pieces), tagged, and in order: they make
+    // up the reply, the key masked in both.
+    assert!(
+        deltas.len() > 1 && deltas.len() < pieces.len(),
+        "{}",
+        deltas.len()
+    );
+    for delta in &deltas {
+        assert_eq!(delta["session"], id.as_str());
+        assert_eq!(delta["message"], 1);
+        assert_eq!(delta["turn"], 0);
+        assert_eq!(delta["attempt"], 1);
+    }
+    let text: String = deltas.iter().map(|d| d["text"].as_str().unwrap()).collect();
+    assert_eq!(text, reply);
+    assert!(
+        !text.contains("sk-proj") && !text.contains("890abcdef"),
+        "{text}"
+    );
+    assert!(text.contains("[REDACTED]"), "{text}");
+    let last_delta = events
+        .iter()
+        .rposition(|(n, _)| n == "message.delta")
+        .unwrap();
+    let done_at = events
+        .iter()
+        .position(|(n, _)| n == "message.done")
+        .unwrap();
+    assert!(
+        last_delta < done_at,
+        "every delta comes before message.done"
+    );
+    assert!(!events.iter().any(|(n, _)| n == "message.delta.reset"));
+    api.runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_turn_shows_its_reset_and_the_retry_makes_up_the_reply() {
+    // The first answer is cut after 200 bytes of text (past the masking
+    // window, so some of it went out); the second is whole.
+    let cut: Vec<String> = (0..20)
+        .map(|i| content_chunk(&format!("doomed{i:03} ")))
+        .collect();
+    let mut whole: Vec<String> = (0..30)
+        .map(|i| content_chunk(&format!("fine{i} ")))
+        .collect();
+    whole.extend(end_chunks());
+    let (base, requests) = streaming_model(vec![cut, whole]).await;
+    let api = streaming_api(&base).await;
+    let (_, created) = api
+        .call(Method::POST, "/v1/sessions", Some(json!({})))
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let mut stream = api
+        .request(Method::GET, &format!("/v1/events?session={id}"))
+        .send()
+        .await
+        .unwrap();
+    api.call(
+        Method::POST,
+        &format!("/v1/sessions/{id}/messages"),
+        Some(json!({"text": "talk to me"})),
+    )
+    .await;
+    let events = events_until_done(&mut stream).await;
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let done = &events.iter().find(|(n, _)| n == "message.done").unwrap().1;
+    let reply = done["reply"].as_str().unwrap();
+    assert!(
+        reply.starts_with("fine0 ") && !reply.contains("doomed"),
+        "{reply}"
+    );
+    let reset = events
+        .iter()
+        .rposition(|(n, _)| n == "message.delta.reset")
+        .expect("a reset before the retry's text");
+    assert_eq!(events[reset].1["attempt"], 2);
+    assert!(
+        events[..reset]
+            .iter()
+            .any(|(n, d)| n == "message.delta" && d["text"].as_str().unwrap().contains("doomed")),
+        "the cut attempt's text went out before its reset"
+    );
+    let after: String = events[reset..]
+        .iter()
+        .filter(|(n, _)| n == "message.delta")
+        .map(|(_, d)| d["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(after, reply);
+    api.runtime.shutdown().await.unwrap();
+}

@@ -980,3 +980,23 @@ fn session_restart_backoff_reaches_the_runtime_and_is_checked_with_its_line() {
         3
     );
 }
+
+/// `[[models]] stream` and `stream_idle_timeout`: streamed with a 30 s
+/// idle bound by default, both settable, a zero timeout refused at its
+/// line.
+#[test]
+fn model_streaming_keys() {
+    let text = "[[models]]\nname = \"a\"\nprovider = \"openai\"\nmodel = \"x\"\n\n\
+                [[models]]\nname = \"b\"\nprovider = \"anthropic\"\nmodel = \"y\"\n\
+                stream = false\nstream_idle_timeout = \"5s\"\n";
+    let models = parse(text).unwrap().model_configs();
+    assert!(models[0].stream);
+    assert_eq!(models[0].stream_idle_timeout, Duration::from_secs(30));
+    assert!(!models[1].stream);
+    assert_eq!(models[1].stream_idle_timeout, Duration::from_secs(5));
+    let zero = "[[models]]\nname = \"m\"\nprovider = \"scripted\"\nstream_idle_timeout = \"0s\"\n";
+    assert_eq!(
+        line_of(zero, "stream_idle_timeout must be greater than zero"),
+        4
+    );
+}

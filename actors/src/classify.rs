@@ -133,6 +133,40 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// Parses a `retry-after-ms` header value (OpenAI's and Azure's
+/// finer-grained `Retry-After`): a non-negative number of milliseconds,
+/// fractions allowed (`"1500"`, `"20.5"`). Anything else is `None`.
+pub fn parse_retry_after_ms(value: &str) -> Option<Duration> {
+    let ms: f64 = value.trim().parse().ok()?;
+    if !ms.is_finite() || ms < 0.0 {
+        return None;
+    }
+    Duration::try_from_secs_f64(ms / 1000.0).ok()
+}
+
+/// `outcome` with the pause a `retry-after-ms` header asked for, which
+/// takes precedence over `Retry-After` (it is the more precise of the
+/// two): the `retry_after` field and the `retry_after` hint are replaced.
+/// A failure that is not retryable, or a value that does not parse, is
+/// left as it was.
+pub fn with_retry_after_ms(mut outcome: ToolOutcome, value: Option<&str>) -> ToolOutcome {
+    let Some(after) = value.and_then(parse_retry_after_ms) else {
+        return outcome;
+    };
+    if !outcome.retryable {
+        return outcome;
+    }
+    outcome.hints.retain(|h| h.kind != HintKind::RetryAfter);
+    let hint = Hint::new(
+        HintKind::RetryAfter,
+        format!(
+            "the server asked to wait {} ms before retrying",
+            after.as_millis()
+        ),
+    );
+    outcome.with_retry_after(after).with_hint(hint)
+}
+
 /// Classifies a JSON-RPC error object (as MCP servers send them).
 ///
 /// | code | catalog code | why |
@@ -332,6 +366,69 @@ pub fn from_anthropic_http_error(
     from_model_http_error("anthropic", status, retry_after, body, now)
 }
 
+/// Classifies an error a model endpoint sent inside a streamed answer
+/// (after a 200): OpenAI-compatible servers send `data: {"error": {...}}`,
+/// Anthropic an `error` event (`{"type": "error", "error": {"type",
+/// "message"}}`). There is no status, so one is read from the error's
+/// type or code (Anthropic's `overloaded_error` is 529, `rate_limit_error`
+/// 429, `api_error` 500, `invalid_request_error` 400, ...; OpenAI's
+/// `server_error` 500, `rate_limit_exceeded` 429, ...; a number in `code`
+/// is taken as the status) and the body is classified as the HTTP error
+/// body would be, so `CONTEXT_TOO_LONG` and rate limits read the same.
+/// An error whose kind says nothing is a 500 (`SERVICE_UNAVAILABLE`,
+/// retryable: the endpoint failed mid-answer). Data carries
+/// `in_stream: true`.
+pub fn from_model_stream_error(provider: &str, body: &str) -> ToolOutcome {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let error = parsed
+        .as_ref()
+        .and_then(|v| v.get("error").filter(|e| e.is_object()).or(Some(v)));
+    let said = |name: &str| -> String {
+        match error.and_then(|e| e.get(name)) {
+            Some(Value::String(s)) => s.to_lowercase(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => String::new(),
+        }
+    };
+    let (kind, code) = (said("type"), said("code"));
+    let status = code
+        .parse::<u16>()
+        .ok()
+        .filter(|n| (400..600).contains(n))
+        .unwrap_or_else(|| {
+            let words = format!("{kind} {code}");
+            if words.contains("overloaded") {
+                529
+            } else if words.contains("rate_limit") || words.contains("insufficient_quota") {
+                429
+            } else if words.contains("authentication") || words.contains("invalid_api_key") {
+                401
+            } else if words.contains("permission") {
+                403
+            } else if words.contains("not_found") {
+                404
+            } else if words.contains("request_too_large") {
+                413
+            } else if words.contains("timeout") {
+                504
+            } else if words.contains("invalid_request") || words.contains("context_length") {
+                400
+            } else {
+                500
+            }
+        });
+    let mut outcome = from_model_http_error(provider, status, None, body, SystemTime::now());
+    // The status was read from the error, not sent: say where it came from.
+    if let Some(rest) = outcome.message.strip_prefix(&format!("HTTP {status}")) {
+        outcome.message = format!("the endpoint reported an error mid-stream{rest}");
+    }
+    if let Value::Object(data) = &mut outcome.data {
+        data.remove("http_status");
+        data.insert("in_stream".to_owned(), json!(true));
+    }
+    outcome
+}
+
 fn from_model_http_error(
     provider: &str,
     status: u16,
@@ -448,5 +545,59 @@ mod tests {
         let outcome = from_http_status(400, None, &body, SystemTime::now());
         assert!(outcome.message.starts_with("HTTP 400: START"));
         assert!(outcome.message.len() <= MAX_EXCERPT_BYTES + "HTTP 400: ".len());
+    }
+
+    #[test]
+    fn retry_after_ms_is_preferred_over_retry_after() {
+        let now = SystemTime::now();
+        let outcome = from_openai_http_error(429, Some("1"), "", now);
+        assert_eq!(outcome.retry_after, Some(Duration::from_secs(1)));
+        let outcome = with_retry_after_ms(outcome, Some("1500"));
+        assert_eq!(outcome.retry_after, Some(Duration::from_millis(1500)));
+        let hints: Vec<_> = outcome
+            .hints
+            .iter()
+            .filter(|h| h.kind == HintKind::RetryAfter)
+            .collect();
+        assert_eq!(hints.len(), 1);
+        assert!(hints[0].message.contains("1500 ms"));
+        // Garbage, and a failure that is not retried, keep what they had.
+        let kept = with_retry_after_ms(
+            from_openai_http_error(429, Some("2"), "", now),
+            Some("soon"),
+        );
+        assert_eq!(kept.retry_after, Some(Duration::from_secs(2)));
+        let denied = with_retry_after_ms(from_openai_http_error(401, None, "", now), Some("100"));
+        assert_eq!(denied.retry_after, None);
+        assert_eq!(
+            parse_retry_after_ms("20.5"),
+            Some(Duration::from_micros(20_500))
+        );
+        assert_eq!(parse_retry_after_ms("-1"), None);
+        assert_eq!(parse_retry_after_ms("NaN"), None);
+    }
+
+    #[test]
+    fn stream_errors_read_a_status_from_their_kind() {
+        let code = |body: &str| from_model_stream_error("anthropic", body).code;
+        assert_eq!(
+            code(r#"{"type":"error","error":{"type":"rate_limit_error","message":"x"}}"#),
+            Some(ErrorCode::RateLimited)
+        );
+        assert_eq!(
+            code(
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 300000 tokens"}}"#
+            ),
+            Some(ErrorCode::ContextTooLong)
+        );
+        assert_eq!(
+            code(r#"{"type":"error","error":{"type":"authentication_error","message":"x"}}"#),
+            Some(ErrorCode::Unauthenticated)
+        );
+        assert_eq!(
+            code(r#"{"error":{"message":"boom"}}"#),
+            Some(ErrorCode::ServiceUnavailable)
+        );
+        assert_eq!(code("not json"), Some(ErrorCode::ServiceUnavailable));
     }
 }

@@ -214,6 +214,19 @@ impl KnownSecrets {
         self.current().values.len()
     }
 
+    /// The length in bytes of the longest pattern masked (a value or its
+    /// JSON-escaped form); 0 when none is known. A stream that masks
+    /// piece by piece holds back this many bytes less one, so a value
+    /// split across two pieces is still whole when it is masked.
+    pub fn longest(&self) -> usize {
+        self.current()
+            .patterns
+            .iter()
+            .map(String::len)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Whether no value is known.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

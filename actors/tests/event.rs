@@ -51,7 +51,7 @@ fn event_kinds_are_snake_case_and_open() {
         let back: EventKind = serde_json::from_str(&serde_json::to_string(kind).unwrap()).unwrap();
         assert_eq!(&back, kind);
     }
-    assert_eq!(EventKind::KNOWN.len(), 25);
+    assert_eq!(EventKind::KNOWN.len(), 28);
     assert_eq!(
         serde_json::to_string(&EventKind::SessionStalled).unwrap(),
         "\"session_stalled\""

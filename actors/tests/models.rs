@@ -1620,3 +1620,228 @@ async fn a_wait_for_the_not_before_never_passes_the_turn_deadline() {
     assert!(outcome.retryable);
     assert_eq!(fake.requests(), 1);
 }
+
+// ---------------------------------------------------------------------------
+// Streamed replies over real HTTP (the fake above, and a raw socket for
+// bodies cut or stalled mid-way).
+
+/// A streamed text answer in `wire`'s format: `pieces`, then the end
+/// marker when `end`, usage included.
+fn sse_text(wire: Wire, pieces: &[&str], end: bool) -> String {
+    let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut body = String::new();
+    match wire {
+        Wire::Openai => {
+            for piece in pieces {
+                body += &format!(
+                    "data: {}\n\n",
+                    json!({"choices": [{"index": 0, "delta": {"content": piece}}]})
+                );
+            }
+            if end {
+                body += &format!(
+                    "data: {}\n\ndata: {}\n\ndata: [DONE]\n\n",
+                    json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+                    json!({"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 7,
+                        "prompt_tokens_details": {"cached_tokens": 3}}})
+                );
+            }
+        }
+        Wire::Anthropic => {
+            body += &event(
+                "message_start",
+                json!({"type": "message_start", "message": {"usage": {"input_tokens": 8,
+                    "output_tokens": 1, "cache_read_input_tokens": 3}}}),
+            );
+            body += &event(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0,
+                    "content_block": {"type": "text", "text": ""}}),
+            );
+            for piece in pieces {
+                body += &event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0,
+                        "delta": {"type": "text_delta", "text": piece}}),
+                );
+            }
+            if end {
+                body += &event(
+                    "message_delta",
+                    json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                        "usage": {"output_tokens": 7}}),
+                );
+                body += &event("message_stop", json!({"type": "message_stop"}));
+            }
+        }
+    }
+    body
+}
+
+#[derive(Debug, Default)]
+struct Pieces(Mutex<Vec<String>>);
+
+impl hale_actors::model::DeltaSink for Pieces {
+    fn attempt(&self, _attempt: u32) {}
+    fn text(&self, delta: &str) {
+        self.0.lock().unwrap().push(delta.to_owned());
+    }
+}
+
+fn client(config: &ModelConfig) -> Box<dyn hale_actors::model::ModelClient> {
+    match config.provider {
+        Provider::Openai => Box::new(hale_actors::model::OpenAiClient::new(config, None).unwrap()),
+        _ => Box::new(hale_actors::model::AnthropicClient::new(config, None).unwrap()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_reply_is_assembled_with_its_usage_and_text_pieces() {
+    for wire in WIRES {
+        let pieces = ["The ", "answer ", "is 42."];
+        let answer = Answer::raw(200, sse_text(wire, &pieces, true))
+            .header("content-type", "text/event-stream");
+        let fake = Fake::new(vec![], answer);
+        let base = serve(wire, fake.clone()).await;
+        let config = wire.config("m", &base);
+        let sink = Arc::new(Pieces::default());
+        let mut request = hello();
+        request.deltas = Some(sink.clone());
+        let reply = tokio::time::timeout(BOUND, client(&config).complete(&request))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply.text.as_deref(), Some("The answer is 42."), "{wire:?}");
+        assert_eq!(sink.0.lock().unwrap().concat(), "The answer is 42.");
+        let usage = reply.usage.unwrap();
+        assert_eq!(
+            (usage.completion_tokens, usage.cached_tokens),
+            (7, 3),
+            "{wire:?}"
+        );
+        assert_eq!(usage.prompt_tokens, 11, "{wire:?}");
+        assert_eq!(fake.body(0)["stream"], true);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_false_sends_the_plain_request() {
+    for wire in WIRES {
+        let fake = Fake::new(vec![], wire.text("plain"));
+        let base = serve(wire, fake.clone()).await;
+        let mut config = wire.config("m", &base);
+        config.stream = false;
+        let reply = client(&config).complete(&hello()).await.unwrap();
+        assert_eq!(reply.text.as_deref(), Some("plain"));
+        assert!(fake.body(0).get("stream").is_none(), "{wire:?}");
+    }
+}
+
+/// A raw HTTP/1.1 server that answers every request with a 200
+/// event-stream whose body is `body`, then keeps the connection open for
+/// `hold` (a stall) or closes it (a cut).
+async fn raw_stream(body: String, hold: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                // Read the request head and its body (small).
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut seen = Vec::new();
+                loop {
+                    let n = socket.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&seen);
+                    if let Some(head_end) = text.find("\r\n\r\n") {
+                        let length = text[..head_end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if seen.len() >= head_end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(body.as_bytes()).await;
+                let _ = socket.flush().await;
+                tokio::time::sleep(hold).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_before_its_end_marker_is_a_retryable_transport_failure() {
+    for wire in WIRES {
+        let base = raw_stream(
+            sse_text(wire, &["half an ", "answer"], false),
+            Duration::ZERO,
+        )
+        .await;
+        let config = wire.config("m", &base);
+        let outcome = tokio::time::timeout(BOUND, client(&config).complete(&hello()))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(
+            outcome.code,
+            Some(ErrorCode::TransportClosed),
+            "{wire:?} {outcome:?}"
+        );
+        assert!(outcome.retryable);
+        assert_eq!(outcome.data["stream"], "truncated");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_times_out_after_the_idle_timeout() {
+    for wire in WIRES {
+        let base = raw_stream(sse_text(wire, &["start"], false), Duration::from_secs(30)).await;
+        let mut config = wire.config("m", &base);
+        config.timeout = Duration::from_secs(20);
+        config.stream_idle_timeout = Duration::from_millis(300);
+        let outcome = tokio::time::timeout(BOUND, client(&config).complete(&hello()))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(
+            outcome.code,
+            Some(ErrorCode::Etimedout),
+            "{wire:?} {outcome:?}"
+        );
+        assert!(outcome.retryable);
+        assert_eq!(outcome.data["stream"], "idle");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_ms_is_preferred_over_retry_after() {
+    for wire in WIRES {
+        let answer = Answer::json(429, json!({"error": {"message": "slow down"}}))
+            .header("retry-after", "1")
+            .header("retry-after-ms", "1500");
+        let fake = Fake::new(vec![], answer);
+        let base = serve(wire, fake.clone()).await;
+        let config = wire.config("m", &base);
+        let outcome = client(&config).complete(&hello()).await.unwrap_err();
+        assert_eq!(outcome.code, Some(ErrorCode::RateLimited));
+        assert_eq!(
+            outcome.retry_after,
+            Some(Duration::from_millis(1500)),
+            "{wire:?}"
+        );
+    }
+}

@@ -1304,6 +1304,18 @@ impl Resolver<'_> {
                 }
                 config.max_reply_bytes = *n.get_ref();
             }
+            if let Some(stream) = entry.stream {
+                config.stream = stream;
+            }
+            if let Some(t) = &entry.stream_idle_timeout {
+                if t.get_ref().value.is_zero() {
+                    return Err(self.invalid(
+                        Some(t.span()),
+                        ctx("stream_idle_timeout must be greater than zero"),
+                    ));
+                }
+                config.stream_idle_timeout = t.get_ref().value;
+            }
             models.push(config);
         }
         if raw.is_empty() {

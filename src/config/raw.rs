@@ -199,6 +199,8 @@ pub(crate) struct RawModel {
     pub timeout: Option<Spanned<Dur>>,
     pub max_tokens: Option<Spanned<u32>>,
     pub max_reply_bytes: Option<Spanned<usize>>,
+    pub stream: Option<bool>,
+    pub stream_idle_timeout: Option<Spanned<Dur>>,
 }
 
 /// `[[agents]]`.

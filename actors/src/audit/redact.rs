@@ -292,6 +292,12 @@ impl Redactor {
         &self.known
     }
 
+    /// The longest exact value (known or configured) this redactor masks,
+    /// in bytes; see [`KnownSecrets::longest`].
+    pub fn longest_known(&self) -> usize {
+        self.known.longest().max(self.literals.longest())
+    }
+
     /// `text` with every secret replaced by [`REDACTED`]; borrowed when
     /// there was none (the common case, checked in one pass per layer).
     pub fn redact_str<'a>(&self, text: &'a str) -> Cow<'a, str> {

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::builtin::classify_reqwest_error;
 use crate::catalog::ErrorCode;
-use crate::classify::MAX_EXCERPT_BYTES;
+use crate::classify::{MAX_EXCERPT_BYTES, with_retry_after_ms};
 use crate::outcome::{Hint, HintKind, ToolOutcome};
 
 /// The default of `[[models]] max_reply_bytes`: the most bytes of a
@@ -36,33 +36,51 @@ pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Erro
         .build()
 }
 
-/// POSTs `body` to `url` and returns the parsed JSON answer (read up to
-/// `max_reply_bytes`, never whole), or the classified failure (with `url`
-/// in its data).
-pub(crate) async fn post_json(
+/// POSTs `body` to `url` and returns the response once its status says
+/// success, or the classified failure (with `url` in its data). A failed
+/// answer's pause is read from `retry-after-ms` when it has one, else
+/// from `Retry-After`.
+pub(crate) async fn send(
     client: &reqwest::Client,
     url: &str,
     headers: HeaderMap,
     body: &Value,
     classify: ErrorClassifier,
-    max_reply_bytes: usize,
-) -> Result<Value, ToolOutcome> {
+) -> Result<reqwest::Response, ToolOutcome> {
     let sent = client.post(url).headers(headers).json(body).send().await;
     let mut response = sent.map_err(|e| with_url(classify_reqwest_error(&e), url))?;
     let status = response.status().as_u16();
-    if !(200..300).contains(&status) {
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        // The status alone classifies the failure; the body only refines
-        // it, so a body that fails half-way still leaves a classification.
-        let (excerpt, _) = read_capped(&mut response, 16 * MAX_EXCERPT_BYTES).await;
-        let text = String::from_utf8_lossy(&excerpt);
-        let outcome = classify(status, retry_after.as_deref(), &text, SystemTime::now());
-        return Err(with_url(outcome, url));
+    if (200..300).contains(&status) {
+        return Ok(response);
     }
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let retry_after = header(RETRY_AFTER.as_str());
+    let retry_after_ms = header(RETRY_AFTER_MS);
+    // The status alone classifies the failure; the body only refines
+    // it, so a body that fails half-way still leaves a classification.
+    let (excerpt, _) = read_capped(&mut response, 16 * MAX_EXCERPT_BYTES).await;
+    let text = String::from_utf8_lossy(&excerpt);
+    let outcome = classify(status, retry_after.as_deref(), &text, SystemTime::now());
+    let outcome = with_retry_after_ms(outcome, retry_after_ms.as_deref());
+    Err(with_url(outcome, url))
+}
+
+/// The header OpenAI-compatible servers send a pause in milliseconds in.
+const RETRY_AFTER_MS: &str = "retry-after-ms";
+
+/// Reads a successful answer as JSON, up to `max_reply_bytes` (never
+/// whole), or the classified failure.
+pub(crate) async fn read_json(
+    mut response: reqwest::Response,
+    url: &str,
+    max_reply_bytes: usize,
+) -> Result<Value, ToolOutcome> {
     // A declared length over the cap is refused before any byte is read.
     let declared = response
         .content_length()
@@ -120,7 +138,7 @@ pub(crate) fn too_large(url: &str, cap: usize) -> ToolOutcome {
     .with_data(json!({ "url": url, "max_reply_bytes": cap }))
 }
 
-fn excerpt(text: &str) -> &str {
+pub(crate) fn excerpt(text: &str) -> &str {
     let text = text.trim();
     let mut end = text.len().min(MAX_EXCERPT_BYTES);
     while !text.is_char_boundary(end) {
@@ -129,7 +147,7 @@ fn excerpt(text: &str) -> &str {
     text.get(..end).unwrap_or_default()
 }
 
-fn with_url(mut outcome: ToolOutcome, url: &str) -> ToolOutcome {
+pub(crate) fn with_url(mut outcome: ToolOutcome, url: &str) -> ToolOutcome {
     match &mut outcome.data {
         Value::Object(map) => {
             map.insert("url".to_owned(), json!(url));

@@ -10,10 +10,14 @@
 //! [`ToolOutcome`] classified by the same catalog as every tool failure, so
 //! the same retry, breaker and fallback policy applies to models as to tools.
 //!
-//! - [`openai`] and [`anthropic`]: the two wire formats, each a client and
-//!   a pair of pure translation functions; [`classify`](crate::classify)
-//!   holds their error classifiers (`from_openai_http_error`,
-//!   `from_anthropic_http_error`).
+//! - [`openai`] and [`anthropic`]: the two wire formats, each a [`Wire`]
+//!   (pure translation functions and a stream reader);
+//!   [`classify`](crate::classify) holds their error classifiers
+//!   (`from_openai_http_error`, `from_anthropic_http_error`,
+//!   `from_model_stream_error`).
+//! - [`remote`]: the one client both formats share ([`RemoteClient`]);
+//!   [`stream`] the rules a streamed answer is read under; [`sse`] the
+//!   event-stream line parser.
 //! - [`scripted`]: the deterministic model, a pure function of the
 //!   conversation.
 //! - [`actor`]: one supervised actor per endpoint; requests run as tasks
@@ -22,10 +26,9 @@
 //!   load, the supervisor spec, the model chain with retries, breakers and
 //!   fallbacks, and `switch_model`'s name resolution.
 //!
-//! **Boundary**: requests are sent only by `http.rs` (the one POST with a
-//! deadline and a size cap); the clients in `openai.rs` / `anthropic.rs`
-//! build their `reqwest::Client` and headers, and wire types never leave
-//! those two files.
+//! **Boundary**: reqwest is used here only in `http.rs`, `remote.rs` and
+//! `stream.rs` (the shared client), and wire types never leave
+//! `openai.rs` / `anthropic.rs`.
 
 // A failed turn is a `ToolOutcome` handed to the session as is (the
 // `ModelClient` contract); boxing it on the error path would only be
@@ -37,7 +40,10 @@ pub mod anthropic;
 mod http;
 pub mod models;
 pub mod openai;
+pub mod remote;
 pub mod scripted;
+pub mod sse;
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,11 +57,16 @@ use crate::tool::{BoxFuture, ToolSpec};
 pub use actor::{ModelActor, ModelMsg};
 pub use anthropic::AnthropicClient;
 pub use http::{CONNECT_TIMEOUT, MAX_REPLY_BYTES};
+
+/// The default of `[[models]] stream_idle_timeout`: the longest a
+/// streamed answer may send nothing before it is abandoned as stalled.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub use models::{
     ChainStep, DEFAULT_READY_WAIT, EnvLookup, MODEL_ENDPOINT_PREFIX, ModelError, Models,
     ModelsOptions, REPLY_SLACK, endpoint_name, step_after_failure, valid_model_name,
 };
 pub use openai::OpenAiClient;
+pub use remote::{RemoteClient, Wire};
 pub use scripted::{ScriptedModel, scripted_reply};
 
 /// The name of the tool a session offers for changing its model.
@@ -323,6 +334,12 @@ pub struct ModelConfig {
     /// The most bytes of one answer that are read (default
     /// [`MAX_REPLY_BYTES`]); a longer answer is `OUTPUT_TOO_LARGE`.
     pub max_reply_bytes: usize,
+    /// Whether replies are streamed (default); `false` keeps the plain
+    /// request, for servers that cannot stream.
+    pub stream: bool,
+    /// The longest gap between two chunks of a streamed answer (default
+    /// [`DEFAULT_STREAM_IDLE_TIMEOUT`]); a longer one is `ETIMEDOUT`.
+    pub stream_idle_timeout: Duration,
 }
 
 impl ModelConfig {
@@ -337,6 +354,8 @@ impl ModelConfig {
             timeout: Duration::from_secs(5),
             max_tokens: 4096,
             max_reply_bytes: MAX_REPLY_BYTES,
+            stream: true,
+            stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
         }
     }
 
@@ -357,6 +376,8 @@ impl ModelConfig {
             timeout: Duration::from_secs(120),
             max_tokens: 4096,
             max_reply_bytes: MAX_REPLY_BYTES,
+            stream: true,
+            stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
         }
     }
 }

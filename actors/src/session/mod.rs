@@ -14,6 +14,7 @@
 //! stalls the session instead of restarting it (`stall`).
 
 pub mod context_budget;
+pub mod deltas;
 mod journal;
 mod learning;
 mod run;
@@ -46,6 +47,7 @@ use crate::outcome::ToolOutcome;
 use crate::store::{MessageRecord, SessionRecord, SessionStore, StoreError};
 use crate::tool::BoxFuture;
 
+pub use deltas::{DeltaEvent, DeltaTag, Deltas, MessageDeltas};
 pub use journal::{Decided, Entry, Progress};
 pub use learning::{IncidentLearning, LearningConfig};
 pub use run::{ABORT_OPTION, APPROVE, CONTINUE, DENY, InFlight, PROCEED, RETRY, STOP};
@@ -233,6 +235,8 @@ pub struct SessionEnv {
     pub learning: Option<Arc<dyn Learning>>,
     /// The audit trail.
     pub sink: Arc<dyn EventSink>,
+    /// Streamed reply text, for `/v1/events` (not audited, not stored).
+    pub deltas: Deltas,
     /// Settings.
     pub settings: SessionSettings,
 }
@@ -871,6 +875,12 @@ impl Sessions {
     /// Finished messages, live.
     pub fn subscribe_done(&self) -> broadcast::Receiver<MessageRecord> {
         self.completion.done.subscribe()
+    }
+
+    /// Streamed reply text, live (see [`deltas`]): a reader that falls
+    /// behind misses the oldest.
+    pub fn subscribe_deltas(&self) -> broadcast::Receiver<DeltaEvent> {
+        self.env.deltas.subscribe()
     }
 
     /// Switches a session's model (`None` restores its agent's chain).

@@ -419,12 +419,15 @@ impl<'a> MessageRun<'a> {
             system.push_str("\n\n");
             system.push_str(&note);
         }
+        // The turn being asked: the one after the last recorded.
+        let turn = self.progress.turns.keys().next_back().map_or(0, |t| t + 1);
+        let deltas = self.env.deltas.sink(self.session, self.message.seq, turn);
         let request = ModelRequest {
             system,
             messages: fitted.messages,
             tools: self.tools.clone(),
             budget_left: Some(self.budget.remaining()),
-            deltas: None,
+            deltas: Some(deltas.clone()),
         };
         let ctx = ToolContext {
             session: Some(self.session.to_owned()),
@@ -432,10 +435,16 @@ impl<'a> MessageRun<'a> {
             iterations: self.budget.clone(),
             ..ToolContext::default()
         };
-        self.env
+        let reply = self
+            .env
             .models
             .complete(&self.chain(), &request, &ctx)
-            .await
+            .await;
+        match &reply {
+            Ok(_) => deltas.end(),
+            Err(_) => deltas.abandon(),
+        }
+        reply
     }
 
     /// One tool call of a model turn, from intent to escalation.
