@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::harness::{Aimock, Hale, MockModel};
-use crate::pending;
+use crate::vocabulary;
 
 const FULL: &str = "Streaming a reply in many small pieces, so that deltas show.";
 
@@ -54,7 +54,7 @@ async fn deltas_arrive_in_order_concatenate_to_the_reply_and_a_retry_resets() {
                     reply = event.data["reply"].as_str().map(str::to_owned);
                     break;
                 }
-                n if n == pending::DELTA || n == pending::DELTA_RESET => {
+                n if n == vocabulary::DELTA || n == vocabulary::DELTA_RESET => {
                     seen.push((event.name, event.data));
                 }
                 _ => {}
@@ -69,19 +69,22 @@ async fn deltas_arrive_in_order_concatenate_to_the_reply_and_a_retry_resets() {
             problems.push(format!("{case} reply {reply:?} is not the whole fixture"));
         }
         let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
-        let resets = names.iter().filter(|n| **n == pending::DELTA_RESET).count();
+        let resets = names
+            .iter()
+            .filter(|n| **n == vocabulary::DELTA_RESET)
+            .count();
         if seen.is_empty() {
-            problems.push(format!("{case} no {} events at all", pending::DELTA));
+            problems.push(format!("{case} no {} events at all", vocabulary::DELTA));
             continue;
         }
         if resets == 0 {
             problems.push(format!(
                 "{case} the first attempt was cut off and retried, but no {} came: {names:?}",
-                pending::DELTA_RESET
+                vocabulary::DELTA_RESET
             ));
         }
         // The deltas after the last reset are the final attempt's.
-        let last_reset = names.iter().rposition(|n| *n == pending::DELTA_RESET);
+        let last_reset = names.iter().rposition(|n| *n == vocabulary::DELTA_RESET);
         let after = last_reset.map_or(0, |i| i + 1);
         let joined: String = seen[after..]
             .iter()
@@ -95,10 +98,10 @@ async fn deltas_arrive_in_order_concatenate_to_the_reply_and_a_retry_resets() {
         // Tags: this message, and attempts never going back.
         let mut last_attempt = 0;
         for (n, d) in &seen {
-            if n != pending::DELTA {
+            if n != vocabulary::DELTA {
                 continue;
             }
-            if !pending::delta_is_of(d, &session, &message) {
+            if !vocabulary::delta_is_of(d, &session, &message) {
                 problems.push(format!("{case} a delta of another message: {d}"));
                 break;
             }

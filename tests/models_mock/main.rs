@@ -13,7 +13,7 @@
 mod aimock;
 mod deltas;
 mod harness;
-mod pending;
 mod retry_after;
 mod streams;
 mod tokens;
+mod vocabulary;

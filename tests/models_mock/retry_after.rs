@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::aimock::{rate_limited, text};
 use crate::harness::{Aimock, AuditEvent, Hale, JournalEntry, MockModel, micros};
-use crate::pending;
+use crate::vocabulary;
 
 const SESSIONS: usize = 100;
 /// Messages start in bursts of this many at once (so some requests are
@@ -158,8 +158,8 @@ async fn no_request_starts_inside_a_retry_after_window_and_the_fallback_serves()
     );
 
     // hale side: its own events.
-    let not_before: Vec<AuditEvent> = hale.events(pending::NOT_BEFORE).await;
-    let attempts: Vec<AuditEvent> = hale.events(pending::ATTEMPT).await;
+    let not_before: Vec<AuditEvent> = hale.events(vocabulary::NOT_BEFORE).await;
+    let attempts: Vec<AuditEvent> = hale.events(vocabulary::ATTEMPT).await;
     let primary_attempts: Vec<&AuditEvent> =
         attempts.iter().filter(|a| a.source == PRIMARY).collect();
     let backup_attempts = attempts.iter().filter(|a| a.source == BACKUP).count();
@@ -217,9 +217,9 @@ async fn no_request_starts_inside_a_retry_after_window_and_the_fallback_serves()
         !not_before.is_empty() && !primary_attempts.is_empty(),
         "hale emitted {} `{}` and {} `{}` events for {PRIMARY}: the engine does not record them",
         not_before.len(),
-        pending::NOT_BEFORE,
+        vocabulary::NOT_BEFORE,
         primary_attempts.len(),
-        pending::ATTEMPT
+        vocabulary::ATTEMPT
     );
     assert!(inside.is_empty(), "attempts inside a window: {inside:?}");
     // hale and aimock agree on how often each endpoint was asked.
@@ -247,7 +247,7 @@ fn attempts_inside_windows(
     let mut inside = Vec::new();
     for nb in not_before {
         let until = micros(
-            pending::not_before_until(&nb.data)
+            vocabulary::not_before_until(&nb.data)
                 .unwrap_or_else(|| panic!("not_before without data.until: {:?}", nb.data)),
         );
         for a in attempts.iter().filter(|a| a.id > nb.id) {

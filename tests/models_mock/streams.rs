@@ -12,7 +12,7 @@
 use serde_json::{Value, json};
 
 use crate::harness::{Aimock, Hale, MockModel};
-use crate::pending;
+use crate::vocabulary;
 
 /// The reply every case must end with.
 const FULL: &str = "The quick brown fox jumps over the lazy dog, and back again.";
@@ -117,7 +117,7 @@ async fn check_case(
         ));
     }
     let failed: Vec<(Option<String>, Value)> = hale
-        .events(pending::OUTCOME)
+        .events(vocabulary::OUTCOME)
         .await
         .into_iter()
         .filter(|e| e.source == format!("model/{name}"))
@@ -133,7 +133,7 @@ async fn check_case(
         [(code, outcome), ..] => {
             let code = code.clone().unwrap_or_default();
             let message = &outcome["message"];
-            if !pending::is_typed(&code, outcome) {
+            if !vocabulary::is_typed(&code, outcome) {
                 problems.push(format!(
                     "{case} the broken answer's outcome is not typed: code {code:?} ({message})"
                 ));
@@ -219,7 +219,12 @@ async fn a_stalled_stream_times_out_and_is_retried() {
     ) else {
         return;
     };
-    let hale = Hale::start(&mock, &models(&[pending::stream_idle_timeout("500ms")]), "").await;
+    let hale = Hale::start(
+        &mock,
+        &models(&[vocabulary::stream_idle_timeout("500ms")]),
+        "",
+    )
+    .await;
     let mut problems = Vec::new();
     for name in ["oa", "an"] {
         check_case(
@@ -278,7 +283,7 @@ async fn malformed_answers_and_dropped_connections_are_typed_and_retried() {
         }
     }
     let codes: Vec<(String, Option<String>)> = hale
-        .events(pending::OUTCOME)
+        .events(vocabulary::OUTCOME)
         .await
         .into_iter()
         .filter(|e| e.code.is_some())

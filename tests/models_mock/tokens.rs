@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::aimock::text_with_usage;
 use crate::harness::{Aimock, Hale, MockModel, token_samples};
-use crate::pending;
+use crate::vocabulary;
 
 const OA_USAGE: (u64, u64) = (11, 7);
 const AN_USAGE: (u64, u64) = (13, 5);
@@ -73,7 +73,7 @@ async fn token_totals_equal_the_usage_aimock_reported() {
     for (name, i, session) in &sessions {
         let want = reported(&format!("tokens-{name}-{i}-"));
         let resource = hale.get(&format!("/v1/sessions/{session}")).await;
-        let got = pending::session_usage(&resource);
+        let got = vocabulary::session_usage(&resource);
         if got != Some(want) {
             problems.push(format!(
                 "session {session} ({name}): usage {got:?}, aimock reported {want:?}: {resource}"
@@ -87,8 +87,8 @@ async fn token_totals_equal_the_usage_aimock_reported() {
     for name in ["oa", "an"] {
         let want = reported(&format!("tokens-{name}-"));
         let got = (
-            samples.get(&(name.to_owned(), pending::PROMPT_KIND.to_owned())),
-            samples.get(&(name.to_owned(), pending::COMPLETION_KIND.to_owned())),
+            samples.get(&(name.to_owned(), vocabulary::PROMPT_KIND.to_owned())),
+            samples.get(&(name.to_owned(), vocabulary::COMPLETION_KIND.to_owned())),
         );
         if got != (Some(&want.0), Some(&want.1)) {
             problems.push(format!(
