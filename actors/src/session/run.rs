@@ -152,6 +152,34 @@ enum After {
     Stop(String),
 }
 
+/// What [`MessageRun::limit_reached`] asks a human about: one limit of a
+/// message (tool calls, model turns, tokens) that was reached.
+struct LimitReached {
+    /// The approval's key within the message (`turns-3`).
+    pub key: String,
+    /// The escalation's kind (`budget`, `turns`, `tokens`).
+    pub kind: &'static str,
+    /// The approval's title.
+    pub title: String,
+    /// The approval's description.
+    pub description: String,
+    /// The diagnosis: what happened.
+    pub what: String,
+    /// The diagnosis: why it may have.
+    pub why: &'static str,
+    /// The label of the option that grants more.
+    pub grant_label: &'static str,
+    /// The alternative to stopping, in words.
+    pub alternative: String,
+    /// The diagnosis's context.
+    pub context: Value,
+    /// What is journaled when the human grants more.
+    pub grant: Entry,
+    /// Why the message failed when the human stops it (", stopped by X"
+    /// is added).
+    pub stopped: String,
+}
+
 /// One message being worked on.
 pub(super) struct MessageRun<'a> {
     pub env: &'a SessionEnv,
@@ -869,25 +897,49 @@ impl<'a> MessageRun<'a> {
     }
 
     async fn budget_spent(&mut self, key: &str) -> Result<After, SessionError> {
-        let key = format!("budget-{key}");
         let budget = self.agent.budget;
-        let request = ApprovalRequest {
+        let seq = self.message.seq;
+        let limit = LimitReached {
+            key: format!("budget-{key}"),
+            kind: "budget",
             title: format!("Iteration budget of {budget} tool calls spent"),
             description: format!(
                 "The agent used its whole budget of {budget} tool calls (retries and \
                  fallbacks included) on one message without finishing."
             ),
+            what: format!("{budget} tool calls used on message {seq}"),
+            why: "The task needs more steps than budgeted, or the agent is looping on a \
+                  failure it cannot fix.",
+            grant_label: "Grant another budget",
+            alternative: format!("Grant another {budget} tool calls"),
+            context: json!({"message": seq}),
+            grant: Entry::BudgetGranted { budget },
+            stopped: format!("the iteration budget of {budget} tool calls was spent"),
+        };
+        let after = self.limit_reached(limit).await?;
+        if matches!(after, After::Continue) {
+            self.budget.set(budget);
+        }
+        Ok(after)
+    }
+
+    /// A limit of this message is reached (tool calls, model turns,
+    /// tokens): a human decides whether it goes on. Continue journals the
+    /// grant; stop (recommended, and the default on timeout) fails the
+    /// message.
+    async fn limit_reached(&mut self, limit: LimitReached) -> Result<After, SessionError> {
+        let request = ApprovalRequest {
+            title: limit.title,
+            description: limit.description,
             diagnosis: Diagnosis {
-                what: format!("{budget} tool calls used on message {}", self.message.seq),
-                why: "The task needs more steps than budgeted, or the agent is looping on a \
-                      failure it cannot fix."
-                    .to_owned(),
+                what: limit.what,
+                why: limit.why.to_owned(),
                 recommendation: "Stop unless the recent audit trail shows progress.".to_owned(),
-                alternatives: vec![format!("Grant another {budget} tool calls")],
-                context: json!({"message": self.message.seq}),
+                alternatives: vec![limit.alternative],
+                context: limit.context,
             },
             options: vec![
-                option(CONTINUE, "Grant another budget"),
+                option(CONTINUE, limit.grant_label),
                 option(STOP, "Stop this message"),
             ],
             recommended: Some(STOP.to_owned()),
@@ -898,16 +950,15 @@ impl<'a> MessageRun<'a> {
             requester: None,
         };
         let decision = self
-            .escalate(&key, "budget", ("budget", &Value::Null), request)
+            .escalate(&limit.key, limit.kind, (limit.kind, &Value::Null), request)
             .await?;
         if decision.option.as_deref() == Some(CONTINUE) {
-            self.budget.set(budget);
-            self.journal(Entry::BudgetGranted { budget }).await?;
+            self.journal(limit.grant).await?;
             Ok(After::Continue)
         } else {
             Ok(After::Stop(format!(
-                "the iteration budget of {budget} tool calls was spent; stopped by {}",
-                decision.by
+                "{}; stopped by {}",
+                limit.stopped, decision.by
             )))
         }
     }
@@ -917,45 +968,27 @@ impl<'a> MessageRun<'a> {
     /// loops without spending its tool budget (calls answered from the
     /// journal, calls it repeats).
     async fn turns_spent(&mut self, turn: u32) -> Result<After, SessionError> {
-        let key = format!("turns-{turn}");
         let max = self.env.settings.max_turns_per_message;
-        let request = ApprovalRequest {
+        let seq = self.message.seq;
+        self.limit_reached(LimitReached {
+            key: format!("turns-{turn}"),
+            kind: "turns",
             title: format!("Turn limit of {max} model turns reached"),
             description: format!(
                 "The agent took {turn} model turns on one message without finishing \
                  ([session] max_turns_per_message = {max})."
             ),
-            diagnosis: Diagnosis {
-                what: format!("{turn} model turns on message {}", self.message.seq),
-                why: "The task needs more turns than allowed, or the model is looping.".to_owned(),
-                recommendation: "Stop unless the recent audit trail shows progress.".to_owned(),
-                alternatives: vec![format!("Grant another {max} model turns")],
-                context: json!({"message": self.message.seq, "turns": turn}),
+            what: format!("{turn} model turns on message {seq}"),
+            why: "The task needs more turns than allowed, or the model is looping.",
+            grant_label: "Grant more turns",
+            alternative: format!("Grant another {max} model turns"),
+            context: json!({"message": seq, "turns": turn}),
+            grant: Entry::TurnsGranted {
+                limit: turn.saturating_add(max),
             },
-            options: vec![
-                option(CONTINUE, "Grant more turns"),
-                option(STOP, "Stop this message"),
-            ],
-            recommended: Some(STOP.to_owned()),
-            severity: Severity::Error,
-            timeout: self.env.settings.approval_timeout,
-            default_on_timeout: Some(STOP.to_owned()),
-            allow_instructions: false,
-            requester: None,
-        };
-        let decision = self
-            .escalate(&key, "turns", ("turns", &Value::Null), request)
-            .await?;
-        if decision.option.as_deref() == Some(CONTINUE) {
-            let limit = turn.saturating_add(max);
-            self.journal(Entry::TurnsGranted { limit }).await?;
-            Ok(After::Continue)
-        } else {
-            Ok(After::Stop(format!(
-                "the cap of {max} model turns per message was reached; stopped by {}",
-                decision.by
-            )))
-        }
+            stopped: format!("the cap of {max} model turns per message was reached"),
+        })
+        .await
     }
 
     /// Opens (or finds again) the approval for step `key`, waits for its

@@ -11,13 +11,11 @@
 //! budget does: once its turns have used it, a human decides whether the
 //! message goes on.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::{After, CONTINUE, MessageRun, STOP, option};
-use crate::escalation::{ApprovalRequest, Diagnosis};
+use super::{After, LimitReached, MessageRun};
 use crate::event::{Event, EventKind, Level};
 use crate::model::{ModelReply, Usage};
-use crate::outcome::Severity;
 use crate::session::SessionError;
 use crate::session::journal::Entry;
 use crate::store::TurnUsage;
@@ -115,52 +113,35 @@ impl MessageRun<'_> {
         if !spent(used, limit) {
             return Ok(After::Continue);
         }
-        let key = format!("tokens-{turn}");
-        let request = ApprovalRequest {
+        let seq = self.message.seq;
+        let context = json!({
+            "message": seq,
+            "turns": turn,
+            "tokens": used,
+            "usage": self.progress.usage,
+        });
+        self.limit_reached(LimitReached {
+            key: format!("tokens-{turn}"),
+            kind: "tokens",
             title: format!("Token budget of {budget} tokens spent"),
             description: format!(
                 "The agent's model turns used {used} tokens (prompt and completion) on one \
                  message without finishing ([[agents]] token_budget = {budget})."
             ),
-            diagnosis: Diagnosis {
-                what: format!("{used} tokens used on message {}", self.message.seq),
-                why: "The task needs more tokens than budgeted, or the agent is looping \
-                      (a long conversation is re-sent every turn)."
-                    .to_owned(),
-                recommendation: "Stop unless the recent audit trail shows progress.".to_owned(),
-                alternatives: vec![format!("Grant another {budget} tokens")],
-                context: json!({
-                    "message": self.message.seq,
-                    "turns": turn,
-                    "tokens": used,
-                    "usage": self.progress.usage,
-                }),
+            what: format!("{used} tokens used on message {seq}"),
+            why: "The task needs more tokens than budgeted, or the agent is looping \
+                  (a long conversation is re-sent every turn).",
+            grant_label: "Grant another token budget",
+            alternative: format!("Grant another {budget} tokens"),
+            context,
+            grant: Entry::TokensGranted {
+                limit: used.saturating_add(budget),
             },
-            options: vec![
-                option(CONTINUE, "Grant another token budget"),
-                option(STOP, "Stop this message"),
-            ],
-            recommended: Some(STOP.to_owned()),
-            severity: Severity::Error,
-            timeout: self.env.settings.approval_timeout,
-            default_on_timeout: Some(STOP.to_owned()),
-            allow_instructions: false,
-            requester: None,
-        };
-        let decision = self
-            .escalate(&key, "tokens", ("tokens", &Value::Null), request)
-            .await?;
-        if decision.option.as_deref() == Some(CONTINUE) {
-            let limit = used.saturating_add(budget);
-            self.journal(Entry::TokensGranted { limit }).await?;
-            Ok(After::Continue)
-        } else {
-            Ok(After::Stop(format!(
-                "the token budget of {budget} tokens per message was spent ({used} used); \
-                 stopped by {}",
-                decision.by
-            )))
-        }
+            stopped: format!(
+                "the token budget of {budget} tokens per message was spent ({used} used)"
+            ),
+        })
+        .await
     }
 }
 
