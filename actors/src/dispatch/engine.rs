@@ -411,7 +411,15 @@ impl Engine {
                             if let Some(outcome) = C::reply_outcome(&reply) {
                                 budget.record(target.name().to_owned(), outcome, delay_before);
                             }
-                            return self.ended(targets, Ok(reply), index, reached, budget, None);
+                            return self.ended_at(
+                                targets,
+                                Ok(reply),
+                                index,
+                                reached,
+                                budget,
+                                None,
+                                Some(&health),
+                            );
                         }
                         Err(outcome) => outcome,
                     };
@@ -544,6 +552,22 @@ impl Engine {
         budget: AttemptBudget,
         refused: Option<Refusal>,
     ) -> Ended<C::Reply> {
+        self.ended_at(targets, result, index, reached, budget, refused, None)
+    }
+
+    /// [`ended`](Self::ended) with the serving endpoint's state at hand
+    /// (the common, successful case), which spares a lookup in the book.
+    #[allow(clippy::too_many_arguments)]
+    fn ended_at<C: Callee>(
+        &self,
+        targets: &[C],
+        result: Result<C::Reply, ToolOutcome>,
+        index: usize,
+        reached: usize,
+        budget: AttemptBudget,
+        refused: Option<Refusal>,
+        health: Option<&EndpointHealth>,
+    ) -> Ended<C::Reply> {
         let served = targets.get(index);
         let route = Route {
             served_by: served.map(|t| t.endpoint().to_owned()),
@@ -551,9 +575,12 @@ impl Engine {
                 .iter()
                 .map(|t| t.endpoint().to_owned())
                 .collect(),
-            breaker: served
-                .and_then(|t| self.endpoints.find(t.endpoint()))
-                .map(|h| h.breaker_state()),
+            breaker: match health {
+                Some(health) => Some(health.breaker_state()),
+                None => served
+                    .and_then(|t| self.endpoints.find(t.endpoint()))
+                    .map(|h| h.breaker_state()),
+            },
             breaker_refused: refused == Some(Refusal::Breaker),
         };
         Ended {
