@@ -281,14 +281,20 @@ impl Dispatcher {
             };
         };
         let settings = settings(self.engine.endpoints());
-        let calls: Vec<ToolCall<'_>> = targets
-            .iter()
-            .map(|target| ToolCall {
-                target,
-                args: &args,
-                attempt_timeout: settings.attempt_timeout,
-            })
-            .collect();
+        let call_of = |target| ToolCall {
+            target,
+            args: &args,
+            attempt_timeout: settings.attempt_timeout,
+        };
+        // Most names route to one target: that call needs no list.
+        let (one, many): (Option<ToolCall<'_>>, Vec<ToolCall<'_>>) = match targets.as_slice() {
+            [only] => (Some(call_of(only)), Vec::new()),
+            all => (None, all.iter().map(call_of).collect()),
+        };
+        let calls = match &one {
+            Some(one) => std::slice::from_ref(one),
+            None => many.as_slice(),
+        };
         let rules = Rules {
             retry: settings.retry,
             attempts_per_call: settings.attempts_per_call,
@@ -296,7 +302,7 @@ impl Dispatcher {
             rounds: 1,
             deadline: None,
         };
-        let ended = self.engine.run(&calls, &rules, ctx).await;
+        let ended = self.engine.run(calls, &rules, ctx).await;
         let outcome = match ended.result {
             Ok(outcome) | Err(outcome) => outcome,
         };
