@@ -217,6 +217,12 @@ impl Deltas {
         self.tx.subscribe()
     }
 
+    /// Forgets what `session` asked for (its attempt count), when the
+    /// session is deleted: the entry would otherwise outlive it.
+    pub fn forget(&self, session: &str) {
+        self.asks.remove(session);
+    }
+
     /// The sink of one model turn's request.
     /// A turn asked for again (the same session, message and turn as the
     /// last sink made) continues the attempt count: its attempt `n` is
@@ -402,6 +408,7 @@ impl DeltaSink for MessageDeltas {
 
 #[cfg(test)]
 mod tests {
+
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
@@ -608,5 +615,16 @@ mod tests {
             })
             .collect();
         assert_eq!(text, "the whole answer");
+    }
+
+    #[test]
+    fn a_deleted_session_leaves_no_entry_behind() {
+        let deltas = Deltas::new(redactor());
+        drop(deltas.sink("s1", 1, 1));
+        drop(deltas.sink("s2", 1, 1));
+        assert_eq!(deltas.asks.len(), 2);
+        deltas.forget("s1");
+        assert_eq!(deltas.asks.len(), 1);
+        assert!(deltas.asks.get("s1").is_none());
     }
 }

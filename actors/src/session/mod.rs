@@ -720,6 +720,7 @@ impl Sessions {
             return Err(SessionError::UnknownSession(id.to_owned()));
         }
         self.completion.release_session(id);
+        self.env.deltas.forget(id);
         if self.addresses.remove(id).is_some() {
             let supervisor = self.supervisor()?;
             let child = ChildId::new(id);
