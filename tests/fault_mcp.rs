@@ -636,10 +636,19 @@ async fn raw_stdio_shows_the_garbage_line_and_the_crash_exit_code() {
             .unwrap();
         let mut stdin = child.stdin.take().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // As the protocol asks, the client waits for the answer to
+        // `initialize` before it sends anything else: pipelined, the
+        // garbage line (written straight to stdout) can overtake it.
+        let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": PROTOCOL.as_str(), "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"}}});
+        stdin
+            .write_all(format!("{initialize}\n").as_bytes())
+            .await
+            .unwrap();
+        let init: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        assert_eq!(init["result"]["protocolVersion"], PROTOCOL.as_str());
         for message in [
-            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": PROTOCOL.as_str(), "capabilities": {},
-                "clientInfo": {"name": "raw", "version": "0"}}}),
             json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
             json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
                    "params": {"name": "garbage", "arguments": {"then_reply": true}}}),
@@ -649,8 +658,6 @@ async fn raw_stdio_shows_the_garbage_line_and_the_crash_exit_code() {
                 .await
                 .unwrap();
         }
-        let init: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
-        assert_eq!(init["result"]["protocolVersion"], PROTOCOL.as_str());
         assert_eq!(lines.next_line().await.unwrap().unwrap(), GARBAGE_LINE);
         let reply: Value =
             serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
