@@ -1051,6 +1051,40 @@ async fn events_until_done(stream: &mut reqwest::Response) -> Vec<(String, Value
         .collect()
 }
 
+/// One message sent to a session whose model streams `replies` (see
+/// [`streaming_model`]), read from `/v1/events` until `message.done`: the
+/// API, the session id, the events and the model's request count.
+async fn stream_one_message(
+    replies: Vec<Vec<String>>,
+) -> (
+    Api,
+    String,
+    Vec<(String, Value)>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let (base, requests) = streaming_model(replies).await;
+    let api = streaming_api(&base).await;
+    let (_, created) = api
+        .call(Method::POST, "/v1/sessions", Some(json!({})))
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let mut stream = api
+        .request(Method::GET, &format!("/v1/events?session={id}"))
+        .send()
+        .await
+        .unwrap();
+    let (status, _) = api
+        .call(
+            Method::POST,
+            &format!("/v1/sessions/{id}/messages"),
+            Some(json!({"text": "talk to me"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let events = events_until_done(&mut stream).await;
+    (api, id, events, requests)
+}
+
 async fn streaming_api(base: &str) -> Api {
     let base = base.to_owned();
     Api::start(false, move |config| {
@@ -1075,26 +1109,7 @@ async fn streamed_text_reaches_events_as_message_deltas_that_make_up_the_reply()
     pieces[41] = "890abcdefXYZ ".to_owned();
     let mut chunks: Vec<String> = pieces.iter().map(|p| content_chunk(p)).collect();
     chunks.extend(end_chunks());
-    let (base, _) = streaming_model(vec![chunks]).await;
-    let api = streaming_api(&base).await;
-    let (_, created) = api
-        .call(Method::POST, "/v1/sessions", Some(json!({})))
-        .await;
-    let id = created["id"].as_str().unwrap().to_owned();
-    let mut stream = api
-        .request(Method::GET, &format!("/v1/events?session={id}"))
-        .send()
-        .await
-        .unwrap();
-    let (status, _) = api
-        .call(
-            Method::POST,
-            &format!("/v1/sessions/{id}/messages"),
-            Some(json!({"text": "talk to me"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    let events = events_until_done(&mut stream).await;
+    let (api, id, events, _) = stream_one_message(vec![chunks]).await;
     let done = &events.iter().find(|(n, _)| n == "message.done").unwrap().1;
     assert_eq!(done["status"], "done", "{done}");
     let reply = done["reply"].as_str().unwrap();
@@ -1150,24 +1165,7 @@ async fn a_retried_turn_shows_its_reset_and_the_retry_makes_up_the_reply() {
         .map(|i| content_chunk(&format!("fine{i} ")))
         .collect();
     whole.extend(end_chunks());
-    let (base, requests) = streaming_model(vec![cut, whole]).await;
-    let api = streaming_api(&base).await;
-    let (_, created) = api
-        .call(Method::POST, "/v1/sessions", Some(json!({})))
-        .await;
-    let id = created["id"].as_str().unwrap().to_owned();
-    let mut stream = api
-        .request(Method::GET, &format!("/v1/events?session={id}"))
-        .send()
-        .await
-        .unwrap();
-    api.call(
-        Method::POST,
-        &format!("/v1/sessions/{id}/messages"),
-        Some(json!({"text": "talk to me"})),
-    )
-    .await;
-    let events = events_until_done(&mut stream).await;
+    let (api, _, events, requests) = stream_one_message(vec![cut, whole]).await;
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
     let done = &events.iter().find(|(n, _)| n == "message.done").unwrap().1;
     let reply = done["reply"].as_str().unwrap();

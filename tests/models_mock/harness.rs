@@ -440,21 +440,25 @@ impl Hale {
 
     /// A new session of `agent` (`only-<model>` asks that model alone).
     pub async fn session_of(&self, agent: &str) -> String {
-        let answer: Value = self
-            .http
-            .post(format!("{}/v1/sessions", self.url))
+        let answer = self.post("/v1/sessions", json!({ "agent": agent })).await;
+        answer["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session id: {answer}"))
+            .to_owned()
+    }
+
+    /// `POST path` with a JSON body; the answer as JSON, whatever its status.
+    async fn post(&self, path: &str, body: Value) -> Value {
+        self.http
+            .post(format!("{}{path}", self.url))
             .bearer_auth(&self.token)
-            .json(&json!({ "agent": agent }))
+            .json(&body)
             .send()
             .await
             .unwrap()
             .json()
             .await
-            .unwrap();
-        answer["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no session id: {answer}"))
-            .to_owned()
+            .unwrap()
     }
 
     /// Sends `text` to `session` and waits (up to 60 s) for it to finish:
@@ -515,17 +519,12 @@ impl Hale {
 
     /// Sends `text` without waiting; the message id.
     pub async fn send(&self, session: &str, text: &str) -> String {
-        let answer: Value = self
-            .http
-            .post(format!("{}/v1/sessions/{session}/messages", self.url))
-            .bearer_auth(&self.token)
-            .json(&json!({ "text": text }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer = self
+            .post(
+                &format!("/v1/sessions/{session}/messages"),
+                json!({ "text": text }),
+            )
+            .await;
         answer["message_id"]
             .as_str()
             .unwrap_or_else(|| panic!("no message id: {answer}"))

@@ -19,7 +19,6 @@ use hale::actors::store::{
     SessionStore, StoreError, TurnUsage,
 };
 use hale::actors::tool::BoxFuture;
-use hale::api::{ApiState, router};
 use hale::runtime::{Runtime, SessionStoreLayer};
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -393,21 +392,10 @@ impl SessionStore for FullDisk {
 async fn session_statuses(
     runtime: &Runtime,
 ) -> impl Fn() -> BoxFuture<'static, Vec<(String, String)>> {
-    const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-    let (app, _doc) = router(ApiState {
-        runtime: runtime.clone(),
-        token: TOKEN.into(),
-        allow_chaos: false,
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1/sessions", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let (base, client) = serve_api(runtime).await;
+    let url = format!("{base}/v1/sessions");
     move || {
-        let request = client.get(&url).bearer_auth(TOKEN);
+        let request = client.get(&url).bearer_auth(API_TOKEN);
         Box::pin(async move {
             let text = request.send().await.unwrap().text().await.unwrap();
             let body: Value = serde_json::from_str(&text).unwrap();

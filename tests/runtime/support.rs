@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use hale::actors::event::{Event, EventKind};
 use hale::actors::store::{EventFilter, EventQuery, MessageRecord, MessageState, Order};
+use hale::api::{ApiState, router};
 use hale::runtime::{Runtime, RuntimeConfig};
 use serde_json::{Value, json};
 
@@ -151,4 +152,25 @@ pub fn lines(path: &Path) -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
+}
+
+/// The bearer token of the API [`serve_api`] starts.
+pub const API_TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// Serves the HTTP API over `runtime` on a free loopback port (token
+/// [`API_TOKEN`]): its base URL and a client with a 10 s timeout.
+pub async fn serve_api(runtime: &Runtime) -> (String, reqwest::Client) {
+    let (app, _doc) = router(ApiState {
+        runtime: runtime.clone(),
+        token: API_TOKEN.into(),
+        allow_chaos: false,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    (base, client)
 }

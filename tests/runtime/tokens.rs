@@ -11,14 +11,12 @@ use hale::actors::event::EventKind;
 use hale::actors::model::Usage;
 use hale::actors::session::{CONTINUE, Entry, STOP};
 use hale::actors::store::{MessageState, SessionStore};
-use hale::api::{ApiState, router};
 use hale::runtime::Runtime;
 use serde_json::{Value, json};
 
 use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
-const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 /// The HTTP API of `runtime` on a free loopback port; GETs a path.
 struct Api {
@@ -28,18 +26,7 @@ struct Api {
 
 impl Api {
     async fn serve(runtime: &Runtime) -> Self {
-        let (app, _doc) = router(ApiState {
-            runtime: runtime.clone(),
-            token: TOKEN.into(),
-            allow_chaos: false,
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
+        let (base, client) = serve_api(runtime).await;
         Self { base, client }
     }
 
@@ -47,7 +34,7 @@ impl Api {
         let response = self
             .client
             .get(format!("{}{path}", self.base))
-            .bearer_auth(TOKEN)
+            .bearer_auth(API_TOKEN)
             .send()
             .await
             .unwrap();
